@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every check and test of tokengate: format, lints, unit, property and integration
+# tests. Installs what the tests need first. This is the README's test command and what
+# CI (.ci/run) runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt() { # install Debian packages that are missing
+  local missing=()
+  for pkg in "$@"; do dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+need_apt curl
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets
+cargo test --locked --doc

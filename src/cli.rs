@@ -1,0 +1,430 @@
+//! The command line: clap definitions and what each command does. The management commands
+//! open the store directly; when a running server holds it they say so.
+
+use crate::app::{App, FLUSH_INTERVAL};
+use crate::auth::{self, token::TokenId, Principal};
+use crate::clock::rfc3339;
+use crate::config::{Config, ConfigError};
+use crate::error::Rejection;
+use crate::path;
+use crate::server;
+use crate::store::TokenRecord;
+use crate::tokens::CreateToken;
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use http::Method;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tokengate",
+    version,
+    about = "A reverse-proxy authentication sidecar: Sanctum-style API tokens in front of any web app"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The YAML config file.
+    #[arg(long, env = "TOKENGATE_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy.
+    Serve(ConfigArg),
+    /// Validate a config file: print every problem; exit 0, or 64 if invalid.
+    CheckConfig(ConfigArg),
+    /// A self-contained demo: built-in echo upstream, temporary store, two tokens.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
+    /// Manage personal access tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Which route a request matches, what it requires, and the decision (nothing is sent).
+    Explain {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// HTTP method, e.g. GET.
+        method: String,
+        /// Request path, e.g. /api/posts/1.
+        path: String,
+        /// A token to decide for (as sent after `Bearer `).
+        #[arg(long)]
+        token: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its plaintext is the last line of output, shown only once.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The owner: the app's user id.
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated abilities (default: `default_abilities`); undeclared ones are dropped.
+        #[arg(long, value_delimiter = ',')]
+        abilities: Option<Vec<String>>,
+        /// Lifetime, e.g. 30d or 12h.
+        #[arg(long)]
+        expires_in: Option<humantime::Duration>,
+    },
+    /// List tokens (never their secrets or hashes).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a token's abilities.
+    Update {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: u64,
+        #[arg(long, value_delimiter = ',', required = true)]
+        abilities: Vec<String>,
+    },
+    /// Revoke (delete) a token.
+    Revoke {
+        #[command(flatten)]
+        config: ConfigArg,
+        id: u64,
+    },
+}
+
+/// How a command failed, which decides the exit code.
+#[derive(Debug)]
+pub enum Failure {
+    InvalidConfig(ConfigError),
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure::Runtime(e)
+    }
+}
+
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::InvalidConfig(e)) => {
+            eprintln!("invalid config:\n{e}");
+            ExitCode::from(64)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Serve(c) => serve(&c.config).await,
+        Command::CheckConfig(c) => {
+            load(&c.config)?;
+            println!("{}: valid", c.config.display());
+            Ok(())
+        }
+        Command::Demo { listen } => Ok(crate::demo::run(listen).await?),
+        Command::Token(t) => token(t).await,
+        Command::Explain {
+            config,
+            method,
+            path,
+            token,
+        } => explain(&config.config, &method, &path, token.as_deref()).await,
+    }
+}
+
+fn load(path: &Path) -> Result<Config, Failure> {
+    Config::load(path).map_err(Failure::InvalidConfig)
+}
+
+fn open(config: Config) -> Result<Arc<App>, Failure> {
+    App::open(config)
+        .context("cannot open the token store (managing tokens through a running server needs its admin API, which this version does not have: stop the server first)")
+        .map_err(Failure::Runtime)
+}
+
+async fn serve(config_path: &Path) -> Result<(), Failure> {
+    let config = load(config_path)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let app = open(config)?;
+    tracing::info!(
+        listen = %app.config.listen,
+        upstream = %app.config.upstream,
+        routes = app.config.routes.routes().len(),
+        "tokengate serving"
+    );
+    serve_until_shutdown(listener, app).await
+}
+
+/// Serves until Ctrl-C/SIGTERM, then flushes batched writes and the store.
+pub(crate) async fn serve_until_shutdown(
+    listener: tokio::net::TcpListener,
+    app: Arc<App>,
+) -> Result<(), Failure> {
+    let flusher = app.spawn_flusher(FLUSH_INTERVAL);
+    server::run(listener, Arc::clone(&app), server::shutdown_signal()).await;
+    flusher.abort();
+    app.flush().await.context("final flush of the store")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn token(command: TokenCommand) -> Result<(), Failure> {
+    match command {
+        TokenCommand::Create {
+            config,
+            user,
+            name,
+            abilities,
+            expires_in,
+        } => {
+            let app = open(load(&config.config)?)?;
+            let expires_at = expires_in.map(|d| app.clock.now().saturating_add(d.as_secs() as i64));
+            let created = app
+                .tokens
+                .create(CreateToken {
+                    user,
+                    name,
+                    abilities,
+                    expires_at,
+                })
+                .await
+                .context("cannot create the token")?;
+            if !created.dropped.is_empty() {
+                eprintln!(
+                    "warning: dropped abilities not declared in the config: {}",
+                    created.dropped.join(", ")
+                );
+            }
+            let r = &created.record;
+            println!(
+                "Created token {} '{}' for user {} with abilities [{}], expires {}.",
+                r.id,
+                r.name,
+                r.user,
+                r.abilities.join(", "),
+                rfc3339(r.expires_at)
+            );
+            println!("Copy it now: it will not be shown again.");
+            println!("{}", created.plaintext);
+            Ok(())
+        }
+        TokenCommand::List { config, user, json } => {
+            let app = open(load(&config.config)?)?;
+            let tokens = app
+                .tokens
+                .list(user.as_deref())
+                .await
+                .context("cannot list tokens")?;
+            if json {
+                let views: Vec<serde_json::Value> = tokens.iter().map(token_json).collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&views).unwrap_or_default()
+                );
+            } else {
+                println!(
+                    "{:<6} {:<16} {:<20} {:<24} {:<20} {:<20} LAST USED",
+                    "ID", "USER", "NAME", "ABILITIES", "CREATED", "EXPIRES"
+                );
+                for t in &tokens {
+                    println!(
+                        "{:<6} {:<16} {:<20} {:<24} {:<20} {:<20} {}",
+                        t.id,
+                        t.user,
+                        t.name,
+                        t.abilities.join(","),
+                        rfc3339(Some(t.created_at)),
+                        rfc3339(t.expires_at),
+                        rfc3339(t.last_used_at)
+                    );
+                }
+            }
+            Ok(())
+        }
+        TokenCommand::Update {
+            config,
+            id,
+            abilities,
+        } => {
+            let app = open(load(&config.config)?)?;
+            match app
+                .tokens
+                .set_abilities(TokenId(id), &abilities)
+                .await
+                .context("cannot update the token")?
+            {
+                Some((record, dropped)) => {
+                    if !dropped.is_empty() {
+                        eprintln!(
+                            "warning: dropped abilities not declared in the config: {}",
+                            dropped.join(", ")
+                        );
+                    }
+                    println!(
+                        "Token {} now has abilities [{}].",
+                        record.id,
+                        record.abilities.join(", ")
+                    );
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!("no token with id {id}").into()),
+            }
+        }
+        TokenCommand::Revoke { config, id } => {
+            let app = open(load(&config.config)?)?;
+            if app
+                .tokens
+                .revoke(TokenId(id))
+                .await
+                .context("cannot revoke the token")?
+            {
+                println!("Token {id} revoked.");
+                Ok(())
+            } else {
+                Err(anyhow::anyhow!("no token with id {id}").into())
+            }
+        }
+    }
+}
+
+/// A token as the CLI shows it: everything but its hash.
+fn token_json(t: &TokenRecord) -> serde_json::Value {
+    serde_json::json!({
+        "id": t.id.0,
+        "user": t.user,
+        "name": t.name,
+        "abilities": t.abilities,
+        "created_at": rfc3339(Some(t.created_at)),
+        "expires_at": t.expires_at.map(|e| rfc3339(Some(e))),
+        "last_used_at": t.last_used_at.map(|e| rfc3339(Some(e))),
+    })
+}
+
+async fn explain(
+    config_path: &Path,
+    method: &str,
+    raw_path: &str,
+    token: Option<&str>,
+) -> Result<(), Failure> {
+    let config = load(config_path)?;
+    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
+        .map_err(|_| anyhow::anyhow!("'{method}' is not an HTTP method"))?;
+    let decision = |r: Rejection| println!("decision: {} {}", r.status().as_u16(), r);
+    if raw_path.starts_with(crate::proxy::RESERVED_PREFIX) {
+        println!("path: reserved for tokengate's own pages, never forwarded");
+        decision(Rejection::NotFound);
+        return Ok(());
+    }
+    let checked = match path::check(raw_path) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("path: refused: {e}");
+            decision(Rejection::BadPath(e));
+            return Ok(());
+        }
+    };
+    println!("path: {} (as matched)", checked.as_str());
+    let Some(route) = config.routes.find(&method, &checked) else {
+        println!("route: none matches");
+        decision(Rejection::NoRoute);
+        return Ok(());
+    };
+    let methods = route.methods.as_ref().map_or_else(
+        || "any".to_owned(),
+        |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(", "),
+    );
+    println!(
+        "route: routes[{}] {} (methods: {methods})",
+        route.index, route.pattern
+    );
+    println!("auth: {:?}", route.auth);
+    if !route.all_of.is_empty() {
+        println!("requires all of: {}", route.all_of.join(", "));
+    }
+    if !route.any_of.is_empty() {
+        println!("requires one of: {}", route.any_of.join(", "));
+    }
+    let route = route.clone();
+    let principal = match token {
+        Some(t) if route.auth != crate::routes::AuthMode::None => {
+            let app = open(config)?;
+            let presented = t.strip_prefix("Bearer ").unwrap_or(t);
+            let found = app
+                .tokens
+                .authenticate(presented)
+                .await
+                .context("token lookup")?;
+            match &found {
+                Some(tok) => println!(
+                    "token: id {} of user {}, abilities: {}",
+                    tok.id,
+                    tok.user,
+                    tok.abilities_value.to_str().unwrap_or("?")
+                ),
+                None => println!("token: not valid (unknown, malformed, revoked or expired)"),
+            }
+            found.map(Principal::Token)
+        }
+        _ => None,
+    };
+    match auth::authorize(&route, principal.as_ref()) {
+        Ok(()) => println!("decision: allowed, forwarded upstream"),
+        Err(denial) => decision(denial.into()),
+    }
+    Ok(())
+}

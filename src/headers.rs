@@ -1,0 +1,237 @@
+//! Header rewriting between client and upstream: strip hop-by-hop headers and every
+//! client-sent identity header, set `X-Forwarded-*`, inject the identity of the principal.
+
+use crate::auth::Principal;
+use crate::config::Config;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request;
+use ipnet::IpNet;
+use std::net::SocketAddr;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+const METHOD_TOKEN: HeaderValue = HeaderValue::from_static("token");
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual extras), never forwarded.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// What the proxy knows of the client connection, computed once per connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    peer_ip: HeaderValue,
+    /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept.
+    trusted: bool,
+    proto: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, trusted_proxies: &[IpNet], tls: bool) -> Self {
+        Self {
+            peer,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string())
+                .expect("an IP address is a valid header value"),
+            trusted: trusted_proxies.iter().any(|n| n.contains(&peer.ip())),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// Removes hop-by-hop headers and those the `Connection` header names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn is_identity_header(name: &HeaderName, config: &Config) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-token-") || n.starts_with("x-auth-") || config.headers.all().contains(&name)
+}
+
+/// Removes every client-sent identity header: the configured names and any `X-Token-*` or
+/// `X-Auth-*`. Allocates only when the client sent one.
+pub fn strip_identity(headers: &mut HeaderMap, config: &Config) {
+    if !headers.keys().any(|name| is_identity_header(name, config)) {
+        return;
+    }
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_identity_header(name, config))
+        .cloned()
+        .collect();
+    for name in forged {
+        headers.remove(name);
+    }
+}
+
+/// Rewrites a request's headers for the upstream.
+pub fn prepare_request(
+    parts: &mut request::Parts,
+    config: &Config,
+    principal: Option<&Principal>,
+    conn: &ConnInfo,
+    strip_authorization: bool,
+) {
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    strip_identity(headers, config);
+    if strip_authorization {
+        headers.remove(header::AUTHORIZATION);
+    }
+
+    // HTTP/2 carries the host in the URI; the upstream speaks HTTP/1.1 and needs `Host`.
+    if !headers.contains_key(header::HOST) {
+        if let Some(host) = parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, host);
+        }
+    }
+    forwarded(headers, conn);
+
+    if let Some(Principal::Token(token)) = principal {
+        let names = &config.headers;
+        headers.insert(names.abilities.clone(), token.abilities_value.clone());
+        headers.insert(names.user.clone(), token.user_value.clone());
+        headers.insert(names.token_id.clone(), token.id_value.clone());
+        headers.insert(names.method.clone(), METHOD_TOKEN);
+    }
+}
+
+/// `X-Forwarded-For/Proto/Host`: from a trusted proxy extended or kept; otherwise set from
+/// what tokengate itself sees, so a client cannot forge them.
+fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
+    let chain = if conn.trusted {
+        headers
+            .get(X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok())
+    } else {
+        None
+    };
+    headers.insert(
+        X_FORWARDED_FOR,
+        chain.unwrap_or_else(|| conn.peer_ip.clone()),
+    );
+    if !(conn.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
+        headers.insert(X_FORWARDED_PROTO, conn.proto.clone());
+    }
+    if !(conn.trusted && headers.contains_key(X_FORWARDED_HOST)) {
+        match headers.get(header::HOST).cloned() {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host);
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::Request;
+
+    fn config() -> Config {
+        Config::parse("upstream: http://127.0.0.1:1\nheaders:\n  user: X-Remote-User\nroutes:\n  - path: /**\n").unwrap()
+    }
+
+    fn parts(headers: &[(&str, &str)]) -> request::Parts {
+        let mut b = Request::builder().uri("/x");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn strips_hop_by_hop_identity_and_connection_named_headers() {
+        let cfg = config();
+        let conn = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &[], false);
+        let mut p = parts(&[
+            ("host", "app.example"),
+            ("connection", "keep-alive, X-Secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-token-abilities", "*"),
+            ("X-Auth-User", "admin"),
+            ("x-auth-anything", "1"),
+            ("x-remote-user", "root"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+            ("authorization", "Bearer 1|x"),
+            ("accept", "*/*"),
+        ]);
+        prepare_request(&mut p, &cfg, None, &conn, true);
+        let h = &p.headers;
+        for gone in [
+            "connection",
+            "x-secret",
+            "keep-alive",
+            "te",
+            "upgrade",
+            "x-token-abilities",
+            "x-auth-user",
+            "x-auth-anything",
+            "x-remote-user",
+            "authorization",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} survived");
+        }
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["accept"], "*/*");
+        assert_eq!(h["host"], "app.example");
+    }
+
+    #[test]
+    fn trusted_proxies_extend_forwarded_headers() {
+        let cfg = config();
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let conn = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &nets, false);
+        let mut p = parts(&[
+            ("host", "internal"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-host", "app.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        prepare_request(&mut p, &cfg, None, &conn, false);
+        assert_eq!(p.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
+        assert_eq!(p.headers["x-forwarded-host"], "app.example");
+        assert_eq!(p.headers["x-forwarded-proto"], "https");
+    }
+}

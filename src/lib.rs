@@ -1,0 +1,38 @@
+//! tokengate: a reverse-proxy authentication sidecar. It lets a request through to the app
+//! it guards only when the request carries a valid credential with the abilities its route
+//! requires, and tells the app who is asking in headers (`X-Token-Abilities`, …).
+//!
+//! How a request flows through the modules:
+//!
+//! ```text
+//! server    accept loop, one task per connection, HTTP/1.1 + HTTP/2 (hyper-util auto)
+//!   proxy   the pipeline, the one place that knows the order of the steps:
+//!     path      check the path, decode its segments (400 on anything ambiguous)
+//!     routes    match the compiled route table, first match wins (403 when none)
+//!     tokens    verify the bearer token against the cache in front of the `store`
+//!     auth      does the principal satisfy the route? (401 / 403)
+//!     headers   strip hop-by-hop and client-sent identity headers, inject ours
+//!     upstream  stream the request to the app and its answer back
+//!   error   the single mapping of a refusal to a status and JSON body
+//! ```
+//!
+//! Around it: `config` (YAML → validated `Config`), `app` (the shared state), `store` (the
+//! `Store` trait and its sled implementation), `clock` (injectable time), `cli` and `demo`
+//! (the command line), `echo` (a small upstream for the demo and tests).
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod echo;
+pub mod error;
+pub mod headers;
+pub mod path;
+pub mod proxy;
+pub mod routes;
+pub mod server;
+pub mod store;
+pub mod tokens;
+pub mod upstream;

@@ -1,0 +1,12 @@
+//! The `tokengate` binary: parse the command line, set up logging and TLS crypto, run.
+
+use clap::Parser;
+use std::process::ExitCode;
+use tokengate::cli::{self, Cli};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(cli.log_format);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    cli::run(cli)
+}

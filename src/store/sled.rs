@@ -1,0 +1,273 @@
+//! The embedded sled store: one process, one data directory. The only module that imports
+//! sled. Every call runs on tokio's blocking pool, since sled may block on disk.
+//!
+//! Layout: tree `tokens` (id, 8 bytes big-endian → JSON record), `token_hashes`
+//! (SHA-256 → id), `token_last_used` (id → unix seconds, big-endian). `last_used_at` lives
+//! apart so that the batched touch never rewrites (and never races) a token's record.
+
+use super::{NewToken, Store, StoreError, TokenRecord};
+use crate::auth::token::{TokenHash, TokenId};
+use crate::clock::Timestamp;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use std::path::Path;
+
+/// A token's record on disk. The hash is kept as lowercase hex, as in Sanctum's table.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    user: String,
+    name: String,
+    hash: String,
+    abilities: Vec<String>,
+    created_at: Timestamp,
+    expires_at: Option<Timestamp>,
+}
+
+#[derive(Clone)]
+pub struct SledStore {
+    db: sled::Db,
+    tokens: sled::Tree,
+    hashes: sled::Tree,
+    last_used: sled::Tree,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store directory. Fails with `Locked` when another process
+    /// holds it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new().path(path).open().map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                StoreError::Locked {
+                    path: path.display().to_string(),
+                }
+            }
+            other => StoreError::Io(other.to_string()),
+        })?;
+        Ok(Self {
+            tokens: db.open_tree("tokens").map_err(io)?,
+            hashes: db.open_tree("token_hashes").map_err(io)?,
+            last_used: db.open_tree("token_last_used").map_err(io)?,
+            db,
+        })
+    }
+
+    fn record(&self, id: TokenId, bytes: &[u8]) -> Result<TokenRecord, StoreError> {
+        let stored: Stored = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("token {id}: {e}")))?;
+        let hash = TokenHash::from_hex(&stored.hash)
+            .ok_or_else(|| StoreError::Corrupt(format!("token {id}: bad hash")))?;
+        let last_used_at = self
+            .last_used
+            .get(id.0.to_be_bytes())
+            .map_err(io)?
+            .and_then(|v| Some(Timestamp::from_be_bytes(v.as_ref().try_into().ok()?)));
+        Ok(TokenRecord {
+            id,
+            user: stored.user,
+            name: stored.name,
+            hash,
+            abilities: stored.abilities,
+            created_at: stored.created_at,
+            expires_at: stored.expires_at,
+            last_used_at,
+        })
+    }
+
+    fn get(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        match self.tokens.get(id.0.to_be_bytes()).map_err(io)? {
+            Some(bytes) => self.record(id, &bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+fn io(e: sled::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn id_of(key: &[u8]) -> Result<TokenId, StoreError> {
+    let bytes: [u8; 8] = key
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("token key is not 8 bytes".into()))?;
+    Ok(TokenId(u64::from_be_bytes(bytes)))
+}
+
+fn encode(record: &Stored) -> Vec<u8> {
+    serde_json::to_vec(record).expect("a token record always serializes")
+}
+
+/// Runs a sled operation on the blocking pool.
+async fn blocking<T, F>(store: &SledStore, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(SledStore) -> Result<T, StoreError> + Send + 'static,
+{
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store))
+        .await
+        .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        blocking(self, move |s| {
+            // Sanctum ids start at 1; sled's counter starts at 0.
+            let id = TokenId(s.db.generate_id().map_err(io)? + 1);
+            let stored = Stored {
+                user: token.user.clone(),
+                name: token.name.clone(),
+                hash: token.hash.to_hex(),
+                abilities: token.abilities.clone(),
+                created_at: token.created_at,
+                expires_at: token.expires_at,
+            };
+            let value = encode(&stored);
+            let result = (&s.tokens, &s.hashes).transaction(|(tokens, hashes)| {
+                if hashes.get(token.hash.0)?.is_some() {
+                    return Err(ConflictableTransactionError::Abort(()));
+                }
+                tokens.insert(&id.0.to_be_bytes(), value.as_slice())?;
+                hashes.insert(&token.hash.0, &id.0.to_be_bytes())?;
+                Ok(())
+            });
+            match result {
+                Ok(()) => {}
+                Err(TransactionError::Abort(())) => return Err(StoreError::DuplicateHash),
+                Err(TransactionError::Storage(e)) => return Err(io(e)),
+            }
+            s.db.flush().map_err(io)?;
+            Ok(TokenRecord {
+                id,
+                user: token.user,
+                name: token.name,
+                hash: token.hash,
+                abilities: token.abilities,
+                created_at: token.created_at,
+                expires_at: token.expires_at,
+                last_used_at: None,
+            })
+        })
+        .await
+    }
+
+    async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        blocking(self, move |s| s.get(id)).await
+    }
+
+    async fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError> {
+        blocking(self, move |s| match s.hashes.get(hash.0).map_err(io)? {
+            Some(id) => s.get(id_of(&id)?),
+            None => Ok(None),
+        })
+        .await
+    }
+
+    async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
+        let user = user.map(str::to_owned);
+        blocking(self, move |s| {
+            let mut out = Vec::new();
+            for entry in s.tokens.iter() {
+                let (key, value) = entry.map_err(io)?;
+                let record = s.record(id_of(&key)?, &value)?;
+                if user.as_deref().is_none_or(|u| u == record.user) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_abilities(
+        &self,
+        id: TokenId,
+        abilities: Vec<String>,
+    ) -> Result<Option<TokenRecord>, StoreError> {
+        blocking(self, move |s| {
+            let key = id.0.to_be_bytes();
+            let mut corrupt = None;
+            let updated = s
+                .tokens
+                .update_and_fetch(key, |old| {
+                    let old = old?;
+                    match serde_json::from_slice::<Stored>(old) {
+                        Ok(mut stored) => {
+                            stored.abilities = abilities.clone();
+                            Some(encode(&stored))
+                        }
+                        Err(e) => {
+                            corrupt = Some(e.to_string());
+                            Some(old.to_vec())
+                        }
+                    }
+                })
+                .map_err(io)?;
+            if let Some(e) = corrupt {
+                return Err(StoreError::Corrupt(format!("token {id}: {e}")));
+            }
+            s.db.flush().map_err(io)?;
+            updated.map(|bytes| s.record(id, &bytes)).transpose()
+        })
+        .await
+    }
+
+    async fn delete_token(&self, id: TokenId) -> Result<bool, StoreError> {
+        blocking(self, move |s| {
+            let key = id.0.to_be_bytes();
+            let existed = (&s.tokens, &s.hashes, &s.last_used)
+                .transaction(|(tokens, hashes, last_used)| {
+                    let Some(old) = tokens.remove(&key)? else {
+                        return Ok(false);
+                    };
+                    if let Ok(stored) = serde_json::from_slice::<Stored>(&old) {
+                        if let Some(hash) = TokenHash::from_hex(&stored.hash) {
+                            hashes.remove(&hash.0)?;
+                        }
+                    }
+                    last_used.remove(&key)?;
+                    Ok(true)
+                })
+                .map_err(|e: TransactionError<()>| match e {
+                    TransactionError::Storage(e) => io(e),
+                    TransactionError::Abort(()) => StoreError::Io("delete aborted".into()),
+                })?;
+            s.db.flush().map_err(io)?;
+            Ok(existed)
+        })
+        .await
+    }
+
+    async fn touch_tokens(&self, used: Vec<(TokenId, Timestamp)>) -> Result<(), StoreError> {
+        blocking(self, move |s| {
+            (&s.tokens, &s.last_used)
+                .transaction(|(tokens, last_used)| {
+                    for (id, at) in &used {
+                        let key = id.0.to_be_bytes();
+                        if tokens.get(key)?.is_some() {
+                            last_used.insert(&key, &at.to_be_bytes())?;
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(|e: TransactionError<()>| match e {
+                    TransactionError::Storage(e) => io(e),
+                    TransactionError::Abort(()) => StoreError::Io("touch aborted".into()),
+                })
+        })
+        .await
+    }
+
+    async fn count_tokens(&self) -> Result<u64, StoreError> {
+        blocking(self, |s| Ok(s.tokens.len() as u64)).await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        blocking(self, |s| s.db.flush().map(|_| ()).map_err(io)).await
+    }
+}
