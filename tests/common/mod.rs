@@ -1,0 +1,220 @@
+//! Test harness: a real tokengate on 127.0.0.1:0 in front of a real upstream, with an
+//! injectable clock and a temporary sled store, and a hyper client to talk to it.
+
+#![allow(dead_code, unreachable_pub)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokengate::app::App;
+use tokengate::clock::ManualClock;
+use tokengate::config::Config;
+use tokengate::echo::Echo;
+use tokengate::store::SledStore;
+use tokengate::tokens::CreateToken;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// 2026-01-01T00:00:00Z, the harness clock's start.
+pub const T0: i64 = 1_767_225_600;
+
+pub struct Gate {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    pub echo: Echo,
+    pub clock: Arc<ManualClock>,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+/// A config with the harness's upstream and store filled in. `body` holds the rest
+/// (abilities, routes, …) and must not set `upstream` or `store`.
+pub fn config_for(upstream: SocketAddr, store: &std::path::Path, body: &str) -> Config {
+    let yaml = format!(
+        "upstream: http://{upstream}\nstore:\n  path: {}\n{body}",
+        store.display()
+    );
+    Config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"))
+}
+
+pub const STANDARD: &str = r#"
+tokens:
+  prefix: "tg_"
+abilities: [read, create, update, delete, reports, admin]
+default_abilities: [read]
+routes:
+  - path: /healthz
+    auth: none
+  - path: /api/posts/{id}
+    methods: [GET, HEAD]
+    abilities: [read]
+  - path: /api/posts
+    methods: [POST]
+    abilities: [create]
+  - path: /api/both
+    abilities: [read, update]
+  - path: /api/reports/**
+    any_ability: [reports, admin]
+  - path: /admin/**
+    abilities: [admin]
+  - path: /app/**
+    auth: session
+  - path: /open/**
+    auth: any
+  - path: /slow
+  - path: /upload
+"#;
+
+impl Gate {
+    pub async fn start(body: &str) -> Gate {
+        let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+        Self::start_with_upstream(echo.addr, echo, body).await
+    }
+
+    /// Starts tokengate in front of `upstream` (`echo` is kept for inspection).
+    pub async fn start_with_upstream(upstream: SocketAddr, echo: Echo, body: &str) -> Gate {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config_for(upstream, &dir.path().join("store"), body);
+        let store = SledStore::open(&config.store_path).unwrap();
+        let clock = Arc::new(ManualClock::new(T0));
+        let app = App::new(config, Arc::new(store), clock.clone());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(tokengate::server::run(listener, app.clone(), async {
+            let _ = rx.await;
+        }));
+        Gate {
+            addr,
+            app,
+            echo,
+            clock,
+            shutdown: Some(tx),
+            server: Some(server),
+            _dir: dir,
+        }
+    }
+
+    pub async fn token(&self, user: &str, abilities: &[&str]) -> String {
+        self.token_expiring(user, abilities, None).await
+    }
+
+    pub async fn token_expiring(&self, user: &str, abilities: &[&str], expires_at: Option<i64>) -> String {
+        self.app
+            .tokens
+            .create(CreateToken {
+                user: user.into(),
+                name: format!("{user}'s token"),
+                abilities: Some(abilities.iter().map(|a| a.to_string()).collect()),
+                expires_at,
+            })
+            .await
+            .unwrap()
+            .plaintext
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.unwrap();
+        }
+    }
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The header the echo upstream reports it received, if it did.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_owned)
+    }
+}
+
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpClient {
+    pub fn http1() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    /// HTTP/2 with prior knowledge (h2c), as gRPC clients speak it.
+    pub fn http2() -> Self {
+        Self {
+            inner: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &[u8])], body: Bytes) -> Answer {
+        let mut builder = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            builder = builder.header(*k, http::HeaderValue::from_bytes(v).unwrap());
+        }
+        let response = self
+            .inner
+            .request(builder.body(Full::new(body)).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("request to {url} failed: {e:?}"));
+        let (parts, body) = response.into_parts();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    pub async fn get(&self, url: &str, headers: &[(&str, &str)]) -> Answer {
+        let headers: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+        self.send(Method::GET, url, &headers, Bytes::new()).await
+    }
+
+    pub async fn get_bearer(&self, url: &str, token: &str) -> Answer {
+        let value = format!("Bearer {token}");
+        self.get(url, &[("authorization", &value)]).await
+    }
+
+    pub async fn post_bearer(&self, url: &str, token: &str) -> Answer {
+        let value = format!("Bearer {token}");
+        self.send(Method::POST, url, &[("authorization", value.as_bytes())], Bytes::new())
+            .await
+    }
+}
+
+/// Asserts the 401 of DESIGN.md: status, `WWW-Authenticate: Bearer`, JSON message.
+pub fn assert_unauthenticated(answer: &Answer, what: &str) {
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what}: {}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.headers["www-authenticate"], "Bearer", "{what}");
+    assert_eq!(answer.json(), serde_json::json!({"message": "Unauthenticated."}), "{what}");
+}
+
+pub fn assert_forbidden(answer: &Answer, what: &str) {
+    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{what}: {}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(answer.json(), serde_json::json!({"message": "Invalid ability provided."}), "{what}");
+}
