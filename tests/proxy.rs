@@ -15,7 +15,9 @@ async fn a_valid_token_reaches_the_upstream_with_its_identity() {
     let id = token.split('|').next().unwrap().to_string();
     let client = HttpClient::http1();
 
-    let answer = client.get_bearer(&gate.url("/api/posts/5?x=1"), &token).await;
+    let answer = client
+        .get_bearer(&gate.url("/api/posts/5?x=1"), &token)
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     let seen = gate.echo.last().expect("the upstream saw the request");
     assert_eq!(seen.path, "/api/posts/5?x=1");
@@ -25,8 +27,14 @@ async fn a_valid_token_reaches_the_upstream_with_its_identity() {
     assert_eq!(seen.headers["x-auth-method"], "token");
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
-    assert_eq!(seen.headers["x-forwarded-host"], gate.addr.to_string().as_str());
-    assert!(!seen.headers.contains_key("authorization"), "the secret is not forwarded by default");
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        gate.addr.to_string().as_str()
+    );
+    assert!(
+        !seen.headers.contains_key("authorization"),
+        "the secret is not forwarded by default"
+    );
     gate.stop().await;
 }
 
@@ -59,8 +67,17 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     assert_eq!(answer.status, StatusCode::OK);
     let seen = gate.echo.last().unwrap();
     assert_eq!(seen.path, "/healthz");
-    for name in ["x-token-abilities", "x-auth-user", "x-auth-token-id", "x-auth-method", "x-token-whatever"] {
-        assert!(!seen.headers.contains_key(name), "{name} reached the upstream on a public route");
+    for name in [
+        "x-token-abilities",
+        "x-auth-user",
+        "x-auth-token-id",
+        "x-auth-method",
+        "x-token-whatever",
+    ] {
+        assert!(
+            !seen.headers.contains_key(name),
+            "{name} reached the upstream on a public route"
+        );
     }
     gate.stop().await;
 }
@@ -75,26 +92,48 @@ async fn missing_unknown_revoked_and_expired_tokens_are_401() {
     assert_unauthenticated(&client.get_bearer(&url, "999|tg_nope").await, "unknown id");
     let real = gate.token("u", &["read"]).await;
     let (id, _) = real.split_once('|').unwrap();
-    assert_unauthenticated(&client.get_bearer(&url, &format!("{id}|tg_wrongsecret")).await, "right id, wrong secret");
+    assert_unauthenticated(
+        &client
+            .get_bearer(&url, &format!("{id}|tg_wrongsecret"))
+            .await,
+        "right id, wrong secret",
+    );
 
     // revoked: works, then not, on the very next request
     assert_eq!(client.get_bearer(&url, &real).await.status, StatusCode::OK);
-    assert!(gate.app.tokens.revoke(tokengate::auth::token::TokenId(id.parse().unwrap())).await.unwrap());
+    assert!(gate
+        .app
+        .tokens
+        .revoke(tokengate::auth::token::TokenId(id.parse().unwrap()))
+        .await
+        .unwrap());
     assert_unauthenticated(&client.get_bearer(&url, &real).await, "revoked");
 
     // per-token expiry
     let expiring = gate.token_expiring("u", &["read"], Some(T0 + 3600)).await;
-    assert_eq!(client.get_bearer(&url, &expiring).await.status, StatusCode::OK);
+    assert_eq!(
+        client.get_bearer(&url, &expiring).await.status,
+        StatusCode::OK
+    );
     gate.clock.advance(3599);
-    assert_eq!(client.get_bearer(&url, &expiring).await.status, StatusCode::OK);
+    assert_eq!(
+        client.get_bearer(&url, &expiring).await.status,
+        StatusCode::OK
+    );
     gate.clock.advance(1);
-    assert_unauthenticated(&client.get_bearer(&url, &expiring).await, "per-token expiry");
+    assert_unauthenticated(
+        &client.get_bearer(&url, &expiring).await,
+        "per-token expiry",
+    );
     gate.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_global_expiration_applies_from_creation() {
-    let body = STANDARD.replace("  prefix: \"tg_\"", "  prefix: \"tg_\"\n  expiration_minutes: 60");
+    let body = STANDARD.replace(
+        "  prefix: \"tg_\"",
+        "  prefix: \"tg_\"\n  expiration_minutes: 60",
+    );
     let gate = Gate::start(&body).await;
     let client = HttpClient::http1();
     let url = gate.url("/api/posts/1");
@@ -117,25 +156,68 @@ async fn abilities_decide_403_and_no_route_is_403() {
     let reporter = gate.token("u", &["reports"]).await;
     let star = gate.token("root", &["*"]).await;
 
-    assert_forbidden(&client.post_bearer(&gate.url("/api/posts"), &reader).await, "read cannot create");
-    assert_forbidden(&client.get_bearer(&gate.url("/api/both"), &reader).await, "abilities: all are needed");
-    assert_eq!(client.get_bearer(&gate.url("/api/reports/q1"), &reporter).await.status, StatusCode::OK, "any_ability: one suffices");
-    assert_forbidden(&client.get_bearer(&gate.url("/api/reports/q1"), &reader).await, "any_ability: none held");
+    assert_forbidden(
+        &client.post_bearer(&gate.url("/api/posts"), &reader).await,
+        "read cannot create",
+    );
+    assert_forbidden(
+        &client.get_bearer(&gate.url("/api/both"), &reader).await,
+        "abilities: all are needed",
+    );
+    assert_eq!(
+        client
+            .get_bearer(&gate.url("/api/reports/q1"), &reporter)
+            .await
+            .status,
+        StatusCode::OK,
+        "any_ability: one suffices"
+    );
+    assert_forbidden(
+        &client
+            .get_bearer(&gate.url("/api/reports/q1"), &reader)
+            .await,
+        "any_ability: none held",
+    );
 
-    for (method, path) in [(Method::POST, "/api/posts"), (Method::GET, "/api/both"), (Method::GET, "/admin/x"), (Method::GET, "/api/reports/x")] {
+    for (method, path) in [
+        (Method::POST, "/api/posts"),
+        (Method::GET, "/api/both"),
+        (Method::GET, "/admin/x"),
+        (Method::GET, "/api/reports/x"),
+    ] {
         let value = format!("Bearer {star}");
-        let answer = client.send(method.clone(), &gate.url(path), &[("authorization", value.as_bytes())], Bytes::new()).await;
+        let answer = client
+            .send(
+                method.clone(),
+                &gate.url(path),
+                &[("authorization", value.as_bytes())],
+                Bytes::new(),
+            )
+            .await;
         assert_eq!(answer.status, StatusCode::OK, "* token on {method} {path}");
     }
     assert_eq!(gate.echo.last().unwrap().headers["x-token-abilities"], "*");
 
     let answer = client.get_bearer(&gate.url("/nowhere"), &star).await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
-    assert_eq!(answer.json(), serde_json::json!({"message": "No route allows this request."}));
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"message": "No route allows this request."})
+    );
     // methods are part of the match: DELETE on a GET-only route matches nothing
     let value = format!("Bearer {star}");
-    let answer = client.send(Method::DELETE, &gate.url("/api/posts/1"), &[("authorization", value.as_bytes())], Bytes::new()).await;
-    assert_eq!(answer.json(), serde_json::json!({"message": "No route allows this request."}));
+    let answer = client
+        .send(
+            Method::DELETE,
+            &gate.url("/api/posts/1"),
+            &[("authorization", value.as_bytes())],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"message": "No route allows this request."})
+    );
     gate.stop().await;
 }
 
@@ -143,7 +225,9 @@ async fn abilities_decide_403_and_no_route_is_403() {
 async fn a_session_route_refuses_bearer_tokens() {
     let gate = Gate::start(STANDARD).await;
     let star = gate.token("root", &["*"]).await;
-    let answer = HttpClient::http1().get_bearer(&gate.url("/app/home"), &star).await;
+    let answer = HttpClient::http1()
+        .get_bearer(&gate.url("/app/home"), &star)
+        .await;
     assert_unauthenticated(&answer, "auth: session with a bearer token");
     gate.stop().await;
 }
@@ -158,8 +242,19 @@ async fn a_token_without_its_id_is_found_by_hash() {
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(gate.echo.last().unwrap().headers["x-auth-token-id"], id);
     // and again, now from the cache
-    assert_eq!(client.get_bearer(&gate.url("/api/posts/1"), bare).await.status, StatusCode::OK);
-    assert_unauthenticated(&client.get_bearer(&gate.url("/api/posts/1"), &format!("{bare}x")).await, "bare, wrong");
+    assert_eq!(
+        client
+            .get_bearer(&gate.url("/api/posts/1"), bare)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_unauthenticated(
+        &client
+            .get_bearer(&gate.url("/api/posts/1"), &format!("{bare}x"))
+            .await,
+        "bare, wrong",
+    );
     gate.stop().await;
 }
 
@@ -181,7 +276,14 @@ async fn malformed_bearer_values_are_401_never_500() {
         ("64 KiB", huge.into_bytes()),
     ];
     for (what, value) in cases {
-        let answer = client.send(Method::GET, &url, &[("authorization", &value)], Bytes::new()).await;
+        let answer = client
+            .send(
+                Method::GET,
+                &url,
+                &[("authorization", &value)],
+                Bytes::new(),
+            )
+            .await;
         if answer.status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
             assert_eq!(what, "64 KiB");
         } else {
@@ -189,12 +291,22 @@ async fn malformed_bearer_values_are_401_never_500() {
         }
     }
     // lowercase scheme is fine with a real token
-    let answer = client.get(&url, &[("authorization", &format!("bearer {real}"))]).await;
+    let answer = client
+        .get(&url, &[("authorization", &format!("bearer {real}"))])
+        .await;
     assert_eq!(answer.status, StatusCode::OK);
     // two Authorization headers are ambiguous
     let a = format!("Bearer {real}");
     let answer = client
-        .send(Method::GET, &url, &[("authorization", a.as_bytes()), ("authorization", b"Bearer 2|x")], Bytes::new())
+        .send(
+            Method::GET,
+            &url,
+            &[
+                ("authorization", a.as_bytes()),
+                ("authorization", b"Bearer 2|x"),
+            ],
+            Bytes::new(),
+        )
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
     // the server is still fine
@@ -208,19 +320,45 @@ async fn ambiguous_paths_are_400_and_encoded_paths_match_decoded() {
     let client = HttpClient::http1();
     let admin = gate.token("root", &["admin"]).await;
     let before = gate.echo.seen().len();
-    for path in ["/public/../admin/x", "/public/%2e%2e/admin/x", "/a%2fb", "/a%5cb", "/a%00b", "/open//x", "/open/%252e%252e/x", "/open/%ff"] {
+    for path in [
+        "/public/../admin/x",
+        "/public/%2e%2e/admin/x",
+        "/a%2fb",
+        "/a%5cb",
+        "/a%00b",
+        "/open//x",
+        "/open/%252e%252e/x",
+        "/open/%ff",
+    ] {
         let answer = client.get_bearer(&gate.url(path), &admin).await;
         assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{path}");
-        assert!(answer.json()["message"].as_str().unwrap().starts_with("The request path"), "{path}");
+        assert!(
+            answer.json()["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("The request path"),
+            "{path}"
+        );
     }
-    assert_eq!(gate.echo.seen().len(), before, "nothing refused reached the upstream");
+    assert_eq!(
+        gate.echo.seen().len(),
+        before,
+        "nothing refused reached the upstream"
+    );
 
     // /%61dmin is /admin: it needs the admin ability
     let reader = gate.token("u", &["read"]).await;
-    assert_forbidden(&client.get_bearer(&gate.url("/%61dmin/x"), &reader).await, "/%61dmin is /admin");
+    assert_forbidden(
+        &client.get_bearer(&gate.url("/%61dmin/x"), &reader).await,
+        "/%61dmin is /admin",
+    );
     let answer = client.get_bearer(&gate.url("/%61dmin/x"), &admin).await;
     assert_eq!(answer.status, StatusCode::OK);
-    assert_eq!(gate.echo.last().unwrap().path, "/%61dmin/x", "the path matched is the path forwarded");
+    assert_eq!(
+        gate.echo.last().unwrap().path,
+        "/%61dmin/x",
+        "the path matched is the path forwarded"
+    );
     gate.stop().await;
 }
 
@@ -249,21 +387,37 @@ async fn http2_prior_knowledge_gets_the_same_decisions() {
     assert_eq!(seen.headers["x-auth-user"], "h2user");
     assert_eq!(seen.headers["host"], gate.addr.to_string().as_str());
     assert_unauthenticated(&h2.get(&gate.url("/api/posts/1"), &[]).await, "h2 no token");
-    assert_forbidden(&h2.post_bearer(&gate.url("/api/posts"), &reader).await, "h2 lacking ability");
-    assert_eq!(h2.get_bearer(&gate.url("/a%2fb"), &reader).await.status, StatusCode::BAD_REQUEST);
+    assert_forbidden(
+        &h2.post_bearer(&gate.url("/api/posts"), &reader).await,
+        "h2 lacking ability",
+    );
+    assert_eq!(
+        h2.get_bearer(&gate.url("/a%2fb"), &reader).await.status,
+        StatusCode::BAD_REQUEST
+    );
     gate.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_502_json_without_internals() {
     // a port that was just free: nothing listens there
-    let dead = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-    let echo = tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let dead = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let echo =
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap());
     let gate = Gate::start_with_upstream(dead, echo, STANDARD).await;
     let token = gate.token("u", &["read"]).await;
-    let answer = HttpClient::http1().get_bearer(&gate.url("/api/posts/1"), &token).await;
+    let answer = HttpClient::http1()
+        .get_bearer(&gate.url("/api/posts/1"), &token)
+        .await;
     assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
-    assert_eq!(answer.json(), serde_json::json!({"message": "The upstream service is unavailable."}));
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"message": "The upstream service is unavailable."})
+    );
     assert!(!String::from_utf8_lossy(&answer.body).contains("127.0.0.1"));
     gate.stop().await;
 }
@@ -277,12 +431,30 @@ async fn last_used_is_written_in_one_batch_not_per_request() {
     for i in 0..50 {
         gate.clock.advance(1);
         let token = if i % 2 == 0 { &a } else { &b };
-        assert_eq!(client.get_bearer(&gate.url("/api/posts/1"), token).await.status, StatusCode::OK);
+        assert_eq!(
+            client
+                .get_bearer(&gate.url("/api/posts/1"), token)
+                .await
+                .status,
+            StatusCode::OK
+        );
     }
-    assert_eq!(gate.app.tokens.touch_writes(), 0, "no store write while serving");
+    assert_eq!(
+        gate.app.tokens.touch_writes(),
+        0,
+        "no store write while serving"
+    );
     assert_eq!(gate.app.tokens.flush_last_used().await.unwrap(), 2);
-    assert_eq!(gate.app.tokens.touch_writes(), 1, "one batched write for 50 requests");
-    assert_eq!(gate.app.tokens.flush_last_used().await.unwrap(), 0, "nothing new, nothing written");
+    assert_eq!(
+        gate.app.tokens.touch_writes(),
+        1,
+        "one batched write for 50 requests"
+    );
+    assert_eq!(
+        gate.app.tokens.flush_last_used().await.unwrap(),
+        0,
+        "nothing new, nothing written"
+    );
     assert_eq!(gate.app.tokens.touch_writes(), 1);
     let stored = gate.app.tokens.store().list_tokens(None).await.unwrap();
     let last: Vec<Option<i64>> = stored.iter().map(|t| t.last_used_at).collect();
@@ -307,7 +479,11 @@ async fn a_revocation_racing_cache_fills_never_leaves_the_token_valid() {
                 }
             })
         };
-        gate.app.tokens.revoke(tokengate::auth::token::TokenId(id)).await.unwrap();
+        gate.app
+            .tokens
+            .revoke(tokengate::auth::token::TokenId(id))
+            .await
+            .unwrap();
         hammer.await.unwrap();
         assert_unauthenticated(&client.get_bearer(&url, &token).await, "after revocation");
     }
@@ -318,6 +494,14 @@ async fn a_revocation_racing_cache_fills_never_leaves_the_token_valid() {
 async fn shutdown_finishes_cleanly() {
     let gate = Gate::start(STANDARD).await;
     let token = gate.token("u", &["read"]).await;
-    assert_eq!(HttpClient::http1().get_bearer(&gate.url("/api/posts/1"), &token).await.status, StatusCode::OK);
-    tokio::time::timeout(Duration::from_secs(10), gate.stop()).await.expect("server stops");
+    assert_eq!(
+        HttpClient::http1()
+            .get_bearer(&gate.url("/api/posts/1"), &token)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    tokio::time::timeout(Duration::from_secs(10), gate.stop())
+        .await
+        .expect("server stops");
 }

@@ -27,8 +27,13 @@ struct ChannelBody(mpsc::Receiver<Bytes>);
 impl Body for ChannelBody {
     type Data = Bytes;
     type Error = Infallible;
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        self.0.poll_recv(cx).map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(Frame::data(b))))
     }
 }
 
@@ -79,7 +84,11 @@ async fn stream_upstream() -> StreamUpstream {
             });
         }
     });
-    StreamUpstream { addr, received, release }
+    StreamUpstream {
+        addr,
+        received,
+        release,
+    }
 }
 
 async fn gate_in_front_of(upstream: &StreamUpstream) -> Gate {
@@ -117,7 +126,10 @@ async fn a_20_mb_upload_streams_to_the_upstream() {
     }
     // Half sent, the body not finished: the upstream must already be receiving it.
     let received = upstream.received.clone();
-    eventually("the upstream receives the first half", || received.load(Ordering::SeqCst) >= 5 * 1024 * 1024).await;
+    eventually("the upstream receives the first half", || {
+        received.load(Ordering::SeqCst) >= 5 * 1024 * 1024
+    })
+    .await;
     for _ in 0..10 {
         tx.send(chunk.clone()).await.unwrap();
     }
@@ -134,7 +146,8 @@ async fn a_slow_chunked_answer_streams_back() {
     let upstream = stream_upstream().await;
     let gate = gate_in_front_of(&upstream).await;
     let token = gate.token("u", &["read"]).await;
-    let client: Client<_, http_body_util::Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let request = Request::get(gate.url("/slow"))
         .header("authorization", format!("Bearer {token}"))
         .body(http_body_util::Empty::new())

@@ -105,7 +105,12 @@ impl Gate {
         self.token_expiring(user, abilities, None).await
     }
 
-    pub async fn token_expiring(&self, user: &str, abilities: &[&str], expires_at: Option<i64>) -> String {
+    pub async fn token_expiring(
+        &self,
+        user: &str,
+        abilities: &[&str],
+        expires_at: Option<i64>,
+    ) -> String {
         self.app
             .tokens
             .create(CreateToken {
@@ -172,7 +177,13 @@ impl HttpClient {
         }
     }
 
-    pub async fn send(&self, method: Method, url: &str, headers: &[(&str, &[u8])], body: Bytes) -> Answer {
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &[u8])],
+        body: Bytes,
+    ) -> Answer {
         let mut builder = Request::builder().method(method).uri(url);
         for (k, v) in headers {
             builder = builder.header(*k, http::HeaderValue::from_bytes(v).unwrap());
@@ -202,19 +213,42 @@ impl HttpClient {
 
     pub async fn post_bearer(&self, url: &str, token: &str) -> Answer {
         let value = format!("Bearer {token}");
-        self.send(Method::POST, url, &[("authorization", value.as_bytes())], Bytes::new())
-            .await
+        self.send(
+            Method::POST,
+            url,
+            &[("authorization", value.as_bytes())],
+            Bytes::new(),
+        )
+        .await
     }
 }
 
 /// Asserts the 401 of DESIGN.md: status, `WWW-Authenticate: Bearer`, JSON message.
 pub fn assert_unauthenticated(answer: &Answer, what: &str) {
-    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{what}: {}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status,
+        StatusCode::UNAUTHORIZED,
+        "{what}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
     assert_eq!(answer.headers["www-authenticate"], "Bearer", "{what}");
-    assert_eq!(answer.json(), serde_json::json!({"message": "Unauthenticated."}), "{what}");
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"message": "Unauthenticated."}),
+        "{what}"
+    );
 }
 
 pub fn assert_forbidden(answer: &Answer, what: &str) {
-    assert_eq!(answer.status, StatusCode::FORBIDDEN, "{what}: {}", String::from_utf8_lossy(&answer.body));
-    assert_eq!(answer.json(), serde_json::json!({"message": "Invalid ability provided."}), "{what}");
+    assert_eq!(
+        answer.status,
+        StatusCode::FORBIDDEN,
+        "{what}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"message": "Invalid ability provided."}),
+        "{what}"
+    );
 }

@@ -1,0 +1,321 @@
+//! The `tokengate` binary: exit codes, check-config messages, token management, explain,
+//! and `serve` with the contract the benchmark harness relies on.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    c.env("RUST_LOG", "warn");
+    c
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().expect("tokengate runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn write_config(dir: &Path, upstream_port: u16, listen_port: u16) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:{listen_port}\nupstream: http://127.0.0.1:{upstream_port}\nstore:\n  path: {}\nadmin:\n  listen: 127.0.0.1:{}\ntokens:\n  prefix: tg_\nabilities: [read, write]\ndefault_abilities: [read]\nroutes:\n  - path: /healthz\n    auth: none\n  - path: /bench/**\n    abilities: [read]\n  - path: /w/**\n    abilities: [write]\n",
+            dir.join("store").display(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn check_config_prints_every_problem_and_exits_64() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "upstream: http://127.0.0.1:1\nabilities: [read]\nroutes:\n  - path: nope\n  - path: /x\n    abilities: [write]\n").unwrap();
+    let out = run(&["check-config", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("routes[0].path: must start with '/'"), "{err}");
+    assert!(
+        err.contains("routes[1].abilities[0]: 'write' is not one of the declared abilities"),
+        "{err}"
+    );
+
+    // serve refuses the same file with the same messages
+    let out = run(&["serve", "--config", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("routes[0].path: must start with '/'"));
+
+    let good = write_config(dir.path(), 1, free_port());
+    let out = run(&["check-config", "--config", good.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.yaml");
+    assert_eq!(
+        run(&["check-config", "--config", example]).status.code(),
+        Some(0)
+    );
+
+    let out = run(&["check-config", "--config", "/nonexistent/tokengate.yaml"]);
+    assert_eq!(out.status.code(), Some(64));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    assert_eq!(run(&["token", "create"]).status.code(), Some(2));
+    assert_eq!(run(&["no-such-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn token_lifecycle_through_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 1, free_port());
+    let cfg = cfg.to_str().unwrap();
+
+    let out = run(&[
+        "token",
+        "create",
+        "--config",
+        cfg,
+        "--user",
+        "42",
+        "--name",
+        "ci",
+        "--abilities",
+        "read,bogus",
+        "--expires-in",
+        "30d",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let plaintext = text.lines().last().unwrap().to_string();
+    let (id, secret) = plaintext.split_once('|').unwrap();
+    assert!(id.bytes().all(|b| b.is_ascii_digit()));
+    assert!(
+        secret.starts_with("tg_") && secret.len() == 3 + 40 + 8,
+        "{plaintext}"
+    );
+    assert!(stderr(&out).contains("dropped abilities not declared in the config: bogus"));
+    assert!(
+        !stderr(&out).contains(secret),
+        "the secret never goes to the log"
+    );
+
+    // default abilities when none are named
+    let out = run(&[
+        "token", "create", "--config", cfg, "--user", "7", "--name", "default",
+    ]);
+    assert!(out.status.success());
+
+    let out = run(&["token", "list", "--config", cfg, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["user"], "42");
+    assert_eq!(list[0]["abilities"], serde_json::json!(["read"]));
+    assert_eq!(list[1]["abilities"], serde_json::json!(["read"]));
+    assert!(list[0]["expires_at"].is_string());
+    let listing = stdout(&out);
+    assert!(
+        !listing.contains(secret) && !listing.contains("hash"),
+        "no secrets or hashes in listings"
+    );
+
+    let out = run(&["token", "list", "--config", cfg, "--user", "7"]);
+    assert!(stdout(&out).lines().count() == 2, "{}", stdout(&out));
+
+    let out = run(&[
+        "token",
+        "update",
+        "--config",
+        cfg,
+        id,
+        "--abilities",
+        "read,write",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("[read, write]"));
+
+    let out = run(&[
+        "explain", "--config", cfg, "POST", "/w/x", "--token", &plaintext,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("decision: allowed"),
+        "{}",
+        stdout(&out)
+    );
+
+    let out = run(&["token", "revoke", "--config", cfg, id]);
+    assert!(out.status.success());
+    let out = run(&["token", "revoke", "--config", cfg, id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no token with id"));
+
+    let out = run(&[
+        "explain", "--config", cfg, "GET", "/bench/x", "--token", &plaintext,
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("route: routes[1] /bench/** (methods: any)"),
+        "{text}"
+    );
+    assert!(text.contains("requires all of: read"), "{text}");
+    assert!(text.contains("token: not valid"), "{text}");
+    assert!(text.contains("decision: 401"), "{text}");
+}
+
+#[test]
+fn explain_without_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 1, free_port());
+    let cfg = cfg.to_str().unwrap();
+    let cases = [
+        ("GET", "/healthz", "decision: allowed"),
+        ("GET", "/bench/1", "decision: 401"),
+        ("GET", "/nope", "decision: 403"),
+        ("GET", "/a/../b", "decision: 400"),
+        ("GET", "/_tokengate/login", "decision: 404"),
+    ];
+    for (method, path, want) in cases {
+        let out = run(&["explain", "--config", cfg, method, path]);
+        assert!(out.status.success());
+        assert!(
+            stdout(&out).contains(want),
+            "{method} {path}: {}",
+            stdout(&out)
+        );
+    }
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+fn wait_for_port(port: u16) {
+    for _ in 0..500 {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("nothing listens on {port}");
+}
+
+/// A raw HTTP/1.1 GET; returns the status code.
+fn get_status(port: u16, path: &str, auth: Option<&str>) -> u16 {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = auth
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), echo.addr.port(), port);
+    let cfg = cfg.to_str().unwrap();
+    // the benchmark harness's sequence: create a token, then serve
+    let out = run(&[
+        "token",
+        "create",
+        "--config",
+        cfg,
+        "--user",
+        "bench",
+        "--name",
+        "bench",
+        "--abilities",
+        "read",
+    ]);
+    let token = stdout(&out).lines().last().unwrap().to_string();
+
+    let child = bin()
+        .args(["serve", "--config", cfg])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+    assert_eq!(get_status(port, "/bench/item", Some(&token)), 200);
+    assert_eq!(get_status(port, "/bench/item", None), 401);
+    assert_eq!(get_status(port, "/healthz", None), 200);
+
+    // while serving, the CLI cannot open the store, and says why
+    let out = run(&["token", "list", "--config", cfg]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("in use by another process"),
+        "{}",
+        stderr(&out)
+    );
+
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    for _ in 0..500 {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = status.expect("serve exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+
+    // last_used_at was flushed at shutdown
+    let out = run(&["token", "list", "--config", cfg, "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list[0]["last_used_at"].is_string(), "{list}");
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    assert!(
+        !log.contains(token.split('|').nth(1).unwrap()),
+        "no token in the log"
+    );
+}
