@@ -319,3 +319,59 @@ fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
         "no token in the log"
     );
 }
+
+#[test]
+fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
+    let port = free_port();
+    let mut child = bin()
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.starts_with("Press Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    let mut server = Server(child);
+    let token_of = |label: &str| {
+        printed
+            .iter()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no {label} in {printed:#?}"))
+            .to_string()
+    };
+    let reader = token_of("Tokens: reader = ");
+    let writer = token_of("writer = ");
+    assert!(printed
+        .iter()
+        .any(|l| l.contains("curl -i -H 'Authorization: Bearer")));
+    wait_for_port(port);
+    assert_eq!(get_status(port, "/api/posts/1", Some(&reader)), 200);
+    assert_eq!(get_status(port, "/api/posts/1", None), 401);
+    assert_eq!(get_status(port, "/healthz", None), 200);
+    assert_eq!(get_status(port, "/api/posts/1", Some(&writer)), 403);
+
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut code = None;
+    for _ in 0..500 {
+        if let Some(s) = server.0.try_wait().unwrap() {
+            code = s.code();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(code, Some(0), "the demo stops cleanly on Ctrl-C");
+}
