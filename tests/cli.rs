@@ -211,6 +211,25 @@ fn explain_without_a_token() {
 
 struct Server(Child);
 
+impl Server {
+    /// Sends a signal (`-TERM`, `-INT`) and waits (bounded) for the exit code.
+    fn signal(&mut self, signal: &str) -> Option<i32> {
+        let pid = self.0.id().to_string();
+        assert!(Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .unwrap()
+            .success());
+        for _ in 0..500 {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no exit within 10 s of {signal}");
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -291,22 +310,11 @@ fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
         stderr(&out)
     );
 
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut status = None;
-    for _ in 0..500 {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let status = status.expect("serve exits after SIGTERM");
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        server.signal("-TERM"),
+        Some(0),
+        "serve exits 0 after SIGTERM"
+    );
 
     // last_used_at was flushed at shutdown
     let out = run(&["token", "list", "--config", cfg, "--json"]);
@@ -359,19 +367,9 @@ fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
     assert_eq!(get_status(port, "/healthz", None), 200);
     assert_eq!(get_status(port, "/api/posts/1", Some(&writer)), 403);
 
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-INT", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let mut code = None;
-    for _ in 0..500 {
-        if let Some(s) = server.0.try_wait().unwrap() {
-            code = s.code();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(code, Some(0), "the demo stops cleanly on Ctrl-C");
+    assert_eq!(
+        server.signal("-INT"),
+        Some(0),
+        "the demo stops cleanly on Ctrl-C"
+    );
 }
