@@ -91,6 +91,12 @@ pub enum TokenCommand {
         #[arg(long)]
         expires_in: Option<humantime::Duration>,
     },
+    /// Create many tokens from JSON lines on stdin ({"user","name","abilities"?,"expires_in"?}),
+    /// with one durable write; prints each new plaintext token on its own line.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// List tokens (never their secrets or hashes).
     List {
         #[command(flatten)]
@@ -263,6 +269,36 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
             println!("{}", created.plaintext);
             Ok(())
         }
+        TokenCommand::Import { config } => {
+            let app = open(load(&config.config)?)?;
+            let now = app.clock.now();
+            let mut requests = Vec::new();
+            for (n, line) in std::io::stdin().lines().enumerate() {
+                let line = line.context("cannot read stdin")?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let entry: ImportLine = serde_json::from_str(&line)
+                    .with_context(|| format!("line {}: not a token entry", n + 1))?;
+                requests.push(CreateToken {
+                    user: entry.user,
+                    name: entry.name,
+                    abilities: entry.abilities,
+                    expires_at: entry
+                        .expires_in
+                        .map(|d| now.saturating_add(d.as_secs() as i64)),
+                });
+            }
+            let created = app.tokens.import(requests).await.context("import failed")?;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for c in &created {
+                std::io::Write::write_all(&mut out, c.plaintext.as_bytes()).context("stdout")?;
+                std::io::Write::write_all(&mut out, b"\n").context("stdout")?;
+            }
+            std::io::Write::flush(&mut out).context("stdout")?;
+            eprintln!("imported {} tokens", created.len());
+            Ok(())
+        }
         TokenCommand::List { config, user, json } => {
             let app = open(load(&config.config)?)?;
             let tokens = app
@@ -339,6 +375,29 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
                 Err(anyhow::anyhow!("no token with id {id}").into())
             }
         }
+    }
+}
+
+/// One line of `token import`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportLine {
+    user: String,
+    name: String,
+    abilities: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde_opt")]
+    expires_in: Option<std::time::Duration>,
+}
+
+/// `expires_in` as a humantime string ("30d").
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<std::time::Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }
 

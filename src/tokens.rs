@@ -302,7 +302,12 @@ impl Tokens {
         (kept, dropped)
     }
 
-    pub async fn create(&self, request: CreateToken) -> Result<Created, TokenError> {
+    /// Checks a request and turns it into a new token and its secret.
+    fn prepare(
+        &self,
+        request: CreateToken,
+        now: Timestamp,
+    ) -> Result<(NewToken, String, Vec<String>), TokenError> {
         check_user(&request.user)?;
         let name = request.name.trim();
         if name.is_empty() || name.chars().count() > 255 {
@@ -310,32 +315,32 @@ impl Tokens {
                 "a token name must be 1 to 255 characters".into(),
             ));
         }
-        let requested = match request.abilities {
-            Some(list) => list,
-            None => self
-                .policy
-                .default_abilities
-                .iter()
-                .map(|a| a.as_str().to_owned())
-                .collect(),
-        };
-        let (abilities, dropped) = self.filter_abilities(&requested);
-        let now = self.clock.now();
         if request.expires_at.is_some_and(|at| at <= now) {
             return Err(TokenError::Invalid(
                 "a token's expiry must be in the future".into(),
             ));
         }
+        let requested = match request.abilities {
+            Some(list) => list,
+            None => self.policy.default_abilities.clone(),
+        };
+        let (abilities, dropped) = self.filter_abilities(&requested);
+        let secret = token::generate_secret(&self.policy.prefix);
+        let new = NewToken {
+            user: request.user,
+            name: name.to_owned(),
+            hash: TokenHash::of(&secret),
+            abilities,
+            created_at: now,
+            expires_at: request.expires_at,
+        };
+        Ok((new, secret, dropped))
+    }
+
+    pub async fn create(&self, request: CreateToken) -> Result<Created, TokenError> {
+        let now = self.clock.now();
         loop {
-            let secret = token::generate_secret(&self.policy.prefix);
-            let new = NewToken {
-                user: request.user.clone(),
-                name: name.to_owned(),
-                hash: TokenHash::of(&secret),
-                abilities: abilities.clone(),
-                created_at: now,
-                expires_at: request.expires_at,
-            };
+            let (new, secret, dropped) = self.prepare(request.clone(), now)?;
             match self.store.create_token(new).await {
                 Ok(record) => {
                     let plaintext = token::plaintext(record.id, &secret);
@@ -350,6 +355,31 @@ impl Tokens {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Creates many tokens with one durable write (bulk import). Every request is checked
+    /// before anything is stored.
+    pub async fn import(&self, requests: Vec<CreateToken>) -> Result<Vec<Created>, TokenError> {
+        let now = self.clock.now();
+        let mut news = Vec::with_capacity(requests.len());
+        let mut secrets = Vec::with_capacity(requests.len());
+        for (line, request) in requests.into_iter().enumerate() {
+            let (new, secret, dropped) = self
+                .prepare(request, now)
+                .map_err(|e| TokenError::Invalid(format!("token {}: {e}", line + 1)))?;
+            news.push(new);
+            secrets.push((secret, dropped));
+        }
+        let records = self.store.create_tokens(news).await?;
+        Ok(records
+            .into_iter()
+            .zip(secrets)
+            .map(|(record, (secret, dropped))| Created {
+                plaintext: token::plaintext(record.id, &secret),
+                record,
+                dropped,
+            })
+            .collect())
     }
 
     pub async fn list(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {

@@ -373,3 +373,75 @@ fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
         "the demo stops cleanly on Ctrl-C"
     );
 }
+
+#[test]
+fn token_import_creates_many_tokens_at_once() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), 1, free_port());
+    let cfg = cfg.to_str().unwrap();
+    let mut child = bin()
+        .args(["token", "import", "--config", cfg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    for i in 0..500 {
+        writeln!(
+            stdin,
+            r#"{{"user":"u{i}","name":"t{i}","abilities":["read","nope"]}}"#
+        )
+        .unwrap();
+    }
+    writeln!(stdin, r#"{{"user":"x","name":"exp","expires_in":"1h"}}"#).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tokens: Vec<String> = stdout(&out).lines().map(str::to_owned).collect();
+    assert_eq!(tokens.len(), 501);
+    assert!(tokens.iter().all(|t| t.contains("|tg_")));
+    let out = run(&[
+        "explain",
+        "--config",
+        cfg,
+        "GET",
+        "/bench/1",
+        "--token",
+        &tokens[250],
+    ]);
+    assert!(
+        stdout(&out).contains("decision: allowed"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["token", "list", "--config", cfg, "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 501);
+    assert_eq!(list[0]["abilities"], serde_json::json!(["read"]));
+    assert!(list[500]["expires_at"].is_string());
+
+    // a bad line stores nothing
+    let mut child = bin()
+        .args(["token", "import", "--config", cfg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, r#"{{"user":"ok","name":"fine"}}"#).unwrap();
+    writeln!(stdin, r#"{{"user":"has space","name":"bad"}}"#).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("token 2: a user id must be"),
+        "{}",
+        stderr(&out)
+    );
+    let out = run(&["token", "list", "--config", cfg, "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 501);
+}

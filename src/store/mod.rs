@@ -53,6 +53,8 @@ pub enum StoreError {
 pub trait Store: Send + Sync + 'static {
     /// Stores a new token and returns only once it is durable.
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError>;
+    /// Stores many new tokens with one flush at the end (bulk import).
+    async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError>;
     async fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError>;
     /// Every token, or one user's, by ascending id.

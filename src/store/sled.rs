@@ -116,42 +116,63 @@ where
 #[async_trait]
 impl Store for SledStore {
     async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        let mut created = self.create_tokens(vec![token]).await?;
+        created
+            .pop()
+            .ok_or_else(|| StoreError::Io("token not created".into()))
+    }
+
+    async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError> {
         blocking(self, move |s| {
-            // Sanctum ids start at 1; sled's counter starts at 0.
-            let id = TokenId(s.db.generate_id().map_err(io)? + 1);
-            let stored = Stored {
-                user: token.user.clone(),
-                name: token.name.clone(),
-                hash: token.hash.to_hex(),
-                abilities: token.abilities.clone(),
-                created_at: token.created_at,
-                expires_at: token.expires_at,
-            };
-            let value = encode(&stored);
-            let result = (&s.tokens, &s.hashes).transaction(|(tokens, hashes)| {
-                if hashes.get(token.hash.0)?.is_some() {
-                    return Err(ConflictableTransactionError::Abort(()));
+            let mut records = Vec::with_capacity(tokens.len());
+            // Bounded transactions: one per chunk, one flush for all.
+            for chunk in tokens.chunks(10_000) {
+                let mut rows = Vec::with_capacity(chunk.len());
+                for token in chunk {
+                    // Sanctum ids start at 1; sled's counter starts at 0.
+                    let id = TokenId(s.db.generate_id().map_err(io)? + 1);
+                    let stored = Stored {
+                        user: token.user.clone(),
+                        name: token.name.clone(),
+                        hash: token.hash.to_hex(),
+                        abilities: token.abilities.clone(),
+                        created_at: token.created_at,
+                        expires_at: token.expires_at,
+                    };
+                    rows.push((id, encode(&stored)));
                 }
-                tokens.insert(&id.0.to_be_bytes(), value.as_slice())?;
-                hashes.insert(&token.hash.0, &id.0.to_be_bytes())?;
-                Ok(())
-            });
-            match result {
-                Ok(()) => {}
-                Err(TransactionError::Abort(())) => return Err(StoreError::DuplicateHash),
-                Err(TransactionError::Storage(e)) => return Err(io(e)),
+                let result = (&s.tokens, &s.hashes).transaction(|(t, h)| {
+                    for ((id, value), token) in rows.iter().zip(chunk) {
+                        if h.get(token.hash.0)?.is_some() {
+                            return Err(ConflictableTransactionError::Abort(()));
+                        }
+                        t.insert(&id.0.to_be_bytes(), value.as_slice())?;
+                        h.insert(&token.hash.0, &id.0.to_be_bytes())?;
+                    }
+                    Ok(())
+                });
+                match result {
+                    Ok(()) => {}
+                    Err(TransactionError::Abort(())) => return Err(StoreError::DuplicateHash),
+                    Err(TransactionError::Storage(e)) => return Err(io(e)),
+                }
+                records.extend(
+                    rows.into_iter()
+                        .zip(chunk)
+                        .map(|((id, _), token)| TokenRecord {
+                            id,
+                            user: token.user.clone(),
+                            name: token.name.clone(),
+                            hash: token.hash,
+                            abilities: token.abilities.clone(),
+                            created_at: token.created_at,
+                            expires_at: token.expires_at,
+                            last_used_at: None,
+                        }),
+                );
             }
             s.db.flush().map_err(io)?;
-            Ok(TokenRecord {
-                id,
-                user: token.user,
-                name: token.name,
-                hash: token.hash,
-                abilities: token.abilities,
-                created_at: token.created_at,
-                expires_at: token.expires_at,
-                last_used_at: None,
-            })
+            Ok(records)
         })
         .await
     }

@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# tokengate's load benchmark: requests/s and p99 of tokengate (checking a bearer token on
+# every request) against plain nginx proxy_pass, both in front of the same nginx upstream
+# on loopback, in alternating rounds. Prints median, min and max per target and the
+# tokengate/nginx ratio of the medians. Absolute numbers drift on shared machines; the
+# ratio, measured in one run, is what to compare.
+#
+# Usage: bench/load.sh [ROUNDS=3] [SECONDS=5] [CONNECTIONS=32]
+#   TG_BIN=target/release/tokengate   binary to measure (default; built if missing)
+#   TG_ROUTE_COUNT=N                  non-matching routes before the benchmarked one (default 0)
+#   TG_TOKENS=N                       extra tokens in the store, bulk-imported (default 0)
+#   KEEP=1                            keep the work folder
+# Ports: 127.0.0.1:19080 (upstream) 19081 (nginx) 19083 (tokengate)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}; SECS=${2:-5}; CONNS=${3:-32}
+TG_BIN=${TG_BIN:-target/release/tokengate}
+WORK=$(mktemp -d /tmp/tokengate-load.XXXXXX)
+PIDS=()
+
+need() { command -v "$1" >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null; apt-get install -y -qq "$2" >/dev/null; }; }
+need nginx nginx-light
+need wrk wrk
+[ -x "$TG_BIN" ] || cargo build --release
+
+cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" >&2 || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_port() {
+  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
+  echo "nothing listens on port $1" >&2; return 1
+}
+
+body=$(head -c 512 /dev/zero | tr '\0' 'x')
+mkdir -p "$WORK/up" "$WORK/px" "$WORK/tg"
+cat >"$WORK/up/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/up/pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:19080 backlog=4096; location / { default_type text/plain; return 200 "$body"; } }
+}
+NGINX
+cat >"$WORK/px/nginx.conf" <<NGINX
+worker_processes auto;
+daemon off;
+pid $WORK/px/pid;
+error_log $WORK/px/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream app { server 127.0.0.1:19080; keepalive 128; }
+  server {
+    listen 127.0.0.1:19081 backlog=4096;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+{
+  echo "listen: 127.0.0.1:19083"
+  echo "upstream: http://127.0.0.1:19080"
+  echo "store:"
+  echo "  path: $WORK/tg/store"
+  echo "admin:"
+  echo "  listen: 127.0.0.1:19084"
+  echo "tokens:"
+  echo "  prefix: tg_"
+  echo "  cache_capacity: $(( ${TG_TOKENS:-0} + 1000 ))"
+  echo "abilities: [read, write]"
+  echo "routes:"
+  for i in $(seq 1 "${TG_ROUTE_COUNT:-0}"); do
+    echo "  - path: /other$i/**"
+    echo "    abilities: [write]"
+  done
+  echo "  - path: /bench/**"
+  echo "    abilities: [read]"
+} >"$WORK/tg/config.yaml"
+
+if [ "${TG_TOKENS:-0}" -gt 0 ]; then
+  python3 - "${TG_TOKENS}" >"$WORK/tg/tokens.jsonl" <<'PY'
+import json, sys
+for i in range(int(sys.argv[1])):
+    print(json.dumps({"user": f"u{i}", "name": f"t{i}", "abilities": ["read"]}))
+PY
+  "$TG_BIN" token import --config "$WORK/tg/config.yaml" <"$WORK/tg/tokens.jsonl" >/dev/null
+fi
+TOKEN=$("$TG_BIN" token create --config "$WORK/tg/config.yaml" --user bench --name bench --abilities read | tail -n 1)
+
+nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" 2>>"$WORK/up/error.log" & PIDS+=($!)
+nginx -c "$WORK/px/nginx.conf" -p "$WORK/px" 2>>"$WORK/px/error.log" & PIDS+=($!)
+RUST_LOG=warn "$TG_BIN" serve --config "$WORK/tg/config.yaml" >"$WORK/tg/log" 2>&1 & PIDS+=($!); TG_PID=$!
+wait_port 19080; wait_port 19081; wait_port 19083
+
+code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:19083/bench/item)
+[ "$code" = 200 ] || { echo "tokengate answered $code to a valid token" >&2; cat "$WORK/tg/log" >&2; exit 1; }
+
+TARGETS=("direct|http://127.0.0.1:19080/bench/item|" "nginx|http://127.0.0.1:19081/bench/item|" "tokengate|http://127.0.0.1:19083/bench/item|Authorization: Bearer $TOKEN")
+
+run_wrk() { # name url header -> "rps p99_ms"
+  local out
+  if [ -n "$3" ]; then out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$2"); else out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$2"); fi
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
+  echo "$out" | awk '/Requests\/sec/ {rps=$2} $1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; p99=v} END {print rps, p99}'
+}
+
+for t in "${TARGETS[@]}"; do IFS='|' read -r name url hdr <<<"$t"; run_wrk "$name" "$url" "$hdr" >/dev/null; done # warm-up
+for r in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    IFS='|' read -r name url hdr <<<"$t"
+    echo "$name $(run_wrk "$name" "$url" "$hdr")" >>"$WORK/results"
+  done
+done
+rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$TG_PID/status")
+
+python3 - "$WORK/results" "$rss" "$ROUNDS" "$SECS" "$CONNS" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, rps, p99 = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p99)))
+print(f"rounds={sys.argv[3]} seconds={sys.argv[4]} connections={sys.argv[5]}")
+print(f"{'target':<10} {'req/s med':>10} {'min':>9} {'max':>9} {'p99 ms med':>11} {'min':>6} {'max':>6}")
+med = {}
+for n, v in rows.items():
+    r = [x for x, _ in v]; p = [y for _, y in v]
+    med[n] = (statistics.median(r), statistics.median(p))
+    print(f"{n:<10} {med[n][0]:>10.0f} {min(r):>9.0f} {max(r):>9.0f} {med[n][1]:>11.2f} {min(p):>6.2f} {max(p):>6.2f}")
+print(f"tokengate/nginx throughput ratio: {med['tokengate'][0] / med['nginx'][0]:.2f}")
+print(f"tokengate/nginx p99 ratio: {med['tokengate'][1] / med['nginx'][1]:.2f}")
+print(f"tokengate peak RSS: {sys.argv[2]} MiB")
+PY
