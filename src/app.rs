@@ -1,12 +1,12 @@
 //! The shared state of a running tokengate, passed explicitly as `Arc<App>`: the validated
-//! config, the token service over the store, the upstream client and the clock; and the
-//! background job that flushes batched `last_used_at` writes.
+//! config, the token service over the store and the clock; and the background job that
+//! flushes batched `last_used_at` writes. (Upstream connection pools belong to each
+//! server worker, see `server`.)
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::store::{SledStore, Store, StoreError};
 use crate::tokens::Tokens;
-use crate::upstream::Upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,18 +16,15 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 pub struct App {
     pub config: Config,
     pub tokens: Tokens,
-    pub upstream: Upstream,
     pub clock: Arc<dyn Clock>,
 }
 
 impl App {
     pub fn new(config: Config, store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Arc<Self> {
         let tokens = Tokens::new(store, Arc::clone(&clock), config.tokens.clone());
-        let upstream = Upstream::new(config.upstream.clone());
         Arc::new(Self {
             config,
             tokens,
-            upstream,
             clock,
         })
     }

@@ -202,29 +202,29 @@ fn open(config: Config) -> Result<Arc<App>, Failure> {
 }
 
 async fn serve(config_path: &Path) -> Result<(), Failure> {
-    let config = load(config_path)?;
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let app = open(config)?;
+    let app = open(load(config_path)?)?;
     tracing::info!(
         listen = %app.config.listen,
         upstream = %app.config.upstream,
         routes = app.config.routes.routes().len(),
+        workers = app.config.workers,
         "tokengate serving"
     );
-    serve_until_shutdown(listener, app).await
+    serve_until_shutdown(app).await
 }
 
 /// Serves until Ctrl-C/SIGTERM, then flushes batched writes and the store.
-pub(crate) async fn serve_until_shutdown(
-    listener: tokio::net::TcpListener,
-    app: Arc<App>,
-) -> Result<(), Failure> {
+pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
     let flusher = app.spawn_flusher(FLUSH_INTERVAL);
-    server::run(listener, Arc::clone(&app), server::shutdown_signal()).await;
+    let served = server::serve(
+        Arc::clone(&app),
+        app.config.workers,
+        server::shutdown_signal(),
+    )
+    .await;
     flusher.abort();
     app.flush().await.context("final flush of the store")?;
+    served.context("serving failed")?;
     tracing::info!("stopped");
     Ok(())
 }

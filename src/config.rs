@@ -54,6 +54,7 @@ impl ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    workers: Option<usize>,
     upstream: Option<String>,
     /// Refused by this version whatever it holds.
     tls: Option<serde_yaml::Value>,
@@ -129,6 +130,8 @@ struct RawRoute {
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
+    /// Proxy worker threads, each with its own listener and upstream pool.
+    pub workers: usize,
     pub upstream: UpstreamTarget,
     pub store_path: PathBuf,
     pub admin: AdminConfig,
@@ -287,6 +290,15 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "listen",
         socket_addr(raw.listen.as_deref().unwrap_or("0.0.0.0:8080")),
     );
+    let workers = raw.workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if workers == 0 || workers > 1024 {
+        p.add(
+            "workers",
+            "must be between 1 and 1024 (default: one per CPU)",
+        );
+    }
     let upstream = match raw.upstream.as_deref() {
         Some(text) => p.check("upstream", upstream(text)),
         None => {
@@ -553,6 +565,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     match (listen, upstream, admin_listen, headers) {
         (Some(listen), Some(upstream), Some(admin_listen), Some(headers)) => Ok(Config {
             listen,
+            workers,
             upstream,
             store_path,
             admin: AdminConfig {

@@ -40,11 +40,6 @@ routes:
         store = dir.path().join("store").display(),
     );
     let config = Config::parse(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| {
-            format!("cannot listen on {listen} (pass --listen ADDR to use another)")
-        })?;
     let store = SledStore::open(&config.store_path)?;
     let app = App::new(config, Arc::new(store), Arc::new(SystemClock));
     let create = |name: &str, ability: &str| {
@@ -87,7 +82,7 @@ Try:
 Press Ctrl-C to stop."#,
         upstream = echo.addr,
     );
-    crate::cli::serve_until_shutdown(listener, app)
+    crate::cli::serve_until_shutdown(app)
         .await
         .map_err(|e| match e {
             crate::cli::Failure::Runtime(e) => e,

@@ -15,6 +15,7 @@ use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
 use crate::path;
 use crate::routes::{AuthMode, Route};
+use crate::upstream::{Upstream, UpstreamBody};
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response};
@@ -22,14 +23,19 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 /// The body of every response: the upstream's, streamed, or tokengate's own.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
 /// tokengate's own pages live under this prefix; it never reaches the upstream.
 pub const RESERVED_PREFIX: &str = "/_tokengate/";
 
 /// Handles one request: forwards it, or answers with the refusal.
-pub async fn handle(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
-    match forward(app, request, conn).await {
+pub async fn handle(
+    app: &App,
+    upstream: &Upstream,
+    request: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<Body> {
+    match forward(app, upstream, request, conn).await {
         Ok(response) => response,
         Err(rejection) => rejection.response(),
     }
@@ -37,6 +43,7 @@ pub async fn handle(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> R
 
 async fn forward(
     app: &App,
+    upstream: &Upstream,
     request: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Result<Response<Body>, Rejection> {
@@ -64,7 +71,7 @@ async fn forward(
         strip_authorization,
     );
 
-    let mut response = app.upstream.send(Request::from_parts(parts, body)).await?;
+    let mut response = upstream.send(Request::from_parts(parts, body)).await?;
     headers::strip_hop_by_hop(response.headers_mut());
     Ok(response.map(Either::Left))
 }

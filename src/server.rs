@@ -1,19 +1,25 @@
-//! The proxy listener: accept loop, one task per connection served by hyper-util's auto
-//! builder (HTTP/1.1, and HTTP/2 with prior knowledge on the same port), and graceful
-//! shutdown that lets in-flight requests finish.
+//! The proxy listener. Each worker is one thread with a single-threaded tokio runtime, its
+//! own `SO_REUSEPORT` listener and its own upstream connection pool, so a request is
+//! accepted, checked and forwarded on one core without cross-thread hand-offs. Each
+//! connection is a task served by hyper-util's auto builder (HTTP/1.1, and HTTP/2 with prior
+//! knowledge on the same port). Shutdown stops accepting and lets in-flight requests finish.
 
 use crate::app::App;
 use crate::headers::ConnInfo;
 use crate::proxy;
+use crate::upstream::Upstream;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
 
 /// Largest request head accepted; beyond it HTTP/1 clients get 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -21,6 +27,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may run on after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Pending connections the kernel queues per listener.
+const BACKLOG: u32 = 4096;
 
 fn builder() -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -36,10 +44,11 @@ fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves the proxy on `listener` until `shutdown` resolves, then stops accepting and
-/// waits (up to a grace period) for open connections to finish.
+/// Serves the proxy on `listener` (on the current runtime) until `shutdown` resolves, then
+/// stops accepting and waits, up to a grace period, for open connections to finish.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     let builder = Arc::new(builder());
+    let upstream = Arc::new(Upstream::new(app.config.upstream.clone()));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
@@ -61,13 +70,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ConnInfo::new(peer, &app.config.trusted_proxies, false));
         let app = Arc::clone(&app);
+        let upstream = Arc::clone(&upstream);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
+                let upstream = Arc::clone(&upstream);
                 let conn = Arc::clone(&conn);
-                async move { Ok::<_, Infallible>(proxy::handle(&app, request, &conn).await) }
+                async move { Ok::<_, Infallible>(proxy::handle(&app, &upstream, request, &conn).await) }
             });
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection).await {
@@ -82,6 +93,104 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
+}
+
+/// Keeps a timer pending on this worker's runtime at all times. Every request arms a
+/// header-read timeout; when no earlier timer is pending, tokio wakes its own driver through
+/// an eventfd write to re-plan its sleep, a syscall on the hot path. A tick every second
+/// means a 30-second timeout is never the earliest, so no request pays for that wake-up.
+async fn keep_timer_armed() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+    }
+}
+
+/// A listener that shares its address with the other workers' (`SO_REUSEPORT`).
+fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Serves on `app.config.listen` with `workers` threads until `shutdown` resolves, and
+/// returns once every worker has drained. Fails before serving if any worker cannot bind.
+pub async fn serve(
+    app: Arc<App>,
+    workers: usize,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let addr = app.config.listen;
+    let (stop, stopped) = watch::channel(false);
+    let mut threads = Vec::with_capacity(workers);
+    for i in 0..workers.max(1) {
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
+        let app = Arc::clone(&app);
+        let mut stopped = stopped.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("tokengate-worker-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let listener = match bind_shared(addr) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let _ = ready_tx.send(Ok(()));
+                    tokio::spawn(keep_timer_armed());
+                    run(listener, app, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+                });
+            })?;
+        let ready = tokio::task::spawn_blocking(move || ready_rx.recv())
+            .await
+            .map_err(io::Error::other)?;
+        match ready {
+            Ok(Ok(())) => threads.push(thread),
+            Ok(Err(e)) => {
+                let _ = stop.send(true);
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr}: {e}"),
+                ));
+            }
+            Err(_) => {
+                let _ = stop.send(true);
+                return Err(io::Error::other("a worker thread died while starting"));
+            }
+        }
+    }
+    shutdown.await;
+    let _ = stop.send(true);
+    tokio::task::spawn_blocking(move || {
+        for thread in threads {
+            let _ = thread.join();
+        }
+    })
+    .await
+    .map_err(io::Error::other)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

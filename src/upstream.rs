@@ -1,64 +1,198 @@
-//! The protected app: a pooled keep-alive HTTP/1.1 client and the request rewrite that
+//! The protected app: a keep-alive HTTP/1.1 connection pool and the request rewrite that
 //! points a request at it. Bodies stream both ways; nothing is buffered.
+//!
+//! Each server worker owns one `Upstream`, so its connections live on that worker's
+//! runtime and a request never hops threads. A connection returns to the pool when the
+//! response body has been fully read (see `UpstreamBody`), so a pooled connection is always
+//! free for the next request.
 
 use crate::config::UpstreamTarget;
 use crate::error::Rejection;
+use bytes::Bytes;
+use http::header::HOST;
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, Version};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::net::TcpStream;
 
 /// How long a connection attempt to the upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle pooled connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per worker; more are closed when they come back.
+const MAX_IDLE: usize = 1024;
+
+type Sender = SendRequest<Incoming>;
+type Idle = Arc<Mutex<Vec<Sender>>>;
 
 pub struct Upstream {
-    client: Client<HttpConnector, Incoming>,
     target: UpstreamTarget,
+    host: String,
+    port: u16,
+    /// `Host` for requests that came without one (HTTP/1.0).
+    host_value: HeaderValue,
+    idle: Idle,
 }
 
 impl Upstream {
     pub fn new(target: UpstreamTarget) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(usize::MAX)
-            .build(connector);
-        Self { client, target }
+        let host = target
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = target.authority.port_u16().unwrap_or(80);
+        let host_value = HeaderValue::from_str(target.authority.as_str())
+            .expect("an authority is a valid header value");
+        Self {
+            target,
+            host,
+            port,
+            host_value,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
     }
 
     pub fn target(&self) -> &UpstreamTarget {
         &self.target
     }
 
-    /// Sends a request (headers already rewritten) to the upstream.
+    /// Sends a request (headers already rewritten) to the upstream. A request that a pooled
+    /// connection could not take (it had just closed) is retried once on a new connection.
     pub async fn send(
         &self,
         mut request: Request<Incoming>,
-    ) -> Result<Response<Incoming>, Rejection> {
+    ) -> Result<Response<UpstreamBody>, Rejection> {
         let path = request
             .uri()
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         *request.uri_mut() = Uri::builder()
-            .scheme(self.target.scheme.clone())
-            .authority(self.target.authority.clone())
             .path_and_query(path)
             .build()
             .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
         *request.version_mut() = Version::HTTP_11;
-        self.client.request(request).await.map_err(|e| {
-            tracing::warn!(upstream = %self.target, error = %e, source = ?std::error::Error::source(&e), "upstream request failed");
+        if !request.headers().contains_key(HOST) {
+            request.headers_mut().insert(HOST, self.host_value.clone());
+        }
+
+        let (mut sender, pooled) = match self.checkout().await {
+            Some(sender) => (sender, true),
+            None => (self.connect().await?, false),
+        };
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                // Never written: the pooled connection had closed. Try a fresh one.
+                Some(request) if pooled => {
+                    sender = self.connect().await?;
+                    sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| self.failed(&e))?
+                }
+                _ => return Err(self.failed(e.error())),
+            },
+        };
+        let (parts, body) = response.into_parts();
+        let body = UpstreamBody {
+            inner: body,
+            sender: Some(sender),
+            idle: Arc::clone(&self.idle),
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// A pooled connection ready for a request, if there is one.
+    async fn checkout(&self) -> Option<Sender> {
+        loop {
+            let mut sender = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            if sender.is_closed() {
+                continue;
+            }
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    async fn connect(&self) -> Result<Sender, Rejection> {
+        let stream = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| {
+            tracing::warn!(upstream = %self.target, "upstream connect timed out");
             Rejection::UpstreamUnavailable
-        })
+        })?
+        .map_err(|e| {
+            tracing::warn!(upstream = %self.target, error = %e, "upstream connect failed");
+            Rejection::UpstreamUnavailable
+        })?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn failed(&self, e: &hyper::Error) -> Rejection {
+        tracing::warn!(upstream = %self.target, error = %e, "upstream request failed");
+        Rejection::UpstreamUnavailable
+    }
+}
+
+/// An upstream response body. When it has been read to the end, its connection goes back
+/// to the pool; a body dropped half-read takes its connection with it.
+pub struct UpstreamBody {
+    inner: Incoming,
+    sender: Option<Sender>,
+    idle: Idle,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if !self.inner.is_end_stream() {
+            return;
+        }
+        if let Some(sender) = self.sender.take() {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < MAX_IDLE {
+                idle.push(sender);
+            }
+        }
     }
 }
