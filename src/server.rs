@@ -27,6 +27,8 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long in-flight requests may run on after shutdown begins.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Threads per worker for blocking store reads (cache misses).
+const MAX_BLOCKING_THREADS: usize = 4;
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 4096;
 
@@ -140,6 +142,9 @@ pub async fn serve(
             .spawn(move || {
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    // Store reads on cache misses block; a burst of them must not
+                    // become a burst of threads.
+                    .max_blocking_threads(MAX_BLOCKING_THREADS)
                     .build()
                 {
                     Ok(rt) => rt,
