@@ -49,15 +49,27 @@ impl CheckedPath<'_> {
 pub fn check(raw: &str) -> Result<CheckedPath<'_>, PathError> {
     let rest = raw.strip_prefix('/').ok_or(PathError::NotAbsolute)?;
     let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if !raw.bytes().any(|b| b == b'%' || b == b'\\') {
+        // The common case: nothing encoded, so only empty and dot segments can be wrong,
+        // and the path is its own decoding.
+        if !rest.is_empty() {
+            for segment in rest.split('/') {
+                if segment.is_empty() {
+                    return Err(PathError::EmptySegment);
+                }
+                if segment.starts_with('.') {
+                    check_decoded(segment.as_bytes())?;
+                }
+            }
+        }
+        return Ok(CheckedPath {
+            decoded: Cow::Borrowed(raw),
+        });
+    }
     if !rest.is_empty() {
         for segment in rest.split('/') {
             check_segment(segment)?;
         }
-    }
-    if !raw.contains('%') {
-        return Ok(CheckedPath {
-            decoded: Cow::Borrowed(raw),
-        });
     }
     let decoded = percent_decode_str(raw)
         .decode_utf8()
@@ -73,7 +85,6 @@ fn check_segment(raw: &str) -> Result<(), PathError> {
         return Err(PathError::EncodedSeparator);
     }
     if !raw.contains('%') {
-        // The common case: nothing to decode, nothing to allocate.
         return check_decoded(raw.as_bytes());
     }
     let bytes = raw.as_bytes();

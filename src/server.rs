@@ -69,6 +69,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             () = &mut shutdown => break,
         };
         backoff = Duration::from_millis(5);
+        tracing::trace!(%peer, "accepted");
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(ConnInfo::new(peer, &app.config.trusted_proxies, false));
         let app = Arc::clone(&app);
