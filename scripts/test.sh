@@ -20,4 +20,6 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --lib --bins --tests
+echo "== benchmarks compile"
+cargo bench --locked --no-run

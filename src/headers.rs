@@ -68,7 +68,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     // `Connection: keep-alive` (or `close`) names nothing beyond the hop-by-hop list.
     let only_keep_alive = headers.get_all(header::CONNECTION).iter().all(|v| {
-        v.as_bytes().eq_ignore_ascii_case(b"keep-alive") || v.as_bytes().eq_ignore_ascii_case(b"close")
+        v.as_bytes().eq_ignore_ascii_case(b"keep-alive")
+            || v.as_bytes().eq_ignore_ascii_case(b"close")
     });
     if present[0] && !only_keep_alive {
         let named: Vec<HeaderName> = headers
