@@ -76,8 +76,9 @@ for i in range($n):
   local startup=$(( $(now_ms) - t2 ))
   local rss_idle
   rss_idle=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
-  # warm-up: the first use of each sampled token reads the store
-  TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d"${SECS}s" -s bench/random-token.lua http://127.0.0.1:19283/bench/item >/dev/null
+  # warm-up: every sampled token once (its first use reads the store), then a short run
+  WARM=1 TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d120s -s bench/random-token.lua http://127.0.0.1:19283/bench/item >/dev/null
+  TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d2s -s bench/random-token.lua http://127.0.0.1:19283/bench/item >/dev/null
   local out
   out=$(TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s bench/random-token.lua http://127.0.0.1:19283/bench/item)
   if echo "$out" | grep -q 'Non-2xx'; then echo "non-2xx answers with $n tokens" >&2; echo "$out" >&2; exit 1; fi

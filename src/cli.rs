@@ -8,7 +8,7 @@ use crate::config::{Config, ConfigError};
 use crate::error::Rejection;
 use crate::path;
 use crate::server;
-use crate::store::TokenRecord;
+use crate::store::{TokenQuery, TokenRecord};
 use crate::tokens::CreateToken;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -215,6 +215,14 @@ async fn serve(config_path: &Path) -> Result<(), Failure> {
 
 /// Serves until Ctrl-C/SIGTERM, then flushes batched writes and the store.
 pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let cached = app.tokens.warm().await.context("cannot load tokens")?;
+    tracing::info!(
+        tokens = cached,
+        authoritative = app.tokens.is_complete(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "token cache loaded"
+    );
     let flusher = app.spawn_flusher(FLUSH_INTERVAL);
     let served = server::serve(
         Arc::clone(&app),
@@ -303,7 +311,10 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
             let app = open(load(&config.config)?)?;
             let tokens = app
                 .tokens
-                .list(user.as_deref())
+                .list(TokenQuery {
+                    user,
+                    ..TokenQuery::all()
+                })
                 .await
                 .context("cannot list tokens")?;
             if json {
@@ -472,8 +483,8 @@ async fn explain(
                 Some(tok) => println!(
                     "token: id {} of user {}, abilities: {}",
                     tok.id,
-                    tok.user,
-                    tok.abilities_value.to_str().unwrap_or("?")
+                    tok.user(),
+                    tok.abilities()
                 ),
                 None => println!("token: not valid (unknown, malformed, revoked or expired)"),
             }

@@ -77,6 +77,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawStore {
     path: Option<PathBuf>,
+    cache_mb: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,6 +135,8 @@ pub struct Config {
     pub workers: usize,
     pub upstream: UpstreamTarget,
     pub store_path: PathBuf,
+    /// Bytes of sled's page cache.
+    pub store_cache_bytes: u64,
     pub admin: AdminConfig,
     pub tokens: TokenPolicy,
     /// Send the client's `Authorization` header upstream after tokengate used it.
@@ -312,10 +315,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "HTTPS termination is not supported by this version; terminate TLS in front of tokengate",
         );
     }
-    let store_path = raw
-        .store
-        .and_then(|s| s.path)
+    let raw_store = raw.store.unwrap_or(RawStore {
+        path: None,
+        cache_mb: None,
+    });
+    let store_path = raw_store
+        .path
         .unwrap_or_else(|| PathBuf::from("./data/tokengate"));
+    let store_cache_bytes = match raw_store.cache_mb {
+        None => crate::store::DEFAULT_CACHE_BYTES,
+        Some(0) => {
+            p.add("store.cache_mb", "must be at least 1");
+            0
+        }
+        Some(mb) => mb.saturating_mul(1024 * 1024),
+    };
 
     let raw_admin = raw.admin.unwrap_or(RawAdmin {
         listen: None,
@@ -568,6 +582,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             workers,
             upstream,
             store_path,
+            store_cache_bytes,
             admin: AdminConfig {
                 listen: admin_listen,
                 key_env,

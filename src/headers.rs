@@ -142,9 +142,10 @@ pub fn prepare_request(
 
     if let Some(Principal::Token(token)) = principal {
         let names = &config.headers;
-        headers.insert(names.abilities.clone(), token.abilities_value.clone());
-        headers.insert(names.user.clone(), token.user_value.clone());
-        headers.insert(names.token_id.clone(), token.id_value.clone());
+        let values = token.identity_values();
+        headers.insert(names.abilities.clone(), values.abilities);
+        headers.insert(names.user.clone(), values.user);
+        headers.insert(names.token_id.clone(), values.token_id);
         headers.insert(names.method.clone(), METHOD_TOKEN);
     }
 }

@@ -9,9 +9,9 @@
 
 use crate::auth::Ability;
 use crate::path::CheckedPath;
+use foldhash::HashMap;
 use http::Method;
 use serde::Deserialize;
-use std::collections::HashMap;
 
 /// Which credentials a route accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -9,8 +9,10 @@
 use crate::auth::token::{self, Presented, TokenHash, TokenId};
 use crate::auth::Ability;
 use crate::clock::{Clock, Timestamp};
-use crate::store::{NewToken, Store, StoreError, TokenRecord};
+use crate::store::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
+use bytes::Bytes;
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,68 +32,110 @@ pub struct TokenPolicy {
     pub cache_capacity: usize,
 }
 
-/// A verified, cached token with the header values it sends upstream already built.
+/// `last_used_at` is written to the store at most once per this many seconds per token
+/// (Jetstream shows it in minutes); in memory it is exact.
+pub const LAST_USED_RESOLUTION: i64 = 60;
+
+/// A verified, cached token, holding the bytes of the header values it sends upstream.
+/// Kept small (about 270 bytes with its map entries), since up to `cache_capacity` of them
+/// live in memory: user id and token id share one buffer, and tokens with the same
+/// abilities share that header's buffer.
 #[derive(Debug)]
 pub struct AccessToken {
     pub id: TokenId,
-    pub user: Box<str>,
     hash: TokenHash,
-    /// Sorted; never contains `*` (that is `all`).
-    abilities: Box<[Box<str>]>,
-    all: bool,
-    created_at: Timestamp,
-    expires_at: Option<Timestamp>,
+    /// The earlier of its own expiry and `created_at` + the global lifetime.
+    valid_until: Timestamp,
     last_used: AtomicI64,
+    /// The `last_used_at` the store has (or is being sent).
+    stored_last_used: AtomicI64,
     dirty: AtomicBool,
-    pub abilities_value: HeaderValue,
-    pub user_value: HeaderValue,
-    pub id_value: HeaderValue,
+    /// `{user}{id}`.
+    identity: Bytes,
+    user_len: usize,
+    /// Sorted, comma-separated; `*` for every ability.
+    abilities: Bytes,
+}
+
+/// The identity header values of a token, ready to send.
+pub struct IdentityValues {
+    pub abilities: HeaderValue,
+    pub user: HeaderValue,
+    pub token_id: HeaderValue,
+}
+
+fn header_value(bytes: Bytes) -> HeaderValue {
+    // Checked when the token was cached (`AccessToken::from_record`), so this cannot fail.
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static(""))
 }
 
 impl AccessToken {
-    fn from_record(record: &TokenRecord) -> Option<Self> {
-        let all = record.abilities.iter().any(|a| a == "*");
-        let mut abilities: Vec<Box<str>> = if all {
-            Vec::new()
-        } else {
-            record.abilities.iter().map(|a| a.as_str().into()).collect()
-        };
-        abilities.sort();
-        abilities.dedup();
-        let joined = if all {
-            "*".to_owned()
-        } else {
-            abilities.join(",")
-        };
+    fn from_record(record: &TokenRecord, abilities: Bytes, lifetime: Option<i64>) -> Option<Self> {
+        let identity = Bytes::from(format!("{}{}", record.user, record.id));
+        let valid = |b: &Bytes| HeaderValue::from_maybe_shared(b.clone()).is_ok();
+        if !valid(&identity) || !valid(&abilities) || record.user.is_empty() {
+            return None;
+        }
+        let lifetime_end = lifetime.map_or(Timestamp::MAX, |secs| {
+            record.created_at.saturating_add(secs)
+        });
+        let last_used = record.last_used_at.unwrap_or(0);
         Some(Self {
             id: record.id,
-            user: record.user.as_str().into(),
             hash: record.hash,
-            all,
-            created_at: record.created_at,
-            expires_at: record.expires_at,
-            last_used: AtomicI64::new(record.last_used_at.unwrap_or(0)),
+            valid_until: record
+                .expires_at
+                .unwrap_or(Timestamp::MAX)
+                .min(lifetime_end),
+            last_used: AtomicI64::new(last_used),
+            stored_last_used: AtomicI64::new(last_used),
             dirty: AtomicBool::new(false),
-            abilities_value: HeaderValue::from_str(&joined).ok()?,
-            user_value: HeaderValue::from_str(&record.user).ok()?,
-            id_value: HeaderValue::from(record.id.0),
-            abilities: abilities.into(),
+            user_len: record.user.len(),
+            identity,
+            abilities,
         })
+    }
+
+    /// The owner: the app's user id.
+    pub fn user(&self) -> &str {
+        std::str::from_utf8(&self.identity[..self.user_len]).unwrap_or_default()
+    }
+
+    /// The `X-Token-Abilities` value: sorted, comma-separated, or `*`.
+    pub fn abilities(&self) -> &str {
+        std::str::from_utf8(&self.abilities).unwrap_or_default()
+    }
+
+    /// Header values for the upstream; no allocation (shared buffers).
+    pub fn identity_values(&self) -> IdentityValues {
+        IdentityValues {
+            abilities: header_value(self.abilities.clone()),
+            user: header_value(self.identity.slice(..self.user_len)),
+            token_id: header_value(self.identity.slice(self.user_len..)),
+        }
     }
 
     /// Sanctum's `tokenCan`: `*` or exactly this ability (case-sensitive).
     pub fn can(&self, ability: &str) -> bool {
-        self.all
-            || self
-                .abilities
-                .binary_search_by(|a| (**a).cmp(ability))
-                .is_ok()
+        let list = &self.abilities[..];
+        list == b"*" || list.split(|&b| b == b',').any(|a| a == ability.as_bytes())
     }
 
-    fn is_live(&self, now: Timestamp, lifetime: Option<i64>) -> bool {
-        self.expires_at.is_none_or(|at| now < at)
-            && lifetime.is_none_or(|secs| now < self.created_at.saturating_add(secs))
+    fn is_live(&self, now: Timestamp) -> bool {
+        now < self.valid_until
     }
+}
+
+/// The `X-Token-Abilities` value of a stored ability list: sorted, deduplicated, joined;
+/// `*` when it holds `*`.
+fn abilities_header(abilities: &[String]) -> String {
+    if abilities.iter().any(|a| a == "*") {
+        return "*".to_owned();
+    }
+    let mut sorted: Vec<&str> = abilities.iter().map(String::as_str).collect();
+    sorted.sort_unstable();
+    sorted.dedup();
+    sorted.join(",")
 }
 
 /// A token request as the CLI or API makes it.
@@ -125,11 +169,18 @@ pub struct Tokens {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     policy: TokenPolicy,
-    by_id: DashMap<TokenId, Arc<AccessToken>>,
-    by_hash: DashMap<TokenHash, TokenId>,
+    by_id: DashMap<TokenId, Arc<AccessToken>, RandomState>,
+    /// Bare tokens (no `id|`) by the first 8 bytes of their hash; the entry's full hash is
+    /// still compared. Half the memory of keying by the whole hash.
+    by_hash: DashMap<u64, TokenId, RandomState>,
+    /// One shared header value per distinct ability list.
+    ability_values: DashMap<String, Bytes, RandomState>,
     /// Bumped by every change to a stored token, so that a cache fill racing a revocation
     /// never leaves the revoked token cached.
     generation: AtomicU64,
+    /// The cache holds every stored token (`warm` loaded them all, the store is exclusive
+    /// and nothing was evicted since): a miss then means "no such token", with no store read.
+    complete: AtomicBool,
     /// Tokens whose `last_used_at` moved since the last flush.
     dirty: Mutex<Vec<Arc<AccessToken>>>,
     touch_writes: AtomicU64,
@@ -141,9 +192,11 @@ impl Tokens {
             store,
             clock,
             policy,
-            by_id: DashMap::new(),
-            by_hash: DashMap::new(),
+            by_id: DashMap::default(),
+            by_hash: DashMap::default(),
+            ability_values: DashMap::default(),
             generation: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
             touch_writes: AtomicU64::new(0),
         }
@@ -171,18 +224,19 @@ impl Tokens {
             Presented::WithId { id, .. } => self.by_id.get(&id).map(|t| Arc::clone(&t)),
             Presented::Bare { .. } => self
                 .by_hash
-                .get(&hash)
+                .get(&hash.short())
                 .and_then(|id| self.by_id.get(&*id).map(|t| Arc::clone(&t))),
         };
         let token = match cached {
             Some(token) => token,
+            None if self.complete.load(Ordering::Acquire) => return Ok(None),
             None => match self.load(presented, hash).await? {
                 Some(token) => token,
                 None => return Ok(None),
             },
         };
         let now = self.clock.now();
-        if !token.hash.ct_eq(&hash) || !token.is_live(now, self.policy.lifetime) {
+        if !token.hash.ct_eq(&hash) || !token.is_live(now) {
             return Ok(None);
         }
         self.mark_used(&token, now);
@@ -202,8 +256,7 @@ impl Tokens {
         let Some(record) = record else {
             return Ok(None);
         };
-        let Some(token) = AccessToken::from_record(&record) else {
-            tracing::warn!(token_id = %record.id, "stored token has a user or abilities that cannot be sent as a header; refusing it");
+        let Some(token) = self.entry(&record) else {
             return Ok(None);
         };
         let token = Arc::new(token);
@@ -215,8 +268,89 @@ impl Tokens {
         Ok(Some(token))
     }
 
+    /// The shared buffer of an ability list's header value.
+    fn abilities_value(&self, abilities: &[String]) -> Bytes {
+        let joined = abilities_header(abilities);
+        if let Some(value) = self.ability_values.get(&joined) {
+            return value.clone();
+        }
+        let value = Bytes::from(joined.clone());
+        // Bounded: past this many distinct lists, buffers are simply not shared.
+        if self.ability_values.len() < 10_000 {
+            self.ability_values.insert(joined, value.clone());
+        }
+        value
+    }
+
+    /// Loads stored tokens into the cache, up to its capacity, before serving. When all of
+    /// them fit and the store is exclusive, the cache becomes authoritative (see `complete`).
+    /// Returns how many tokens were loaded.
+    pub async fn warm(&self) -> Result<usize, StoreError> {
+        const PAGE: usize = 10_000;
+        let mut after = None;
+        let mut loaded = 0;
+        loop {
+            let page = self
+                .store
+                .list_tokens(TokenQuery {
+                    user: None,
+                    after,
+                    limit: PAGE,
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in &page {
+                if loaded >= self.policy.cache_capacity {
+                    self.complete.store(false, Ordering::Release);
+                    return Ok(loaded);
+                }
+                if let Some(token) = self.entry(record) {
+                    self.insert(&Arc::new(token), true);
+                    loaded += 1;
+                }
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        self.complete
+            .store(self.store.is_exclusive(), Ordering::Release);
+        Ok(loaded)
+    }
+
+    /// Whether a cache miss is known to mean "no such token".
+    pub fn is_complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    fn entry(&self, record: &TokenRecord) -> Option<AccessToken> {
+        let abilities = self.abilities_value(&record.abilities);
+        let token = AccessToken::from_record(record, abilities, self.policy.lifetime);
+        if token.is_none() {
+            tracing::warn!(token_id = %record.id, "stored token has a user or abilities that cannot be sent as a header; refusing it");
+        }
+        token
+    }
+
+    /// Puts a created or changed token's record in the cache, keeping usage not yet flushed.
+    fn cache_record(&self, record: &TokenRecord) {
+        let Some(token) = self.entry(record) else {
+            self.evict(record.id);
+            return;
+        };
+        if let Some(old) = self.by_id.get(&record.id).map(|t| Arc::clone(&t)) {
+            token
+                .last_used
+                .fetch_max(old.last_used.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        self.insert(&Arc::new(token), true);
+    }
+
     fn insert(&self, token: &Arc<AccessToken>, by_hash: bool) {
-        if self.by_id.len() >= self.policy.cache_capacity {
+        if self.by_id.len() >= self.policy.cache_capacity && !self.by_id.contains_key(&token.id) {
+            // Something must go, so the cache no longer holds every token.
+            self.complete.store(false, Ordering::Release);
             let victim = self.by_id.iter().next().map(|t| t.id);
             if let Some(victim) = victim {
                 self.evict(victim);
@@ -224,19 +358,27 @@ impl Tokens {
         }
         self.by_id.insert(token.id, Arc::clone(token));
         if by_hash {
-            self.by_hash.insert(token.hash, token.id);
+            if let Some(other) = self.by_hash.insert(token.hash.short(), token.id) {
+                if other != token.id {
+                    // Two tokens share a short hash: the other one's bare form must now
+                    // be found in the store.
+                    self.complete.store(false, Ordering::Release);
+                }
+            }
         }
     }
 
     /// Drops a token from the cache; the next request for it reads the store.
     pub fn evict(&self, id: TokenId) {
         if let Some((_, token)) = self.by_id.remove(&id) {
-            self.by_hash.remove(&token.hash);
+            self.by_hash
+                .remove_if(&token.hash.short(), |_, id| *id == token.id);
         }
     }
 
     /// Forgets every cached token (for example when another writer changed the store).
     pub fn evict_all(&self) {
+        self.complete.store(false, Ordering::Release);
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.by_id.clear();
         self.by_hash.clear();
@@ -251,7 +393,11 @@ impl Tokens {
         if token.last_used.load(Ordering::Relaxed) < now {
             token.last_used.store(now, Ordering::Relaxed);
         }
-        if !token.dirty.load(Ordering::Relaxed) && !token.dirty.swap(true, Ordering::SeqCst) {
+        let stale = now - token.stored_last_used.load(Ordering::Relaxed) >= LAST_USED_RESOLUTION;
+        if stale
+            && !token.dirty.load(Ordering::Relaxed)
+            && !token.dirty.swap(true, Ordering::SeqCst)
+        {
             self.dirty
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -270,7 +416,9 @@ impl Tokens {
             .iter()
             .map(|t| {
                 t.dirty.store(false, Ordering::SeqCst);
-                (t.id, t.last_used.load(Ordering::SeqCst))
+                let at = t.last_used.load(Ordering::SeqCst);
+                t.stored_last_used.store(at, Ordering::SeqCst);
+                (t.id, at)
             })
             .collect();
         let count = used.len();
@@ -343,6 +491,7 @@ impl Tokens {
             let (new, secret, dropped) = self.prepare(request.clone(), now)?;
             match self.store.create_token(new).await {
                 Ok(record) => {
+                    self.cache_record(&record);
                     let plaintext = token::plaintext(record.id, &secret);
                     return Ok(Created {
                         record,
@@ -371,6 +520,11 @@ impl Tokens {
             secrets.push((secret, dropped));
         }
         let records = self.store.create_tokens(news).await?;
+        if self.is_complete() {
+            for record in &records {
+                self.cache_record(record);
+            }
+        }
         Ok(records
             .into_iter()
             .zip(secrets)
@@ -382,8 +536,8 @@ impl Tokens {
             .collect())
     }
 
-    pub async fn list(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError> {
-        let mut tokens = self.store.list_tokens(user).await?;
+    pub async fn list(&self, query: TokenQuery) -> Result<Vec<TokenRecord>, StoreError> {
+        let mut tokens = self.store.list_tokens(query).await?;
         // Usage not yet flushed is newer than the store's.
         for record in &mut tokens {
             if let Some(cached) = self.by_id.get(&record.id).map(|t| Arc::clone(&t)) {
@@ -404,7 +558,12 @@ impl Tokens {
     ) -> Result<Option<(TokenRecord, Vec<String>)>, StoreError> {
         let (abilities, dropped) = self.filter_abilities(requested);
         let updated = self.store.set_abilities(id, abilities).await;
-        self.changed(id);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        match &updated {
+            // Replaced in place: the token never looks unknown in between.
+            Ok(Some(record)) => self.cache_record(record),
+            _ => self.evict(id),
+        }
         Ok(updated?.map(|record| (record, dropped)))
     }
 

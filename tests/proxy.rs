@@ -456,7 +456,13 @@ async fn last_used_is_written_in_one_batch_not_per_request() {
         "nothing new, nothing written"
     );
     assert_eq!(gate.app.tokens.touch_writes(), 1);
-    let stored = gate.app.tokens.store().list_tokens(None).await.unwrap();
+    let stored = gate
+        .app
+        .tokens
+        .store()
+        .list_tokens(tokengate::store::TokenQuery::all())
+        .await
+        .unwrap();
     let last: Vec<Option<i64>> = stored.iter().map(|t| t.last_used_at).collect();
     assert_eq!(last, vec![Some(T0 + 49), Some(T0 + 50)]);
     gate.stop().await;
@@ -504,4 +510,77 @@ async fn shutdown_finishes_cleanly() {
     tokio::time::timeout(Duration::from_secs(10), gate.stop())
         .await
         .expect("server stops");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_authoritative_until_it_overflows_and_then_reads_the_store() {
+    let body = STANDARD.replace(
+        "  prefix: \"tg_\"",
+        "  prefix: \"tg_\"\n  cache_capacity: 2",
+    );
+    let gate = Gate::start(&body).await;
+    let client = HttpClient::http1();
+    let url = gate.url("/api/posts/1");
+    assert!(gate.app.tokens.is_complete(), "an empty store fits");
+    let first = gate.token("a", &["read"]).await;
+    assert!(gate.app.tokens.is_complete());
+    assert_unauthenticated(
+        &client.get_bearer(&url, "4242|tg_unknown").await,
+        "unknown while complete",
+    );
+
+    let mut tokens = vec![first];
+    for user in ["b", "c", "d", "e"] {
+        tokens.push(gate.token(user, &["read"]).await);
+    }
+    assert!(!gate.app.tokens.is_complete(), "5 tokens do not fit in 2");
+    for _ in 0..2 {
+        for token in &tokens {
+            assert_eq!(client.get_bearer(&url, token).await.status, StatusCode::OK);
+        }
+    }
+    let id: u64 = tokens[0].split('|').next().unwrap().parse().unwrap();
+    gate.app
+        .tokens
+        .revoke(tokengate::auth::token::TokenId(id))
+        .await
+        .unwrap();
+    assert_unauthenticated(
+        &client.get_bearer(&url, &tokens[0]).await,
+        "revoked, not cached",
+    );
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updated_abilities_apply_on_the_next_request() {
+    let gate = Gate::start(STANDARD).await;
+    let client = HttpClient::http1();
+    let token = gate.token("u", &["read"]).await;
+    let id = tokengate::auth::token::TokenId(token.split('|').next().unwrap().parse().unwrap());
+    assert_forbidden(
+        &client.post_bearer(&gate.url("/api/posts"), &token).await,
+        "before",
+    );
+    let (record, dropped) = gate
+        .app
+        .tokens
+        .set_abilities(id, &["read".into(), "create".into(), "bogus".into()])
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.abilities, vec!["create", "read"]);
+    assert_eq!(dropped, vec!["bogus"]);
+    assert_eq!(
+        client
+            .post_bearer(&gate.url("/api/posts"), &token)
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        gate.echo.last().unwrap().headers["x-token-abilities"],
+        "create,read"
+    );
+    gate.stop().await;
 }

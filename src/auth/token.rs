@@ -55,6 +55,13 @@ impl TokenHash {
         Some(Self(out))
     }
 
+    /// The first 8 bytes, as a compact map key (the full hash is still compared).
+    pub fn short(&self) -> u64 {
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&self.0[..8]);
+        u64::from_le_bytes(first)
+    }
+
     /// Constant-time equality: the hash is a secret's stand-in.
     pub fn ct_eq(&self, other: &TokenHash) -> bool {
         self.0.ct_eq(&other.0).into()

@@ -5,7 +5,7 @@
 
 mod sled;
 
-pub use self::sled::SledStore;
+pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES};
 
 use crate::auth::token::{TokenHash, TokenId};
 use crate::clock::Timestamp;
@@ -49,6 +49,24 @@ pub enum StoreError {
     DuplicateHash,
 }
 
+/// Which tokens a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct TokenQuery {
+    pub user: Option<String>,
+    /// Only ids greater than this (the last id of the previous page).
+    pub after: Option<TokenId>,
+    pub limit: usize,
+}
+
+impl TokenQuery {
+    pub fn all() -> Self {
+        Self {
+            limit: usize::MAX,
+            ..Self::default()
+        }
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new token and returns only once it is durable.
@@ -57,8 +75,9 @@ pub trait Store: Send + Sync + 'static {
     async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError>;
     async fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError>;
-    /// Every token, or one user's, by ascending id.
-    async fn list_tokens(&self, user: Option<&str>) -> Result<Vec<TokenRecord>, StoreError>;
+    /// A page of tokens by ascending id: those after `query.after`, of `query.user` if set,
+    /// at most `query.limit`.
+    async fn list_tokens(&self, query: TokenQuery) -> Result<Vec<TokenRecord>, StoreError>;
     async fn set_abilities(
         &self,
         id: TokenId,
@@ -66,9 +85,14 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<TokenRecord>, StoreError>;
     /// Deletes a token (Sanctum deletes revoked tokens); false if there was none.
     async fn delete_token(&self, id: TokenId) -> Result<bool, StoreError>;
-    /// Records `last_used_at` for many tokens in one write. Ids that no longer exist are skipped.
+    /// Records `last_used_at` for many tokens in one write. An id that no longer exists
+    /// may be recorded; it is never read back.
     async fn touch_tokens(&self, used: Vec<(TokenId, Timestamp)>) -> Result<(), StoreError>;
     async fn count_tokens(&self) -> Result<u64, StoreError>;
+    /// True when no other process can change the store while this one has it open (sled
+    /// holds an exclusive lock). Then a cache holding every token is authoritative: a token
+    /// it does not hold does not exist. A shared database returns false.
+    fn is_exclusive(&self) -> bool;
     /// Makes every earlier write durable.
     async fn flush(&self) -> Result<(), StoreError>;
 }
