@@ -2,8 +2,10 @@
 //! sled. Every call runs on tokio's blocking pool, since sled may block on disk.
 //!
 //! Layout: tree `tokens` (id, 8 bytes big-endian → JSON record), `token_hashes`
-//! (SHA-256 → id), `token_last_used` (id → unix seconds, big-endian). `last_used_at` lives
-//! apart so that the batched touch never rewrites (and never races) a token's record.
+//! (SHA-256 → id), `token_last_used` (block of 512 ids → 512 unix seconds, little-endian;
+//! 0 = never). `last_used_at` lives apart so that the batched touch never rewrites (and
+//! never races) a token's record, and in blocks because sled's memory grows with the number
+//! of keys written: touching 100,000 tokens rewrites 196 values, not 100,000.
 
 use super::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
 use crate::auth::token::{TokenHash, TokenId};
@@ -75,11 +77,13 @@ impl SledStore {
             .map_err(|e| StoreError::Corrupt(format!("token {id}: {e}")))?;
         let hash = TokenHash::from_hex(&stored.hash)
             .ok_or_else(|| StoreError::Corrupt(format!("token {id}: bad hash")))?;
+        let (block, slot) = last_used_slot(id);
         let last_used_at = self
             .last_used
-            .get(id.0.to_be_bytes())
+            .get(block)
             .map_err(io)?
-            .and_then(|v| Some(Timestamp::from_be_bytes(v.as_ref().try_into().ok()?)));
+            .and_then(|v| Some(Timestamp::from_le_bytes(v.get(slot..slot + 8)?.try_into().ok()?)))
+            .filter(|&at| at != 0);
         Ok(TokenRecord {
             id,
             user: stored.user,
@@ -98,6 +102,17 @@ impl SledStore {
             None => Ok(None),
         }
     }
+}
+
+/// Ids per `token_last_used` block.
+const LAST_USED_BLOCK: u64 = 512;
+
+/// The block key of an id's `last_used_at`, and the byte offset of its slot in the block.
+fn last_used_slot(id: TokenId) -> ([u8; 8], usize) {
+    (
+        (id.0 / LAST_USED_BLOCK).to_be_bytes(),
+        (id.0 % LAST_USED_BLOCK) as usize * 8,
+    )
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -261,8 +276,9 @@ impl Store for SledStore {
     async fn delete_token(&self, id: TokenId) -> Result<bool, StoreError> {
         blocking(self, move |s| {
             let key = id.0.to_be_bytes();
-            let existed = (&s.tokens, &s.hashes, &s.last_used)
-                .transaction(|(tokens, hashes, last_used)| {
+            // The `last_used_at` slot stays: ids are never reused, so it is never read.
+            let existed = (&s.tokens, &s.hashes)
+                .transaction(|(tokens, hashes)| {
                     let Some(old) = tokens.remove(&key)? else {
                         return Ok(false);
                     };
@@ -271,7 +287,6 @@ impl Store for SledStore {
                             hashes.remove(&hash.0)?;
                         }
                     }
-                    last_used.remove(&key)?;
                     Ok(true)
                 })
                 .map_err(|e: TransactionError<()>| match e {
@@ -285,16 +300,28 @@ impl Store for SledStore {
     }
 
     async fn touch_tokens(&self, used: Vec<(TokenId, Timestamp)>) -> Result<(), StoreError> {
-        // One batch on the `token_last_used` tree alone: no read per token, no transaction
-        // over the records. A touch racing a revocation can leave an entry for a deleted id;
-        // ids are never reused, so it is never read.
         blocking(self, move |s| {
-            for chunk in used.chunks(128) {
-                let mut batch = sled::Batch::default();
-                for (id, at) in chunk {
-                    batch.insert(&id.0.to_be_bytes(), &at.to_be_bytes());
-                }
-                s.last_used.apply_batch(batch).map_err(io)?;
+            let mut by_block: std::collections::BTreeMap<[u8; 8], Vec<(usize, Timestamp)>> =
+                std::collections::BTreeMap::new();
+            for (id, at) in used {
+                let (block, slot) = last_used_slot(id);
+                by_block.entry(block).or_default().push((slot, at));
+            }
+            for (block, slots) in by_block {
+                // Atomic read-modify-write of one block.
+                s.last_used
+                    .update_and_fetch(block, |old| {
+                        let mut bytes = old.map_or_else(
+                            || vec![0u8; LAST_USED_BLOCK as usize * 8],
+                            <[u8]>::to_vec,
+                        );
+                        bytes.resize(LAST_USED_BLOCK as usize * 8, 0);
+                        for &(slot, at) in &slots {
+                            bytes[slot..slot + 8].copy_from_slice(&at.to_le_bytes());
+                        }
+                        Some(bytes)
+                    })
+                    .map_err(io)?;
             }
             Ok(())
         })
