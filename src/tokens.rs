@@ -286,7 +286,7 @@ impl Tokens {
     /// them fit and the store is exclusive, the cache becomes authoritative (see `complete`).
     /// Returns how many tokens were loaded.
     pub async fn warm(&self) -> Result<usize, StoreError> {
-        const PAGE: usize = 10_000;
+        const PAGE: usize = 1_000;
         let mut after = None;
         let mut loaded = 0;
         loop {

@@ -82,7 +82,11 @@ impl SledStore {
             .last_used
             .get(block)
             .map_err(io)?
-            .and_then(|v| Some(Timestamp::from_le_bytes(v.get(slot..slot + 8)?.try_into().ok()?)))
+            .and_then(|v| {
+                Some(Timestamp::from_le_bytes(
+                    v.get(slot..slot + 8)?.try_into().ok()?,
+                ))
+            })
             .filter(|&at| at != 0);
         Ok(TokenRecord {
             id,
