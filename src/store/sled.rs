@@ -73,15 +73,28 @@ impl SledStore {
     }
 
     fn record(&self, id: TokenId, bytes: &[u8]) -> Result<TokenRecord, StoreError> {
+        self.record_with(id, bytes, &mut None)
+    }
+
+    /// Decodes a record; `block` keeps the last `last_used_at` block read, so a scan in id
+    /// order reads each block once instead of once per token.
+    fn record_with(
+        &self,
+        id: TokenId,
+        bytes: &[u8],
+        block: &mut Option<([u8; 8], Option<sled::IVec>)>,
+    ) -> Result<TokenRecord, StoreError> {
         let stored: Stored = serde_json::from_slice(bytes)
             .map_err(|e| StoreError::Corrupt(format!("token {id}: {e}")))?;
         let hash = TokenHash::from_hex(&stored.hash)
             .ok_or_else(|| StoreError::Corrupt(format!("token {id}: bad hash")))?;
-        let (block, slot) = last_used_slot(id);
-        let last_used_at = self
-            .last_used
-            .get(block)
-            .map_err(io)?
+        let (key, slot) = last_used_slot(id);
+        if block.as_ref().is_none_or(|(k, _)| *k != key) {
+            *block = Some((key, self.last_used.get(key).map_err(io)?));
+        }
+        let last_used_at = block
+            .as_ref()
+            .and_then(|(_, v)| v.as_ref())
             .and_then(|v| {
                 Some(Timestamp::from_le_bytes(
                     v.get(slot..slot + 8)?.try_into().ok()?,
@@ -229,12 +242,13 @@ impl Store for SledStore {
             if query.after.is_some_and(|id| id.0 == u64::MAX) {
                 return Ok(out);
             }
+            let mut block = None;
             for entry in s.tokens.range(start.to_be_bytes()..) {
                 if out.len() >= query.limit {
                     break;
                 }
                 let (key, value) = entry.map_err(io)?;
-                let record = s.record(id_of(&key)?, &value)?;
+                let record = s.record_with(id_of(&key)?, &value, &mut block)?;
                 if query.user.as_deref().is_none_or(|u| u == record.user) {
                     out.push(record);
                 }
