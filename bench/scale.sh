@@ -77,7 +77,8 @@ for i in range($n):
   local rss_idle
   rss_idle=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$pid/status")
   # warm-up: every sampled token once (its first use reads the store), then a short run
-  WARM=1 TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d120s -s bench/random-token.lua http://127.0.0.1:19283/bench/item >/dev/null
+  # (wrk keeps running to the end of -d even after the script stops it, so -d is sized to the sample)
+  WARM=1 TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d"$(( SAMPLE / 10000 + 3 ))s" -s bench/random-token.lua http://127.0.0.1:19283/bench/item >/dev/null
   TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d2s -s bench/random-token.lua http://127.0.0.1:19283/bench/item >/dev/null
   local out
   out=$(TOKENS_FILE="$dir/sample.txt" wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -s bench/random-token.lua http://127.0.0.1:19283/bench/item)
