@@ -14,26 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${1:-3}; SECS=${2:-5}; CONNS=${3:-32}
-TG_BIN=${TG_BIN:-target/release/tokengate}
-WORK=$(mktemp -d /tmp/tokengate-load.XXXXXX)
-PIDS=()
-
-need() { command -v "$1" >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null; apt-get install -y -qq "$2" >/dev/null; }; }
-need nginx nginx-light
-need wrk wrk
-[ -x "$TG_BIN" ] || cargo build --release
-
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" >&2 || rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-wait_port() {
-  for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done
-  echo "nothing listens on port $1" >&2; return 1
-}
+WORK_NAME=load
+. bench/common.sh
 
 body=$(head -c 512 /dev/zero | tr '\0' 'x')
 mkdir -p "$WORK/up" "$WORK/px" "$WORK/tg"

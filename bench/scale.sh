@@ -10,21 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOKENS=${1:-1000000}; SECS=${2:-5}; CONNS=${3:-32}; SAMPLE=${4:-100000}
-TG_BIN=${TG_BIN:-target/release/tokengate}
-WORK=$(mktemp -d /tmp/tokengate-scale.XXXXXX)
-PIDS=()
-need() { command -v "$1" >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; apt-get update -qq >/dev/null; apt-get install -y -qq "$2" >/dev/null; }; }
-need nginx nginx-light
-need wrk wrk
-[ -x "$TG_BIN" ] || cargo build --release
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ "${KEEP:-0}" = 1 ] && echo "work folder kept: $WORK" >&2 || rm -rf "$WORK"
-}
-trap cleanup EXIT
-port_open() { (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; }
-wait_port() { for _ in $(seq 1 2000); do port_open "$1" && return 0; sleep 0.01; done; echo "nothing on $1" >&2; return 1; }
+WORK_NAME=scale
+. bench/common.sh
 now_ms() { date +%s%3N; }
 
 body=$(head -c 512 /dev/zero | tr '\0' 'x')
