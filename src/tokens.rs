@@ -202,10 +202,6 @@ impl Tokens {
         }
     }
 
-    pub fn policy(&self) -> &TokenPolicy {
-        &self.policy
-    }
-
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

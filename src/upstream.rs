@@ -58,10 +58,6 @@ impl Upstream {
         }
     }
 
-    pub fn target(&self) -> &UpstreamTarget {
-        &self.target
-    }
-
     /// Sends a request (headers already rewritten) to the upstream. A request that a pooled
     /// connection could not take (it had just closed) is retried once on a new connection.
     pub async fn send(
