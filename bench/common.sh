@@ -28,3 +28,24 @@ wait_port() { # port: wait (up to 20 s) until something accepts on 127.0.0.1:por
   echo "nothing listens on port $1" >&2
   return 1
 }
+
+start_upstream() { # port: the benchmarked app, nginx answering a fixed 512-byte body
+  local body
+  body=$(head -c 512 /dev/zero | tr '\0' 'x')
+  mkdir -p "$WORK/up"
+  cat >"$WORK/up/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $WORK/up/pid;
+error_log $WORK/up/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1 backlog=4096; location / { default_type text/plain; return 200 "$body"; } }
+}
+NGINX
+  nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" 2>>"$WORK/up/error.log" &
+  PIDS+=($!)
+  wait_port "$1"
+}

@@ -17,20 +17,8 @@ ROUNDS=${1:-3}; SECS=${2:-5}; CONNS=${3:-32}
 WORK_NAME=load
 . bench/common.sh
 
-body=$(head -c 512 /dev/zero | tr '\0' 'x')
-mkdir -p "$WORK/up" "$WORK/px" "$WORK/tg"
-cat >"$WORK/up/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/up/pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:19080 backlog=4096; location / { default_type text/plain; return 200 "$body"; } }
-}
-NGINX
+start_upstream 19080
+mkdir -p "$WORK/px" "$WORK/tg"
 cat >"$WORK/px/nginx.conf" <<NGINX
 worker_processes auto;
 daemon off;
@@ -77,10 +65,9 @@ PY
 fi
 TOKEN=$("$TG_BIN" token create --config "$WORK/tg/config.yaml" --user bench --name bench --abilities read | tail -n 1)
 
-nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" 2>>"$WORK/up/error.log" & PIDS+=($!)
 nginx -c "$WORK/px/nginx.conf" -p "$WORK/px" 2>>"$WORK/px/error.log" & PIDS+=($!)
 RUST_LOG=warn "$TG_BIN" serve --config "$WORK/tg/config.yaml" >"$WORK/tg/log" 2>&1 & PIDS+=($!); TG_PID=$!
-wait_port 19080; wait_port 19081; wait_port 19083
+wait_port 19081; wait_port 19083
 
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:19083/bench/item)
 [ "$code" = 200 ] || { echo "tokengate answered $code to a valid token" >&2; cat "$WORK/tg/log" >&2; exit 1; }

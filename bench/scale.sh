@@ -14,19 +14,7 @@ WORK_NAME=scale
 . bench/common.sh
 now_ms() { date +%s%3N; }
 
-body=$(head -c 512 /dev/zero | tr '\0' 'x')
-mkdir -p "$WORK/up"
-cat >"$WORK/up/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $WORK/up/pid;
-error_log $WORK/up/error.log warn;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:19280 backlog=4096; location / { default_type text/plain; return 200 "$body"; } } }
-NGINX
-nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" 2>>"$WORK/up/error.log" & PIDS+=($!)
-wait_port 19280
+start_upstream 19280
 
 measure() { # N -> one result line
   local n=$1 dir="$WORK/n$1"
