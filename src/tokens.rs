@@ -280,8 +280,14 @@ impl Tokens {
 
     /// Loads stored tokens into the cache, up to its capacity, before serving. When all of
     /// them fit and the store is exclusive, the cache becomes authoritative (see `complete`).
-    /// Returns how many tokens were loaded.
+    /// Returns how many tokens were loaded. The store then lets go of the pages it read.
     pub async fn warm(&self) -> Result<usize, StoreError> {
+        let loaded = self.load_all().await?;
+        self.store.release_memory().await?;
+        Ok(loaded)
+    }
+
+    async fn load_all(&self) -> Result<usize, StoreError> {
         const PAGE: usize = 1_000;
         let mut after = None;
         let mut loaded = 0;

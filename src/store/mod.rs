@@ -95,4 +95,9 @@ pub trait Store: Send + Sync + 'static {
     fn is_exclusive(&self) -> bool;
     /// Makes every earlier write durable.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Lets go of whatever the store keeps in memory from earlier reads (called once the
+    /// token cache is loaded). Nothing to do by default.
+    async fn release_memory(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
