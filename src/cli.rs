@@ -59,6 +59,12 @@ pub enum Command {
     /// Manage personal access tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Manage users (who log in with a password, or are given sessions by the app).
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Manage cookie sessions.
+    #[command(subcommand)]
+    Session(SessionCommand),
     /// Which route a request matches, what it requires, and the decision (nothing is sent).
     Explain {
         #[command(flatten)]
@@ -122,6 +128,53 @@ pub enum TokenCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user; without --password-stdin they cannot use the built-in login, but can own
+    /// tokens and be given sessions by the app.
+    Add {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Set a user's password, read from the first line of stdin.
+    Passwd {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+        #[arg(long, required = true)]
+        password_stdin: bool,
+    },
+    /// List users (never their password hashes).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a user, revoking every token and session they have.
+    Remove {
+        #[command(flatten)]
+        config: ConfigArg,
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionCommand {
+    /// Start a session for a user the app has logged in itself; prints the cookie value as
+    /// the last line (set it as the session cookie, see `sessions.cookie`).
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        user: String,
+    },
+}
+
 /// How a command failed, which decides the exit code.
 #[derive(Debug)]
 pub enum Failure {
@@ -182,6 +235,8 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Demo { listen } => Ok(crate::demo::run(listen).await?),
         Command::Token(t) => token(t).await,
+        Command::User(u) => user(u).await,
+        Command::Session(s) => session(s).await,
         Command::Explain {
             config,
             method,
@@ -216,9 +271,13 @@ async fn serve(config_path: &Path) -> Result<(), Failure> {
 /// Serves until Ctrl-C/SIGTERM, then flushes batched writes and the store.
 pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
     let started = std::time::Instant::now();
-    let cached = app.tokens.warm().await.context("cannot load tokens")?;
+    let (cached, sessions) = app
+        .warm()
+        .await
+        .context("cannot load tokens and sessions")?;
     tracing::info!(
         tokens = cached,
+        sessions,
         authoritative = app.tokens.is_complete(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "token cache loaded"
@@ -389,6 +448,131 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
     }
 }
 
+async fn user(command: UserCommand) -> Result<(), Failure> {
+    match command {
+        UserCommand::Add {
+            config,
+            name,
+            password_stdin,
+        } => {
+            let password = password_stdin.then(read_password).transpose()?;
+            let app = open(load(&config.config)?)?;
+            let has_password = password.is_some();
+            app.users
+                .add(&name, password)
+                .await
+                .context("cannot add the user")?;
+            if has_password {
+                println!("User {name} added.");
+            } else {
+                println!("User {name} added without a password (no built-in login; the app can give them sessions).");
+            }
+            Ok(())
+        }
+        UserCommand::Passwd { config, name, .. } => {
+            let password = read_password()?;
+            let app = open(load(&config.config)?)?;
+            app.users
+                .set_password(&name, Some(password))
+                .await
+                .context("cannot set the password")?;
+            println!("Password of {name} changed.");
+            Ok(())
+        }
+        UserCommand::List { config, json } => {
+            let app = open(load(&config.config)?)?;
+            let users = app
+                .users
+                .list(None, usize::MAX)
+                .await
+                .context("cannot list users")?;
+            if json {
+                let views: Vec<serde_json::Value> = users
+                    .iter()
+                    .map(|u| {
+                        serde_json::json!({
+                            "name": u.name,
+                            "has_password": u.password_hash.is_some(),
+                            "created_at": rfc3339(Some(u.created_at)),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&views).unwrap_or_default()
+                );
+            } else {
+                println!("{:<32} {:<9} CREATED", "NAME", "PASSWORD");
+                for u in &users {
+                    let password = if u.password_hash.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    };
+                    println!(
+                        "{:<32} {:<9} {}",
+                        u.name,
+                        password,
+                        rfc3339(Some(u.created_at))
+                    );
+                }
+            }
+            Ok(())
+        }
+        UserCommand::Remove { config, name } => {
+            let app = open(load(&config.config)?)?;
+            match app
+                .remove_user(&name)
+                .await
+                .context("cannot remove the user")?
+            {
+                Some(removed) => {
+                    println!(
+                        "User {name} removed with {} token(s) and {} session(s).",
+                        removed.tokens.len(),
+                        removed.sessions.len()
+                    );
+                    Ok(())
+                }
+                None => Err(anyhow::anyhow!("no user {name}").into()),
+            }
+        }
+    }
+}
+
+async fn session(command: SessionCommand) -> Result<(), Failure> {
+    match command {
+        SessionCommand::Create { config, user } => {
+            let app = open(load(&config.config)?)?;
+            let created = app
+                .sessions
+                .create(&user)
+                .await
+                .context("cannot create the session")?;
+            println!(
+                "Session for {user} until {}; set this as the {} cookie:",
+                rfc3339(Some(created.session.expires_at)),
+                app.config.sessions.cookie
+            );
+            println!("{}", created.cookie_value);
+            Ok(())
+        }
+    }
+}
+
+/// The first line of stdin, without its line ending.
+fn read_password() -> Result<String, Failure> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("cannot read the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    if password.is_empty() {
+        return Err(anyhow::anyhow!("the password read from stdin is empty").into());
+    }
+    Ok(password)
+}
+
 /// One line of `token import`.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -435,9 +619,9 @@ async fn explain(
     let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
         .map_err(|_| anyhow::anyhow!("'{method}' is not an HTTP method"))?;
     let decision = |r: Rejection| println!("decision: {} {}", r.status().as_u16(), r);
-    if raw_path.starts_with(crate::proxy::RESERVED_PREFIX) {
-        println!("path: reserved for tokengate's own pages, never forwarded");
-        decision(Rejection::NotFound);
+    if crate::pages::is_reserved(raw_path) {
+        println!("path: reserved for tokengate's own pages (login, logout, csrf-cookie)");
+        println!("decision: answered by tokengate, never forwarded");
         return Ok(());
     }
     let checked = match path::check(raw_path) {

@@ -2,22 +2,33 @@
 //! short JSON message of DESIGN.md's table; causes go to the log, never to the client.
 
 use crate::auth::Denial;
+use crate::pages::LOGIN_PATH;
 use crate::path::PathError;
 use crate::proxy::Body;
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
 /// Why a request is answered by tokengate instead of the upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Rejection {
     #[error("bad request path: {0}")]
     BadPath(#[from] PathError),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    #[error("request body too large")]
+    TooLarge,
     #[error("unauthenticated")]
     Unauthenticated,
+    /// A browser without a session on a session route: sent to the login page, which
+    /// brings it back to `next` (the path and query it asked for).
+    #[error("login required")]
+    LoginRequired { next: String },
+    #[error("CSRF check failed")]
+    CsrfMismatch,
+    #[error("method not allowed")]
+    MethodNotAllowed,
     #[error("credential lacks the route's abilities")]
     Forbidden,
     #[error("no route matches")]
@@ -45,7 +56,11 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::BadPath(_) | Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Rejection::LoginRequired { .. } => StatusCode::FOUND,
+            Rejection::CsrfMismatch => csrf_status(),
+            Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Forbidden | Rejection::NoRoute => StatusCode::FORBIDDEN,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -58,7 +73,10 @@ impl Rejection {
         let text: &'static str = match self {
             Rejection::BadPath(e) => return json_message(&e.to_string()),
             Rejection::BadRequest(m) => m,
-            Rejection::Unauthenticated => "Unauthenticated.",
+            Rejection::TooLarge => "The request body is too large.",
+            Rejection::Unauthenticated | Rejection::LoginRequired { .. } => "Unauthenticated.",
+            Rejection::CsrfMismatch => "CSRF token mismatch.",
+            Rejection::MethodNotAllowed => "Method not allowed.",
             Rejection::Forbidden => "Invalid ability provided.",
             Rejection::NoRoute => "No route allows this request.",
             Rejection::NotFound => "Not found.",
@@ -75,11 +93,26 @@ impl Rejection {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if *self == Rejection::Unauthenticated {
-            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        match self {
+            Rejection::Unauthenticated => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Rejection::LoginRequired { next } => {
+                let location = format!("{LOGIN_PATH}?next={}", crate::pages::encode_query(next));
+                if let Ok(location) = HeaderValue::from_str(&location) {
+                    headers.insert(LOCATION, location);
+                }
+                headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            }
+            _ => {}
         }
         response
     }
+}
+
+/// 419, Laravel's "page expired" for a CSRF mismatch.
+pub fn csrf_status() -> StatusCode {
+    StatusCode::from_u16(419).unwrap_or(StatusCode::FORBIDDEN)
 }
 
 fn json_message(text: &str) -> Bytes {

@@ -6,7 +6,7 @@ use crate::config::Config;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request;
 use ipnet::IpNet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -15,6 +15,13 @@ const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 const METHOD_TOKEN: HeaderValue = HeaderValue::from_static("token");
+const METHOD_SESSION: HeaderValue = HeaderValue::from_static("session");
+const ALL_ABILITIES: HeaderValue = HeaderValue::from_static("*");
+
+/// The cookie holding a session's `XSRF-TOKEN` (readable by the page's scripts).
+pub const XSRF_COOKIE: &str = "XSRF-TOKEN";
+/// The cookie that protects the login form (double submit: cookie and form field).
+pub const LOGIN_CSRF_COOKIE: &str = "tokengate_login_csrf";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual extras), never forwarded.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -140,14 +147,130 @@ pub fn prepare_request(
     }
     forwarded(headers, conn);
 
-    if let Some(Principal::Token(token)) = principal {
-        let names = &config.headers;
-        let values = token.identity_values();
-        headers.insert(names.abilities.clone(), values.abilities);
-        headers.insert(names.user.clone(), values.user);
-        headers.insert(names.token_id.clone(), values.token_id);
-        headers.insert(names.method.clone(), METHOD_TOKEN);
+    if !config.sessions.forward_cookie && headers.contains_key(header::COOKIE) {
+        strip_cookies(headers, &tokengate_cookies(config));
     }
+
+    let names = &config.headers;
+    match principal {
+        Some(Principal::Token(token)) => {
+            let values = token.identity_values();
+            headers.insert(names.abilities.clone(), values.abilities);
+            headers.insert(names.user.clone(), values.user);
+            headers.insert(names.token_id.clone(), values.token_id);
+            headers.insert(names.method.clone(), METHOD_TOKEN);
+        }
+        Some(Principal::Session(session)) => {
+            headers.insert(names.abilities.clone(), ALL_ABILITIES);
+            headers.insert(names.user.clone(), session.user_value());
+            headers.insert(names.method.clone(), METHOD_SESSION);
+        }
+        None => {}
+    }
+}
+
+/// The cookies tokengate sets, which the upstream does not get unless
+/// `sessions.forward_cookie` says so.
+fn tokengate_cookies(config: &Config) -> [&str; 3] {
+    [
+        config.sessions.cookie.as_str(),
+        XSRF_COOKIE,
+        LOGIN_CSRF_COOKIE,
+    ]
+}
+
+/// Removes the named cookies from every `Cookie` header (HTTP/2 may send several), and a
+/// header left empty. The other cookies pass byte for byte.
+pub fn strip_cookies(headers: &mut HeaderMap, names: &[&str]) {
+    let ours = |pair: &str| {
+        let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
+        names.contains(&name)
+    };
+    let carries_ours = headers.get_all(header::COOKIE).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b';')
+            .any(|p| ours(&String::from_utf8_lossy(p)))
+    });
+    if !carries_ours {
+        return;
+    }
+    let kept: Vec<HeaderValue> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| {
+            let text = String::from_utf8_lossy(value.as_bytes());
+            let rest: Vec<&str> = text
+                .split(';')
+                .map(str::trim)
+                .filter(|pair| !pair.is_empty() && !ours(pair))
+                .collect();
+            HeaderValue::from_str(&rest.join("; "))
+                .ok()
+                .filter(|v| !v.is_empty())
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    for value in kept {
+        headers.append(header::COOKIE, value);
+    }
+}
+
+/// The values of every cookie named `name` the request carries (a client may send a name
+/// more than once).
+pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
+    let mut found = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(text) = value.to_str() else { continue };
+        for c in cookie::Cookie::split_parse(text).flatten() {
+            if c.name() == name {
+                if let Some(raw) = c.value_raw() {
+                    found.push(raw);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the nearest
+/// untrusted address in `X-Forwarded-For` (read from the right, as each proxy appends).
+pub fn client_ip(headers: &HeaderMap, conn: &ConnInfo, trusted: &[IpNet]) -> IpAddr {
+    if !conn.trusted {
+        return conn.peer.ip();
+    }
+    let mut nearest = conn.peer.ip();
+    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+        let Ok(text) = value.to_str() else { break };
+        for hop in text.rsplit(',') {
+            let Ok(ip) = hop.trim().parse::<IpAddr>() else {
+                return nearest;
+            };
+            nearest = ip;
+            if !trusted.iter().any(|n| n.contains(&ip)) {
+                return ip;
+            }
+        }
+    }
+    nearest
+}
+
+/// The request's own origin as tokengate sees it: scheme (from `X-Forwarded-Proto` only
+/// when a trusted proxy sent it) and host (`Host`, or the authority of an HTTP/2 URI).
+pub fn own_origin<'a>(parts: &'a request::Parts, conn: &'a ConnInfo) -> (&'a str, Option<&'a str>) {
+    let forwarded = conn
+        .trusted
+        .then(|| parts.headers.get(X_FORWARDED_PROTO))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    let scheme = forwarded.unwrap_or_else(|| conn.proto.to_str().unwrap_or("http"));
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()));
+    (scheme, host)
 }
 
 /// `X-Forwarded-For/Proto/Host`: from a trusted proxy extended or kept; otherwise set from

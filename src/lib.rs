@@ -9,15 +9,18 @@
 //!   proxy   the pipeline, the one place that knows the order of the steps:
 //!     path      check the path, decode its segments (400 on anything ambiguous)
 //!     routes    match the compiled route table, first match wins (403 when none)
+//!     sessions  verify the session cookie (Sanctum's order: first), `auth::csrf` rules
 //!     tokens    verify the bearer token against the cache in front of the `store`
 //!     auth      does the principal satisfy the route? (401 / 403)
 //!     headers   strip hop-by-hop and client-sent identity headers, inject ours
 //!     upstream  stream the request to the app and its answer back
+//!   pages   tokengate's own endpoints under `/_tokengate/` (login, logout, csrf-cookie)
 //!   error   the single mapping of a refusal to a status and JSON body
 //! ```
 //!
 //! Around it: `config` (YAML → validated `Config`), `app` (the shared state), `store` (the
-//! `Store` trait and its sled implementation), `clock` (injectable time), `cli` and `demo`
+//! `Store` trait and its sled implementation), `users` (argon2id passwords), `throttle` (the
+//! login throttle), `clock` (injectable time), `cli` and `demo`
 //! (the command line), `echo` (a small upstream for the demo and tests).
 
 pub mod app;
@@ -29,10 +32,14 @@ pub mod demo;
 pub mod echo;
 pub mod error;
 pub mod headers;
+pub mod pages;
 pub mod path;
 pub mod proxy;
 pub mod routes;
 pub mod server;
+pub mod sessions;
 pub mod store;
+pub mod throttle;
 pub mod tokens;
 pub mod upstream;
+pub mod users;

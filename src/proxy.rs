@@ -1,32 +1,33 @@
 //! The per-request pipeline, the one place that knows the order of the steps:
 //!
-//! 1. reserved `/_tokengate/` paths are never forwarded;
+//! 1. reserved `/_tokengate/` paths go to tokengate's own `pages`, never upstream;
 //! 2. the path is checked (`path`) and matched (`routes`), first match wins;
-//! 3. the credential the route accepts is authenticated (`tokens`): sessions will come
-//!    first here, then the bearer token, as in Sanctum's guard;
-//! 4. the principal is authorized against the route (`auth`);
+//! 3. the credential the route accepts is authenticated, in Sanctum's order: a valid
+//!    session cookie first (`sessions`, then the CSRF rules for unsafe methods), else the
+//!    bearer token (`tokens`);
+//! 4. the principal is authorized against the route (`auth`); a browser without a session
+//!    on a session route is sent to the login page;
 //! 5. headers are rewritten (`headers`) and the request streams to the upstream.
 //!
 //! Every refusal is a `Rejection`, turned into a response in `error` alone.
 
 use crate::app::App;
-use crate::auth::{self, token, Principal};
+use crate::auth::session::CookieValue;
+use crate::auth::{self, csrf, token, Denial, Principal};
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
+use crate::pages;
 use crate::path;
 use crate::routes::{AuthMode, Route};
 use crate::upstream::{Upstream, UpstreamBody};
 use bytes::Bytes;
-use http::header::AUTHORIZATION;
-use http::{HeaderMap, Request, Response};
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{request, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 /// The body of every response: the upstream's, streamed, or tokengate's own.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
-
-/// tokengate's own pages live under this prefix; it never reaches the upstream.
-pub const RESERVED_PREFIX: &str = "/_tokengate/";
 
 /// Handles one request: forwards it, or answers with the refusal.
 pub async fn handle(
@@ -35,6 +36,9 @@ pub async fn handle(
     request: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Response<Body> {
+    if pages::is_reserved(request.uri().path()) {
+        return pages::handle(app, request, conn).await;
+    }
     match forward(app, upstream, request, conn).await {
         Ok(response) => response,
         Err(rejection) => rejection.response(),
@@ -48,21 +52,33 @@ async fn forward(
     conn: &ConnInfo,
 ) -> Result<Response<Body>, Rejection> {
     let (mut parts, body) = request.into_parts();
-    let raw_path = parts.uri.path();
-    if raw_path.starts_with(RESERVED_PREFIX) || raw_path == "/_tokengate" {
+    let path = path::check(parts.uri.path())?;
+    if path.segments().next() == Some("_tokengate") {
+        // `/%5Ftokengate/…`: reserved too, whatever the routes say.
         return Err(Rejection::NotFound);
     }
-    let path = path::check(raw_path)?;
     let route = app
         .config
         .routes
         .find(&parts.method, &path)
         .ok_or(Rejection::NoRoute)?;
-    let principal = authenticate(app, route, &parts.headers).await?;
-    auth::authorize(route, principal.as_ref())?;
+    let principal = authenticate(app, route, &parts, conn).await?;
+    if let Err(denial) = auth::authorize(route, principal.as_ref()) {
+        if denial == Denial::Unauthenticated
+            && route.auth == AuthMode::Session
+            && pages::wants_html(&parts.headers)
+        {
+            let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            return Err(Rejection::LoginRequired {
+                next: next.to_owned(),
+            });
+        }
+        return Err(denial.into());
+    }
 
-    let used_bearer = matches!(principal, Some(Principal::Token(_)));
-    let strip_authorization = used_bearer && !app.config.forward_authorization;
+    // A credential tokengate checked (or, beside a session, did not need) is not the
+    // upstream's business unless the config says so.
+    let strip_authorization = principal.is_some() && !app.config.forward_authorization;
     headers::prepare_request(
         &mut parts,
         &app.config,
@@ -76,20 +92,31 @@ async fn forward(
     Ok(response.map(Either::Left))
 }
 
-/// The principal behind the credential this route accepts, if any. A missing or invalid
-/// credential is `None` (the route decides whether that matters); only ambiguity and store
-/// failures are errors.
+/// The principal behind the credential this route accepts, if any: a valid session cookie
+/// first (`auth: any` and `session`), else the bearer token (`auth: any` and `token`). A
+/// missing or invalid credential is `None` (the route decides whether that matters); a
+/// session failing the CSRF rules, ambiguity and store failures are errors.
 async fn authenticate(
     app: &App,
     route: &Route,
-    headers: &HeaderMap,
+    parts: &request::Parts,
+    conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
-    match route.auth {
+    let (sessions, tokens) = match route.auth {
         AuthMode::None => return Ok(None),
-        // Browser sessions are not part of this version: no session is ever valid.
-        AuthMode::Session => return Ok(None),
-        AuthMode::Any | AuthMode::Token => {}
+        AuthMode::Any => (true, true),
+        AuthMode::Session => (true, false),
+        AuthMode::Token => (false, true),
+    };
+    if sessions && parts.headers.contains_key(COOKIE) {
+        if let Some(principal) = session(app, parts, conn).await? {
+            return Ok(Some(principal));
+        }
     }
+    if !tokens {
+        return Ok(None);
+    }
+    let headers = &parts.headers;
     let mut values = headers.get_all(AUTHORIZATION).iter();
     let Some(value) = values.next() else {
         return Ok(None);
@@ -107,4 +134,31 @@ async fn authenticate(
             Err(Rejection::StoreUnavailable)
         }
     }
+}
+
+/// The session a request's cookie names, if valid, once it passes the CSRF rules.
+async fn session(
+    app: &App,
+    parts: &request::Parts,
+    conn: &ConnInfo,
+) -> Result<Option<Principal>, Rejection> {
+    for value in headers::cookie_values(&parts.headers, &app.config.sessions.cookie) {
+        let Some(cookie) = CookieValue::parse(value) else {
+            continue;
+        };
+        let session = match app.sessions.authenticate(cookie).await {
+            Ok(Some(session)) => session,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::error!(error = %e, "session store lookup failed");
+                return Err(Rejection::StoreUnavailable);
+            }
+        };
+        let (scheme, host) = headers::own_origin(parts, conn);
+        if !csrf::passes(&parts.method, &parts.headers, scheme, host, cookie) {
+            return Err(Rejection::CsrfMismatch);
+        }
+        return Ok(Some(Principal::Session(session)));
+    }
+    Ok(None)
 }

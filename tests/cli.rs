@@ -196,7 +196,11 @@ fn explain_without_a_token() {
         ("GET", "/bench/1", "decision: 401"),
         ("GET", "/nope", "decision: 403"),
         ("GET", "/a/../b", "decision: 400"),
-        ("GET", "/_tokengate/login", "decision: 404"),
+        (
+            "GET",
+            "/_tokengate/login",
+            "decision: answered by tokengate, never forwarded",
+        ),
     ];
     for (method, path, want) in cases {
         let out = run(&["explain", "--config", cfg, method, path]);

@@ -1,9 +1,12 @@
 //! Who is asking, and may they: credentials (token parsing lives in `token`) and the pure
 //! decision of whether a principal satisfies a route. Nothing here builds a response.
 
+pub mod csrf;
+pub mod session;
 pub mod token;
 
 use crate::routes::{AuthMode, Route};
+use crate::sessions::Session;
 use crate::tokens::AccessToken;
 use std::sync::Arc;
 
@@ -14,6 +17,8 @@ pub type Ability = String;
 #[derive(Debug, Clone)]
 pub enum Principal {
     Token(Arc<AccessToken>),
+    /// A first-party browser session: like Sanctum's `TransientToken`, it can do everything.
+    Session(Arc<Session>),
 }
 
 impl Principal {
@@ -21,6 +26,14 @@ impl Principal {
     pub fn can(&self, ability: &str) -> bool {
         match self {
             Principal::Token(token) => token.can(ability),
+            Principal::Session(_) => true,
+        }
+    }
+
+    pub fn user(&self) -> &str {
+        match self {
+            Principal::Token(token) => token.user(),
+            Principal::Session(session) => session.user(),
         }
     }
 }

@@ -7,6 +7,7 @@ mod sled;
 
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES};
 
+use crate::auth::session::SessionHash;
 use crate::auth::token::{TokenHash, TokenId};
 use crate::clock::Timestamp;
 use async_trait::async_trait;
@@ -37,6 +38,35 @@ pub struct NewToken {
     pub expires_at: Option<Timestamp>,
 }
 
+/// A user who can log in (with a password) or be given sessions by the app. Token owners
+/// need not be users: a token's `user` is the app's opaque user id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    pub name: String,
+    /// argon2id, PHC string; `None`: this user cannot use the built-in login.
+    pub password_hash: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// A cookie session as stored: only the SHA-256 of the cookie value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    pub hash: SessionHash,
+    pub user: String,
+    pub created_at: Timestamp,
+    /// The absolute end (`created_at` + `sessions.lifetime_minutes`).
+    pub expires_at: Timestamp,
+    /// Batched like `last_used_at`; the idle expiry counts from here.
+    pub last_seen: Timestamp,
+}
+
+/// What went with a removed user.
+#[derive(Debug, Default)]
+pub struct RemovedUser {
+    pub tokens: Vec<TokenId>,
+    pub sessions: Vec<SessionHash>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("the store at {path} is in use by another process (a running tokengate holds it)")]
@@ -47,6 +77,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a token with this hash already exists")]
     DuplicateHash,
+    #[error("user {0} already exists")]
+    UserExists(String),
+    #[error("no user {0}")]
+    NoSuchUser(String),
 }
 
 /// Which tokens a listing wants.
@@ -95,6 +129,32 @@ pub trait Store: Send + Sync + 'static {
     fn is_exclusive(&self) -> bool;
     /// Makes every earlier write durable.
     async fn flush(&self) -> Result<(), StoreError>;
+    /// Adds a user; `UserExists` if the name is taken.
+    async fn create_user(&self, user: UserRecord) -> Result<(), StoreError>;
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// A page of users by name: those after `after`, at most `limit`.
+    async fn list_users(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError>;
+    /// Replaces a user's password hash; false if there is no such user.
+    async fn set_password(&self, name: &str, hash: Option<String>) -> Result<bool, StoreError>;
+    /// Removes a user with every token they own and every session they have, in one
+    /// transaction; `None` if there was no such user.
+    async fn delete_user(&self, name: &str) -> Result<Option<RemovedUser>, StoreError>;
+    /// Stores a new session (durable before it returns); `NoSuchUser` if its user is gone.
+    async fn create_session(&self, session: SessionRecord) -> Result<(), StoreError>;
+    async fn session(&self, hash: SessionHash) -> Result<Option<SessionRecord>, StoreError>;
+    /// Every session, or those of one user.
+    async fn list_sessions(&self, user: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
+    /// Deletes sessions; returns those that existed.
+    async fn delete_sessions(
+        &self,
+        hashes: Vec<SessionHash>,
+    ) -> Result<Vec<SessionHash>, StoreError>;
+    /// Records `last_seen` for many sessions in one write; gone sessions are skipped.
+    async fn touch_sessions(&self, seen: Vec<(SessionHash, Timestamp)>) -> Result<(), StoreError>;
     /// Lets go of whatever the store keeps in memory from earlier reads (called once the
     /// token cache is loaded). Nothing to do by default.
     async fn release_memory(&self) -> Result<(), StoreError> {

@@ -3,11 +3,15 @@
 //!
 //! Layout: tree `tokens` (id, 8 bytes big-endian → JSON record), `token_hashes`
 //! (SHA-256 → id), `token_last_used` (block of 512 ids → 512 unix seconds, little-endian;
-//! 0 = never). `last_used_at` lives apart so that the batched touch never rewrites (and
+//! 0 = never), `users` (name → JSON), `sessions` (SHA-256 of the cookie value → JSON).
+//! `last_used_at` lives apart so that the batched touch never rewrites (and
 //! never races) a token's record, and in blocks because sled's memory grows with the number
 //! of keys written: touching 100,000 tokens rewrites 196 values, not 100,000.
 
-use super::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
+use super::{
+    NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery, TokenRecord, UserRecord,
+};
+use crate::auth::session::SessionHash;
 use crate::auth::token::{TokenHash, TokenId};
 use crate::clock::Timestamp;
 use async_trait::async_trait;
@@ -36,6 +40,22 @@ struct Stored {
     expires_at: Option<Timestamp>,
 }
 
+/// A user's record on disk (the name is the key).
+#[derive(Serialize, Deserialize)]
+struct StoredUser {
+    password_hash: Option<String>,
+    created_at: Timestamp,
+}
+
+/// A session's record on disk (the hash is the key).
+#[derive(Serialize, Deserialize)]
+struct StoredSession {
+    user: String,
+    created_at: Timestamp,
+    expires_at: Timestamp,
+    last_seen: Timestamp,
+}
+
 /// The store. Clones share one open database.
 #[derive(Clone)]
 pub struct SledStore {
@@ -59,6 +79,8 @@ struct Trees {
     tokens: sled::Tree,
     hashes: sled::Tree,
     last_used: sled::Tree,
+    users: sled::Tree,
+    sessions: sled::Tree,
 }
 
 impl SledStore {
@@ -122,6 +144,8 @@ impl Trees {
             tokens: db.open_tree("tokens").map_err(io)?,
             hashes: db.open_tree("token_hashes").map_err(io)?,
             last_used: db.open_tree("token_last_used").map_err(io)?,
+            users: db.open_tree("users").map_err(io)?,
+            sessions: db.open_tree("sessions").map_err(io)?,
             db,
         })
     }
@@ -167,6 +191,22 @@ impl Trees {
         })
     }
 
+    fn session_record(&self, key: &[u8], bytes: &[u8]) -> Result<SessionRecord, StoreError> {
+        let hash = SessionHash(
+            key.try_into()
+                .map_err(|_| StoreError::Corrupt("session key is not 32 bytes".into()))?,
+        );
+        let stored: StoredSession = serde_json::from_slice(bytes)
+            .map_err(|e| StoreError::Corrupt(format!("session: {e}")))?;
+        Ok(SessionRecord {
+            hash,
+            user: stored.user,
+            created_at: stored.created_at,
+            expires_at: stored.expires_at,
+            last_seen: stored.last_seen,
+        })
+    }
+
     fn get(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
         match self.tokens.get(id.0.to_be_bytes()).map_err(io)? {
             Some(bytes) => self.record(id, &bytes).map(Some),
@@ -197,8 +237,27 @@ fn id_of(key: &[u8]) -> Result<TokenId, StoreError> {
     Ok(TokenId(u64::from_be_bytes(bytes)))
 }
 
-fn encode(record: &Stored) -> Vec<u8> {
-    serde_json::to_vec(record).expect("a token record always serializes")
+fn encode<T: Serialize>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("a record always serializes")
+}
+
+fn user_record(name: &[u8], bytes: &[u8]) -> Result<UserRecord, StoreError> {
+    let name = String::from_utf8(name.to_vec())
+        .map_err(|_| StoreError::Corrupt("user name is not UTF-8".into()))?;
+    let stored: StoredUser = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("user {name}: {e}")))?;
+    Ok(UserRecord {
+        name,
+        password_hash: stored.password_hash,
+        created_at: stored.created_at,
+    })
+}
+
+fn transaction_error(e: TransactionError<()>) -> StoreError {
+    match e {
+        TransactionError::Storage(e) => io(e),
+        TransactionError::Abort(()) => StoreError::Io("transaction aborted".into()),
+    }
 }
 
 /// Runs a sled operation on the blocking pool.
@@ -406,6 +465,231 @@ impl Store for SledStore {
 
     fn is_exclusive(&self) -> bool {
         true
+    }
+
+    async fn create_user(&self, user: UserRecord) -> Result<(), StoreError> {
+        blocking(self, move |s| {
+            let stored = encode(&StoredUser {
+                password_hash: user.password_hash,
+                created_at: user.created_at,
+            });
+            let inserted = s
+                .users
+                .compare_and_swap(user.name.as_bytes(), None::<&[u8]>, Some(stored))
+                .map_err(io)?;
+            if inserted.is_err() {
+                return Err(StoreError::UserExists(user.name));
+            }
+            s.db.flush().map_err(io)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.to_owned();
+        blocking(self, move |s| {
+            s.users
+                .get(name.as_bytes())
+                .map_err(io)?
+                .map(|v| user_record(name.as_bytes(), &v))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_users(
+        &self,
+        after: Option<String>,
+        limit: usize,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        blocking(self, move |s| {
+            let range = match &after {
+                Some(name) => s.users.range::<&[u8], _>((
+                    std::ops::Bound::Excluded(name.as_bytes()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => s.users.iter(),
+            };
+            range
+                .take(limit)
+                .map(|entry| {
+                    let (key, value) = entry.map_err(io)?;
+                    user_record(&key, &value)
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn set_password(&self, name: &str, hash: Option<String>) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        blocking(self, move |s| {
+            let mut corrupt = None;
+            let updated = s
+                .users
+                .update_and_fetch(name.as_bytes(), |old| {
+                    let old = old?;
+                    match serde_json::from_slice::<StoredUser>(old) {
+                        Ok(mut stored) => {
+                            stored.password_hash = hash.clone();
+                            Some(encode(&stored))
+                        }
+                        Err(e) => {
+                            corrupt = Some(e.to_string());
+                            Some(old.to_vec())
+                        }
+                    }
+                })
+                .map_err(io)?;
+            if let Some(e) = corrupt {
+                return Err(StoreError::Corrupt(format!("user {name}: {e}")));
+            }
+            s.db.flush().map_err(io)?;
+            Ok(updated.is_some())
+        })
+        .await
+    }
+
+    async fn delete_user(&self, name: &str) -> Result<Option<RemovedUser>, StoreError> {
+        let name = name.to_owned();
+        blocking(self, move |s| {
+            let mut tokens = Vec::new();
+            for entry in s.tokens.iter() {
+                let (key, value) = entry.map_err(io)?;
+                let stored: Stored = serde_json::from_slice(&value)
+                    .map_err(|e| StoreError::Corrupt(format!("token: {e}")))?;
+                if stored.user == name {
+                    tokens.push((id_of(&key)?, TokenHash::from_hex(&stored.hash)));
+                }
+            }
+            let mut sessions = Vec::new();
+            for entry in s.sessions.iter() {
+                let (key, value) = entry.map_err(io)?;
+                let record = s.session_record(&key, &value)?;
+                if record.user == name {
+                    sessions.push(record.hash);
+                }
+            }
+            let existed = (&s.users, &s.tokens, &s.hashes, &s.sessions)
+                .transaction(|(users, token_tree, hashes, session_tree)| {
+                    if users.remove(name.as_bytes())?.is_none() {
+                        return Ok(false);
+                    }
+                    for (id, hash) in &tokens {
+                        token_tree.remove(&id.0.to_be_bytes())?;
+                        if let Some(hash) = hash {
+                            hashes.remove(&hash.0)?;
+                        }
+                    }
+                    for hash in &sessions {
+                        session_tree.remove(&hash.0)?;
+                    }
+                    Ok(true)
+                })
+                .map_err(transaction_error)?;
+            if !existed {
+                return Ok(None);
+            }
+            s.db.flush().map_err(io)?;
+            Ok(Some(RemovedUser {
+                tokens: tokens.into_iter().map(|(id, _)| id).collect(),
+                sessions,
+            }))
+        })
+        .await
+    }
+
+    async fn create_session(&self, session: SessionRecord) -> Result<(), StoreError> {
+        blocking(self, move |s| {
+            let stored = encode(&StoredSession {
+                user: session.user.clone(),
+                created_at: session.created_at,
+                expires_at: session.expires_at,
+                last_seen: session.last_seen,
+            });
+            let created = (&s.users, &s.sessions)
+                .transaction(|(users, sessions)| {
+                    if users.get(session.user.as_bytes())?.is_none() {
+                        return Ok(false);
+                    }
+                    sessions.insert(&session.hash.0, stored.as_slice())?;
+                    Ok(true)
+                })
+                .map_err(transaction_error)?;
+            if !created {
+                return Err(StoreError::NoSuchUser(session.user));
+            }
+            s.db.flush().map_err(io)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, hash: SessionHash) -> Result<Option<SessionRecord>, StoreError> {
+        blocking(self, move |s| {
+            s.sessions
+                .get(hash.0)
+                .map_err(io)?
+                .map(|v| s.session_record(&hash.0, &v))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn list_sessions(&self, user: Option<&str>) -> Result<Vec<SessionRecord>, StoreError> {
+        let user = user.map(str::to_owned);
+        blocking(self, move |s| {
+            let mut out = Vec::new();
+            for entry in s.sessions.iter() {
+                let (key, value) = entry.map_err(io)?;
+                let record = s.session_record(&key, &value)?;
+                if user.as_deref().is_none_or(|u| u == record.user) {
+                    out.push(record);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_sessions(
+        &self,
+        hashes: Vec<SessionHash>,
+    ) -> Result<Vec<SessionHash>, StoreError> {
+        blocking(self, move |s| {
+            let mut removed = Vec::new();
+            for hash in hashes {
+                if s.sessions.remove(hash.0).map_err(io)?.is_some() {
+                    removed.push(hash);
+                }
+            }
+            s.db.flush().map_err(io)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn touch_sessions(&self, seen: Vec<(SessionHash, Timestamp)>) -> Result<(), StoreError> {
+        blocking(self, move |s| {
+            for (hash, at) in seen {
+                // A session deleted meanwhile stays deleted (`old` is None).
+                s.sessions
+                    .update_and_fetch(hash.0, |old| {
+                        let old = old?;
+                        match serde_json::from_slice::<StoredSession>(old) {
+                            Ok(mut stored) => {
+                                stored.last_seen = stored.last_seen.max(at);
+                                Some(encode(&stored))
+                            }
+                            Err(_) => Some(old.to_vec()),
+                        }
+                    })
+                    .map_err(io)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -84,7 +84,7 @@ impl Gate {
         let store = SledStore::open(&config.store_path).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
         let app = App::new(config, Arc::new(store), clock.clone());
-        app.tokens.warm().await.unwrap();
+        app.warm().await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();

@@ -1,0 +1,280 @@
+//! Cookie sessions at run time: verify a presented cookie against a cache in front of the
+//! store, create and revoke sessions keeping that cache coherent, slide the idle expiry and
+//! batch `last_seen` writes (like tokens' `last_used_at`).
+//!
+//! A session is valid while `now < expires_at` (absolute: `sessions.lifetime_minutes` from
+//! creation) and `now < last_seen + sessions.idle_minutes` (sliding).
+
+use crate::auth::session::{generate_cookie_value, CookieValue, SessionHash};
+use crate::clock::{Clock, Timestamp};
+use crate::store::{SessionRecord, Store, StoreError};
+use dashmap::DashMap;
+use foldhash::fast::RandomState;
+use http::HeaderValue;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the `sessions:` config says, in seconds.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionPolicy {
+    pub idle: i64,
+    pub lifetime: i64,
+}
+
+/// `last_seen` is written to the store at most once per this many seconds per session; in
+/// memory it is exact.
+pub const LAST_SEEN_RESOLUTION: i64 = 60;
+
+/// A verified, cached session.
+#[derive(Debug)]
+pub struct Session {
+    pub hash: SessionHash,
+    user: HeaderValue,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    last_seen: AtomicI64,
+    stored_last_seen: AtomicI64,
+    dirty: AtomicBool,
+}
+
+impl Session {
+    fn from_record(record: &SessionRecord) -> Option<Self> {
+        Some(Self {
+            hash: record.hash,
+            user: HeaderValue::from_str(&record.user).ok()?,
+            created_at: record.created_at,
+            expires_at: record.expires_at,
+            last_seen: AtomicI64::new(record.last_seen),
+            stored_last_seen: AtomicI64::new(record.last_seen),
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    pub fn user(&self) -> &str {
+        // Built from a `&str` in `from_record`, so always visible ASCII.
+        self.user.to_str().unwrap_or_default()
+    }
+
+    /// The `X-Auth-User` value.
+    pub fn user_value(&self) -> HeaderValue {
+        self.user.clone()
+    }
+
+    pub fn last_seen(&self) -> Timestamp {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    fn is_live(&self, now: Timestamp, idle: i64) -> bool {
+        now < self.expires_at && now < self.last_seen().saturating_add(idle)
+    }
+}
+
+/// A new session and the cookie value that is its only key (shown once, never stored).
+pub struct NewSession {
+    pub cookie_value: String,
+    pub session: Arc<Session>,
+}
+
+pub struct Sessions {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    policy: SessionPolicy,
+    cache: DashMap<SessionHash, Arc<Session>, RandomState>,
+    /// Bumped by every revocation, so that a store read racing one does not resurrect it.
+    generation: AtomicU64,
+    /// The cache holds every stored session: a miss means "no such session".
+    complete: AtomicBool,
+    dirty: Mutex<Vec<Arc<Session>>>,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, policy: SessionPolicy) -> Self {
+        Self {
+            store,
+            clock,
+            policy,
+            cache: DashMap::default(),
+            generation: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
+            dirty: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The session behind a cookie value, if it is valid now (and then it was just seen).
+    pub async fn authenticate(
+        &self,
+        value: CookieValue<'_>,
+    ) -> Result<Option<Arc<Session>>, StoreError> {
+        let hash = value.hash();
+        let cached = self.cache.get(&hash).map(|s| Arc::clone(&s));
+        let session = match cached {
+            Some(session) => session,
+            None if self.complete.load(Ordering::Acquire) => return Ok(None),
+            None => match self.load(hash).await? {
+                Some(session) => session,
+                None => return Ok(None),
+            },
+        };
+        let now = self.clock.now();
+        if !session.is_live(now, self.policy.idle) {
+            return Ok(None);
+        }
+        self.mark_seen(&session, now);
+        Ok(Some(session))
+    }
+
+    async fn load(&self, hash: SessionHash) -> Result<Option<Arc<Session>>, StoreError> {
+        let generation = self.generation.load(Ordering::SeqCst);
+        let Some(record) = self.store.session(hash).await? else {
+            return Ok(None);
+        };
+        let Some(session) = Session::from_record(&record) else {
+            return Ok(None);
+        };
+        let session = Arc::new(session);
+        self.cache.insert(hash, Arc::clone(&session));
+        if self.generation.load(Ordering::SeqCst) != generation {
+            // A revocation ran meanwhile; it may have been this session's.
+            self.cache.remove(&hash);
+            return Ok(None);
+        }
+        Ok(Some(session))
+    }
+
+    /// Loads every stored session before serving, dropping expired ones from the store.
+    /// With an exclusive store the cache then becomes authoritative.
+    pub async fn warm(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let mut expired = Vec::new();
+        for record in self.store.list_sessions(None).await? {
+            match Session::from_record(&record) {
+                Some(session) if session.is_live(now, self.policy.idle) => {
+                    self.cache.insert(record.hash, Arc::new(session));
+                }
+                _ => expired.push(record.hash),
+            }
+        }
+        if !expired.is_empty() {
+            self.store.delete_sessions(expired).await?;
+        }
+        self.complete
+            .store(self.store.is_exclusive(), Ordering::Release);
+        Ok(self.cache.len())
+    }
+
+    /// Starts a session for an existing user (`StoreError::NoSuchUser` otherwise).
+    pub async fn create(&self, user: &str) -> Result<NewSession, StoreError> {
+        let cookie_value = generate_cookie_value();
+        let hash = CookieValue::parse(&cookie_value)
+            .map(|v| v.hash())
+            .ok_or_else(|| StoreError::Io("generated cookie value is malformed".into()))?;
+        let now = self.clock.now();
+        let record = SessionRecord {
+            hash,
+            user: user.to_owned(),
+            created_at: now,
+            expires_at: now.saturating_add(self.policy.lifetime),
+            last_seen: now,
+        };
+        let session = Arc::new(
+            Session::from_record(&record)
+                .ok_or_else(|| StoreError::Io("user name cannot be sent as a header".into()))?,
+        );
+        self.store.create_session(record).await?;
+        self.cache.insert(hash, Arc::clone(&session));
+        Ok(NewSession {
+            cookie_value,
+            session,
+        })
+    }
+
+    /// Ends a session; the next request with its cookie is refused. False if it did not exist.
+    pub async fn revoke(&self, hash: SessionHash) -> Result<bool, StoreError> {
+        self.forget(&[hash]);
+        let removed = self.store.delete_sessions(vec![hash]).await?;
+        Ok(!removed.is_empty())
+    }
+
+    /// Ends every session of a user; returns how many there were.
+    pub async fn revoke_user(&self, user: &str) -> Result<usize, StoreError> {
+        let hashes: Vec<SessionHash> = self
+            .store
+            .list_sessions(Some(user))
+            .await?
+            .into_iter()
+            .map(|r| r.hash)
+            .collect();
+        self.forget(&hashes);
+        Ok(self.store.delete_sessions(hashes).await?.len())
+    }
+
+    /// A user's sessions as stored (with `last_seen` as of the last flush).
+    pub async fn list(&self, user: &str) -> Result<Vec<SessionRecord>, StoreError> {
+        self.store.list_sessions(Some(user)).await
+    }
+
+    /// Drops sessions from the cache (they were removed from the store).
+    pub fn forget(&self, hashes: &[SessionHash]) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for hash in hashes {
+            self.cache.remove(hash);
+        }
+    }
+
+    /// How many valid sessions the cache holds.
+    pub fn active(&self) -> usize {
+        let now = self.clock.now();
+        self.cache
+            .iter()
+            .filter(|s| s.is_live(now, self.policy.idle))
+            .count()
+    }
+
+    fn mark_seen(&self, session: &Arc<Session>, now: Timestamp) {
+        session.last_seen.fetch_max(now, Ordering::Relaxed);
+        let stale = now - session.stored_last_seen.load(Ordering::Relaxed) >= LAST_SEEN_RESOLUTION;
+        if stale
+            && !session.dirty.load(Ordering::Relaxed)
+            && !session.dirty.swap(true, Ordering::SeqCst)
+        {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Arc::clone(session));
+        }
+    }
+
+    /// Writes the `last_seen` of every session seen since the last call in one store write,
+    /// and removes sessions that have expired. Returns how many were written.
+    pub async fn flush_last_seen(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now();
+        let expired: Vec<SessionHash> = self
+            .cache
+            .iter()
+            .filter(|s| !s.is_live(now, self.policy.idle))
+            .map(|s| s.hash)
+            .collect();
+        if !expired.is_empty() {
+            for hash in &expired {
+                self.cache.remove(hash);
+            }
+            self.store.delete_sessions(expired).await?;
+        }
+        let batch = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let seen: Vec<(SessionHash, Timestamp)> = batch
+            .iter()
+            .map(|s| {
+                s.dirty.store(false, Ordering::SeqCst);
+                let at = s.last_seen();
+                s.stored_last_seen.store(at, Ordering::SeqCst);
+                (s.hash, at)
+            })
+            .collect();
+        let count = seen.len();
+        self.store.touch_sessions(seen).await?;
+        Ok(count)
+    }
+}
