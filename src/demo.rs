@@ -1,5 +1,6 @@
 //! `tokengate demo`: everything needed to see tokengate work, in one process: a built-in
-//! echo upstream, a temporary store, a reader and a writer token, and curl commands to try.
+//! echo upstream, a temporary store, a reader and a writer token, a user who can log in
+//! with a browser, and curl commands to try.
 
 use crate::app::App;
 use crate::clock::SystemClock;
@@ -10,6 +11,9 @@ use crate::tokens::CreateToken;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// The demo user's password (printed: this is a throwaway demo store).
+const DEMO_PASSWORD: &str = "demo-password";
 
 pub async fn run(listen: SocketAddr) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary directory")?;
@@ -24,6 +28,8 @@ tokens:
   prefix: "tg_"
 abilities: [read, create]
 default_abilities: [read]
+sessions:
+  secure: false            # the demo is plain http on loopback
 routes:
   - path: /healthz
     auth: none
@@ -33,6 +39,8 @@ routes:
   - path: /api/posts/**
     methods: [POST]
     abilities: [create]
+  - path: /app/**
+    auth: session
   - path: /**
     auth: any
 "#,
@@ -59,11 +67,16 @@ routes:
     };
     let reader = create("reader", "read").await?;
     let writer = create("writer", "create").await?;
+    app.users
+        .add("demo-user", Some(DEMO_PASSWORD.into()))
+        .await
+        .context("cannot add the demo user")?;
     let base = format!("http://{listen}");
     println!(
         r#"tokengate demo: proxy on {base} -> echo upstream on http://{upstream} (store in a temporary directory)
 
-Routes: /healthz public; GET /api/posts/** needs 'read'; POST /api/posts/** needs 'create'; /** any token.
+Routes: /healthz public; GET /api/posts/** needs 'read'; POST /api/posts/** needs 'create';
+        /app/** a browser session only; /** any token or session.
 Tokens: reader = {reader} (read)
         writer = {writer} (create)
 
@@ -78,6 +91,9 @@ Try:
   curl -i -X POST -H 'Authorization: Bearer {writer}' {base}/api/posts
   # 200, public: no identity headers upstream, whatever the client sends
   curl -i -H 'X-Token-Abilities: *' {base}/healthz
+
+Browser: open {base}/app/ and log in as demo-user, password {DEMO_PASSWORD}
+  (the upstream then sees x-auth-method: session and x-token-abilities: *).
 
 Press Ctrl-C to stop."#,
         upstream = echo.addr,

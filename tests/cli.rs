@@ -252,12 +252,17 @@ fn wait_for_port(port: u16) {
 
 /// A raw HTTP/1.1 GET; returns the status code.
 fn get_status(port: u16, path: &str, auth: Option<&str>) -> u16 {
-    use std::io::Write;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let auth = auth
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
+    get_with(port, path, &auth)
+}
+
+/// A raw HTTP/1.1 GET with extra header lines (each ending in CRLF); returns the status.
+fn get_with(port: u16, path: &str, auth: &str) -> u16 {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n"
@@ -448,4 +453,129 @@ fn token_import_creates_many_tokens_at_once() {
     let out = run(&["token", "list", "--config", cfg, "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 501);
+}
+
+/// Runs the binary with `input` on stdin.
+fn run_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = bin()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn users_and_app_minted_sessions_through_the_cli() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), echo.addr.port(), port);
+    let cfg = cfg.to_str().unwrap();
+
+    let out = run_with_stdin(
+        &["user", "add", "--config", cfg, "alice", "--password-stdin"],
+        "s3cret pass\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["user", "add", "--config", cfg, "bob"]);
+    assert!(
+        stdout(&out).contains("without a password"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run_with_stdin(&["user", "add", "--config", cfg, "alice"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already exists"), "{}", stderr(&out));
+    let out = run_with_stdin(
+        &["user", "add", "--config", cfg, "carol", "--password-stdin"],
+        "\n",
+    );
+    assert_eq!(out.status.code(), Some(1), "an empty password is refused");
+    let out = run_with_stdin(
+        &[
+            "user",
+            "passwd",
+            "--config",
+            cfg,
+            "alice",
+            "--password-stdin",
+        ],
+        "another one\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run_with_stdin(
+        &[
+            "user",
+            "passwd",
+            "--config",
+            cfg,
+            "nobody",
+            "--password-stdin",
+        ],
+        "x\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+
+    let out = run(&["user", "list", "--config", cfg, "--json"]);
+    let users: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(users[0]["name"], "alice");
+    assert_eq!(users[0]["has_password"], true);
+    assert_eq!(users[1]["name"], "bob");
+    assert_eq!(users[1]["has_password"], false);
+    assert!(!stdout(&out).contains("argon2"), "no hashes listed");
+
+    // The app hands bob, who has no password, a session.
+    let out = run(&["session", "create", "--config", cfg, "--user", "bob"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cookie = stdout(&out).lines().last().unwrap().to_owned();
+    assert_eq!(cookie.len(), 43);
+    let out = run(&["session", "create", "--config", cfg, "--user", "nobody"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no user nobody"), "{}", stderr(&out));
+
+    // alice owns a token; removing her revokes it.
+    let out = run(&[
+        "token", "create", "--config", cfg, "--user", "alice", "--name", "n",
+    ]);
+    let alice_token = stdout(&out).lines().last().unwrap().to_owned();
+    let out = run(&["user", "remove", "--config", cfg, "alice"]);
+    assert!(
+        stdout(&out).contains("removed with 1 token(s) and 0 session(s)"),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&["user", "remove", "--config", cfg, "alice"]);
+    assert_eq!(out.status.code(), Some(1));
+
+    let child = bin()
+        .args(["serve", "--config", cfg])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+    let with_cookie = format!("Cookie: tokengate_session={cookie}\r\n");
+    assert_eq!(get_with(port, "/bench/item", &with_cookie), 200);
+    assert_eq!(get_status(port, "/bench/item", Some(&alice_token)), 401);
+    assert_eq!(
+        get_with(port, "/bench/item", "Cookie: tokengate_session=forged\r\n"),
+        401
+    );
+    let seen = echo.last().unwrap();
+    assert_eq!(seen.headers["x-auth-method"], "session");
+    assert_eq!(seen.headers["x-auth-user"], "bob");
+    assert_eq!(server.signal("-TERM"), Some(0));
 }
