@@ -661,3 +661,36 @@ async fn last_seen_is_batched_and_sessions_survive_a_restart_of_the_cache() {
     assert_eq!(stored[0].last_seen, common::T0 + 120);
     gate.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reserved_prefix_never_reaches_the_upstream_even_under_a_public_catch_all() {
+    let body = STANDARD.replace("routes:\n", "routes:\n  - path: /**\n    auth: none\n");
+    let gate = gate_with_alice(&body).await;
+    let client = HttpClient::http1();
+    let session = gate.app.sessions.create("alice").await.unwrap();
+    let cookie = format!("tokengate_session={}", session.cookie_value);
+    for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+        for path in [
+            "/_tokengate/login",
+            "/_tokengate/logout",
+            "/_tokengate/csrf-cookie",
+            "/_tokengate/anything",
+            "/_tokengate",
+            "/%5Ftokengate/login",
+        ] {
+            let answer = send_with_cookie(&client, &gate, method.clone(), path, &cookie, &[]).await;
+            assert_ne!(
+                answer.status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{method} {path}"
+            );
+        }
+    }
+    assert!(gate.echo.seen().is_empty(), "nothing reached the upstream");
+    // The catch-all still forwards everything else.
+    assert_eq!(
+        client.get(&gate.url("/x"), &[]).await.status,
+        StatusCode::OK
+    );
+    gate.stop().await;
+}
