@@ -13,7 +13,15 @@ need_apt() { # install Debian packages that are missing
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
 }
-need_apt curl
+# curl: CLI tests; chromium: the browser test of the API token page.
+need_apt curl chromium
+# jsonschema: the admin API's responses are validated against docs/admin-openapi.json.
+python3 -c 'import jsonschema, referencing' 2>/dev/null \
+  || python3 -m pip install -q 'jsonschema>=4.18'
+# playwright-core drives Debian's chromium (no browser download).
+if [ ! -d e2e/node_modules/playwright-core ]; then
+  (cd e2e && npm install --no-audit --no-fund --loglevel=error)
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

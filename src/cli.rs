@@ -1,14 +1,19 @@
 //! The command line: clap definitions and what each command does. The management commands
-//! open the store directly; when a running server holds it they say so.
+//! open the store directly when no server holds it, and go through the running server's
+//! admin API when one does (`Manager`).
 
+use crate::admin::views::{NewSessionBody, NewTokenBody, NewUser, PasswordBody, TokenUpdate};
+use crate::admin::{self, client::AdminClient};
+use crate::admin::{Management, MAX_LIMIT};
 use crate::app::{App, FLUSH_INTERVAL};
-use crate::auth::{self, token::TokenId, Principal};
-use crate::clock::rfc3339;
+use crate::auth::{self, Principal};
+use crate::clock::{rfc3339, Clock, SystemClock};
 use crate::config::{Config, ConfigError};
+use crate::error::ApiError;
 use crate::error::Rejection;
 use crate::path;
 use crate::server;
-use crate::store::{TokenQuery, TokenRecord};
+use crate::store::StoreError;
 use crate::tokens::CreateToken;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -252,7 +257,7 @@ fn load(path: &Path) -> Result<Config, Failure> {
 
 fn open(config: Config) -> Result<Arc<App>, Failure> {
     App::open(config)
-        .context("cannot open the token store (managing tokens through a running server needs its admin API, which this version does not have: stop the server first)")
+        .context("cannot open the store")
         .map_err(Failure::Runtime)
 }
 
@@ -282,6 +287,27 @@ pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "token cache loaded"
     );
+    let admin_listener = tokio::net::TcpListener::bind(app.config.admin.listen)
+        .await
+        .with_context(|| format!("cannot listen on admin.listen {}", app.config.admin.listen))?;
+    let key = std::env::var(&app.config.admin.key_env)
+        .ok()
+        .filter(|k| !k.is_empty());
+    match (&key, admin_listener.local_addr()) {
+        (Some(_), Ok(addr)) => tracing::info!(%addr, "admin listener (API enabled)"),
+        (None, Ok(addr)) => tracing::warn!(
+            %addr,
+            "admin listener: health checks only; the admin API is disabled until {} is set",
+            app.config.admin.key_env
+        ),
+        (_, Err(_)) => {}
+    }
+    let admin = tokio::spawn(admin::run(
+        admin_listener,
+        Arc::clone(&app),
+        key,
+        std::future::pending(),
+    ));
     let flusher = app.spawn_flusher(FLUSH_INTERVAL);
     let served = server::serve(
         Arc::clone(&app),
@@ -290,10 +316,74 @@ pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
     )
     .await;
     flusher.abort();
+    admin.abort();
     app.flush().await.context("final flush of the store")?;
     served.context("serving failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the management commands go: the store itself when no server holds it, else the
+/// running server's admin API (address from the config, key from its env var).
+enum Manager {
+    Local(Arc<App>),
+    Remote(Box<AdminClient>, String),
+}
+
+impl Manager {
+    async fn connect(config_path: &Path) -> Result<Manager, Failure> {
+        let config = load(config_path)?;
+        let admin = config.admin.clone();
+        match App::open(config) {
+            Ok(app) => Ok(Manager::Local(app)),
+            Err(StoreError::Locked { path }) => {
+                let addr = reachable(admin.listen);
+                let key = std::env::var(&admin.key_env).unwrap_or_default();
+                if key.is_empty() {
+                    return Err(anyhow::anyhow!(
+                        "the store at {path} is held by a running tokengate, and {} is not set, so its admin API at {addr} cannot be used: set {} to the server's admin key, or stop the server",
+                        admin.key_env,
+                        admin.key_env
+                    )
+                    .into());
+                }
+                Ok(Manager::Remote(
+                    Box::new(AdminClient::new(addr, &key)),
+                    format!("the store at {path} is held by a running tokengate, and its admin API at {addr}"),
+                ))
+            }
+            Err(e) => Err(anyhow::Error::new(e)
+                .context("cannot open the store")
+                .into()),
+        }
+    }
+
+    fn api(&self) -> &dyn Management {
+        match self {
+            Manager::Local(app) => app.as_ref(),
+            Manager::Remote(client, _) => client.as_ref(),
+        }
+    }
+
+    /// An API error, with where the call went when it went to a server.
+    fn fail(&self, what: &str, e: ApiError) -> Failure {
+        match self {
+            Manager::Local(_) => anyhow::anyhow!("{what}: {e}").into(),
+            Manager::Remote(_, via) => anyhow::anyhow!("{what}: {e} ({via} answered)").into(),
+        }
+    }
+}
+
+/// An address a client can connect to: a wildcard listen address means this host.
+fn reachable(listen: std::net::SocketAddr) -> std::net::SocketAddr {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    addr
 }
 
 async fn token(command: TokenCommand) -> Result<(), Failure> {
@@ -305,32 +395,35 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
             abilities,
             expires_in,
         } => {
-            let app = open(load(&config.config)?)?;
-            let expires_at = expires_in.map(|d| app.clock.now().saturating_add(d.as_secs() as i64));
-            let created = app
-                .tokens
-                .create(CreateToken {
+            let manager = Manager::connect(&config.config).await?;
+            let expires_at = expires_in.map(|d| {
+                let at = SystemClock.now().saturating_add(d.as_secs() as i64);
+                rfc3339(Some(at))
+            });
+            let created = manager
+                .api()
+                .create_token(NewTokenBody {
                     user,
                     name,
                     abilities,
                     expires_at,
                 })
                 .await
-                .context("cannot create the token")?;
-            if !created.dropped.is_empty() {
+                .map_err(|e| manager.fail("cannot create the token", e))?;
+            if !created.dropped_abilities.is_empty() {
                 eprintln!(
                     "warning: dropped abilities not declared in the config: {}",
-                    created.dropped.join(", ")
+                    created.dropped_abilities.join(", ")
                 );
             }
-            let r = &created.record;
+            let t = &created.token;
             println!(
                 "Created token {} '{}' for user {} with abilities [{}], expires {}.",
-                r.id,
-                r.name,
-                r.user,
-                r.abilities.join(", "),
-                rfc3339(r.expires_at)
+                t.id,
+                t.name,
+                t.user,
+                t.abilities.join(", "),
+                t.expires_at.as_deref().unwrap_or("never")
             );
             println!("Copy it now: it will not be shown again.");
             println!("{}", created.plaintext);
@@ -367,20 +460,25 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
             Ok(())
         }
         TokenCommand::List { config, user, json } => {
-            let app = open(load(&config.config)?)?;
-            let tokens = app
-                .tokens
-                .list(TokenQuery {
-                    user,
-                    ..TokenQuery::all()
-                })
-                .await
-                .context("cannot list tokens")?;
+            let manager = Manager::connect(&config.config).await?;
+            let mut tokens = Vec::new();
+            let mut after = None;
+            loop {
+                let page = manager
+                    .api()
+                    .list_tokens(user.clone(), after, MAX_LIMIT)
+                    .await
+                    .map_err(|e| manager.fail("cannot list tokens", e))?;
+                tokens.extend(page.data);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
             if json {
-                let views: Vec<serde_json::Value> = tokens.iter().map(token_json).collect();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&views).unwrap_or_default()
+                    serde_json::to_string_pretty(&tokens).unwrap_or_default()
                 );
             } else {
                 println!(
@@ -394,9 +492,9 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
                         t.user,
                         t.name,
                         t.abilities.join(","),
-                        rfc3339(Some(t.created_at)),
-                        rfc3339(t.expires_at),
-                        rfc3339(t.last_used_at)
+                        t.created_at,
+                        t.expires_at.as_deref().unwrap_or("never"),
+                        t.last_used_at.as_deref().unwrap_or("never")
                     );
                 }
             }
@@ -407,43 +505,34 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
             id,
             abilities,
         } => {
-            let app = open(load(&config.config)?)?;
-            match app
-                .tokens
-                .set_abilities(TokenId(id), &abilities)
+            let manager = Manager::connect(&config.config).await?;
+            let updated = manager
+                .api()
+                .update_token(id, TokenUpdate { abilities })
                 .await
-                .context("cannot update the token")?
-            {
-                Some((record, dropped)) => {
-                    if !dropped.is_empty() {
-                        eprintln!(
-                            "warning: dropped abilities not declared in the config: {}",
-                            dropped.join(", ")
-                        );
-                    }
-                    println!(
-                        "Token {} now has abilities [{}].",
-                        record.id,
-                        record.abilities.join(", ")
-                    );
-                    Ok(())
-                }
-                None => Err(anyhow::anyhow!("no token with id {id}").into()),
+                .map_err(|e| manager.fail("cannot update the token", e))?;
+            if !updated.dropped_abilities.is_empty() {
+                eprintln!(
+                    "warning: dropped abilities not declared in the config: {}",
+                    updated.dropped_abilities.join(", ")
+                );
             }
+            println!(
+                "Token {} now has abilities [{}].",
+                updated.token.id,
+                updated.token.abilities.join(", ")
+            );
+            Ok(())
         }
         TokenCommand::Revoke { config, id } => {
-            let app = open(load(&config.config)?)?;
-            if app
-                .tokens
-                .revoke(TokenId(id))
+            let manager = Manager::connect(&config.config).await?;
+            manager
+                .api()
+                .revoke_token(id)
                 .await
-                .context("cannot revoke the token")?
-            {
-                println!("Token {id} revoked.");
-                Ok(())
-            } else {
-                Err(anyhow::anyhow!("no token with id {id}").into())
-            }
+                .map_err(|e| manager.fail("cannot revoke the token", e))?;
+            println!("Token {id} revoked.");
+            Ok(())
         }
     }
 }
@@ -456,86 +545,77 @@ async fn user(command: UserCommand) -> Result<(), Failure> {
             password_stdin,
         } => {
             let password = password_stdin.then(read_password).transpose()?;
-            let app = open(load(&config.config)?)?;
-            let has_password = password.is_some();
-            app.users
-                .add(&name, password)
+            let manager = Manager::connect(&config.config).await?;
+            let user = manager
+                .api()
+                .create_user(NewUser { name, password })
                 .await
-                .context("cannot add the user")?;
-            if has_password {
-                println!("User {name} added.");
+                .map_err(|e| manager.fail("cannot add the user", e))?;
+            if user.has_password {
+                println!("User {} added.", user.name);
             } else {
-                println!("User {name} added without a password (no built-in login; the app can give them sessions).");
+                println!("User {} added without a password (no built-in login; the app can give them sessions).", user.name);
             }
             Ok(())
         }
         UserCommand::Passwd { config, name, .. } => {
             let password = read_password()?;
-            let app = open(load(&config.config)?)?;
-            app.users
-                .set_password(&name, Some(password))
+            let manager = Manager::connect(&config.config).await?;
+            manager
+                .api()
+                .set_password(
+                    &name,
+                    PasswordBody {
+                        password: Some(password),
+                    },
+                )
                 .await
-                .context("cannot set the password")?;
+                .map_err(|e| manager.fail("cannot set the password", e))?;
             println!("Password of {name} changed.");
             Ok(())
         }
         UserCommand::List { config, json } => {
-            let app = open(load(&config.config)?)?;
-            let users = app
-                .users
-                .list(None, usize::MAX)
-                .await
-                .context("cannot list users")?;
+            let manager = Manager::connect(&config.config).await?;
+            let mut users = Vec::new();
+            let mut after = None;
+            loop {
+                let page = manager
+                    .api()
+                    .list_users(after, MAX_LIMIT)
+                    .await
+                    .map_err(|e| manager.fail("cannot list users", e))?;
+                users.extend(page.data);
+                match page.next {
+                    Some(next) => after = Some(next),
+                    None => break,
+                }
+            }
             if json {
-                let views: Vec<serde_json::Value> = users
-                    .iter()
-                    .map(|u| {
-                        serde_json::json!({
-                            "name": u.name,
-                            "has_password": u.password_hash.is_some(),
-                            "created_at": rfc3339(Some(u.created_at)),
-                        })
-                    })
-                    .collect();
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&views).unwrap_or_default()
+                    serde_json::to_string_pretty(&users).unwrap_or_default()
                 );
             } else {
                 println!("{:<32} {:<9} CREATED", "NAME", "PASSWORD");
                 for u in &users {
-                    let password = if u.password_hash.is_some() {
-                        "yes"
-                    } else {
-                        "no"
-                    };
-                    println!(
-                        "{:<32} {:<9} {}",
-                        u.name,
-                        password,
-                        rfc3339(Some(u.created_at))
-                    );
+                    let password = if u.has_password { "yes" } else { "no" };
+                    println!("{:<32} {:<9} {}", u.name, password, u.created_at);
                 }
             }
             Ok(())
         }
         UserCommand::Remove { config, name } => {
-            let app = open(load(&config.config)?)?;
-            match app
-                .remove_user(&name)
+            let manager = Manager::connect(&config.config).await?;
+            let removed = manager
+                .api()
+                .delete_user(&name)
                 .await
-                .context("cannot remove the user")?
-            {
-                Some(removed) => {
-                    println!(
-                        "User {name} removed with {} token(s) and {} session(s).",
-                        removed.tokens.len(),
-                        removed.sessions.len()
-                    );
-                    Ok(())
-                }
-                None => Err(anyhow::anyhow!("no user {name}").into()),
-            }
+                .map_err(|e| manager.fail("cannot remove the user", e))?;
+            println!(
+                "User {name} removed with {} token(s) and {} session(s).",
+                removed.removed_tokens, removed.removed_sessions
+            );
+            Ok(())
         }
     }
 }
@@ -543,18 +623,17 @@ async fn user(command: UserCommand) -> Result<(), Failure> {
 async fn session(command: SessionCommand) -> Result<(), Failure> {
     match command {
         SessionCommand::Create { config, user } => {
-            let app = open(load(&config.config)?)?;
-            let created = app
-                .sessions
-                .create(&user)
+            let manager = Manager::connect(&config.config).await?;
+            let created = manager
+                .api()
+                .create_session(NewSessionBody { user: user.clone() })
                 .await
-                .context("cannot create the session")?;
+                .map_err(|e| manager.fail("cannot create the session", e))?;
             println!(
                 "Session for {user} until {}; set this as the {} cookie:",
-                rfc3339(Some(created.session.expires_at)),
-                app.config.sessions.cookie
+                created.session.expires_at, created.cookie.name
             );
-            println!("{}", created.cookie_value);
+            println!("{}", created.cookie.value);
             Ok(())
         }
     }
@@ -594,19 +673,6 @@ mod humantime_serde_opt {
             .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
     }
-}
-
-/// A token as the CLI shows it: everything but its hash.
-fn token_json(t: &TokenRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": t.id.0,
-        "user": t.user,
-        "name": t.name,
-        "abilities": t.abilities,
-        "created_at": rfc3339(Some(t.created_at)),
-        "expires_at": t.expires_at.map(|e| rfc3339(Some(e))),
-        "last_used_at": t.last_used_at.map(|e| rfc3339(Some(e))),
-    })
 }
 
 async fn explain(

@@ -24,6 +24,8 @@ listen: {listen}
 upstream: http://{upstream}
 store:
   path: {store}
+admin:
+  listen: 127.0.0.1:0      # any free port: the demo does not use the admin API
 tokens:
   prefix: "tg_"
 abilities: [read, create]

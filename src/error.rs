@@ -5,6 +5,9 @@ use crate::auth::Denial;
 use crate::pages::LOGIN_PATH;
 use crate::path::PathError;
 use crate::proxy::Body;
+use crate::store::StoreError;
+use crate::tokens::TokenError;
+use crate::users::UserError;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
@@ -117,4 +120,88 @@ pub fn csrf_status() -> StatusCode {
 
 fn json_message(text: &str) -> Bytes {
     Bytes::from(serde_json::json!({ "message": text }).to_string())
+}
+
+/// A failed admin API call (or the same operation run locally by the CLI): a status and a
+/// message that are safe to show. Store failures are logged and become a bare 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "Unauthenticated.")
+    }
+
+    /// The response of the admin listener.
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(json_message(&self.message)));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UserExists(name) => {
+                Self::new(StatusCode::CONFLICT, format!("user {name} already exists"))
+            }
+            StoreError::NoSuchUser(name) => Self::not_found(format!("no user {name}")),
+            StoreError::Locked { .. } | StoreError::Io(_) | StoreError::Corrupt(_) => {
+                tracing::error!(error = %e, "store failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "The store is unavailable.")
+            }
+            StoreError::DuplicateHash => Self::new(
+                StatusCode::CONFLICT,
+                "a token with this hash already exists",
+            ),
+        }
+    }
+}
+
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::InvalidName(_) | UserError::InvalidPassword => Self::invalid(e.to_string()),
+            UserError::NotFound(_) => Self::not_found(e.to_string()),
+            UserError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Invalid(message) => Self::invalid(message),
+            TokenError::Store(e) => e.into(),
+        }
+    }
 }

@@ -23,6 +23,7 @@
 //! login throttle), `clock` (injectable time), `cli` and `demo`
 //! (the command line), `echo` (a small upstream for the demo and tests).
 
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;

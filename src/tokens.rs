@@ -540,16 +540,29 @@ impl Tokens {
 
     pub async fn list(&self, query: TokenQuery) -> Result<Vec<TokenRecord>, StoreError> {
         let mut tokens = self.store.list_tokens(query).await?;
-        // Usage not yet flushed is newer than the store's.
         for record in &mut tokens {
-            if let Some(cached) = self.by_id.get(&record.id).map(|t| Arc::clone(&t)) {
-                let seen = cached.last_used.load(Ordering::Relaxed);
-                if seen > record.last_used_at.unwrap_or(0) {
-                    record.last_used_at = Some(seen);
-                }
-            }
+            self.with_recent_use(record);
         }
         Ok(tokens)
+    }
+
+    /// One token's record, with its latest use.
+    pub async fn get(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+        let mut record = self.store.token(id).await?;
+        if let Some(record) = &mut record {
+            self.with_recent_use(record);
+        }
+        Ok(record)
+    }
+
+    /// Usage not yet flushed is newer than the store's.
+    fn with_recent_use(&self, record: &mut TokenRecord) {
+        if let Some(cached) = self.by_id.get(&record.id).map(|t| Arc::clone(&t)) {
+            let seen = cached.last_used.load(Ordering::Relaxed);
+            if seen > record.last_used_at.unwrap_or(0) {
+                record.last_used_at = Some(seen);
+            }
+        }
     }
 
     /// Replaces a token's abilities (undeclared ones dropped). `Ok(None)`: no such token.

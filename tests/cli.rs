@@ -310,11 +310,13 @@ fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
     assert_eq!(get_status(port, "/bench/item", None), 401);
     assert_eq!(get_status(port, "/healthz", None), 200);
 
-    // while serving, the CLI cannot open the store, and says why
+    // while serving without an admin key, the CLI can use neither the store nor the API,
+    // and says why
     let out = run(&["token", "list", "--config", cfg]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        stderr(&out).contains("in use by another process"),
+        stderr(&out).contains("held by a running tokengate")
+            && stderr(&out).contains("TOKENGATE_ADMIN_KEY is not set"),
         "{}",
         stderr(&out)
     );
@@ -577,5 +579,149 @@ fn users_and_app_minted_sessions_through_the_cli() {
     let seen = echo.last().unwrap();
     assert_eq!(seen.headers["x-auth-method"], "session");
     assert_eq!(seen.headers["x-auth-user"], "bob");
+    assert_eq!(server.signal("-TERM"), Some(0));
+}
+
+/// Runs a management command with the admin key in its environment.
+fn run_keyed(args: &[&str], key: &str) -> Output {
+    bin()
+        .args(args)
+        .env("TOKENGATE_ADMIN_KEY", key)
+        .output()
+        .expect("tokengate runs")
+}
+
+#[test]
+fn the_cli_goes_through_the_admin_api_while_a_server_holds_the_store() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    // The same commands, offline and through a server; the answers must match.
+    let script = |cfg: &str, key: &str| {
+        let mut outputs = Vec::new();
+        let mut go = |args: &[&str], stdin: Option<&str>| {
+            let mut full = args.to_vec();
+            full.extend(["--config", cfg]);
+            let out = match stdin {
+                Some(input) => {
+                    use std::io::Write;
+                    let mut child = bin()
+                        .args(&full)
+                        .env("TOKENGATE_ADMIN_KEY", key)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::piped())
+                        .stderr(Stdio::piped())
+                        .spawn()
+                        .unwrap();
+                    child
+                        .stdin
+                        .take()
+                        .unwrap()
+                        .write_all(input.as_bytes())
+                        .unwrap();
+                    child.wait_with_output().unwrap()
+                }
+                None => run_keyed(&full, key),
+            };
+            outputs.push((full.join(" "), out.status.code(), stdout(&out)));
+            out
+        };
+        go(
+            &["user", "add", "alice", "--password-stdin"],
+            Some("pw one\n"),
+        );
+        go(&["user", "add", "alice"], None);
+        go(
+            &["user", "passwd", "alice", "--password-stdin"],
+            Some("pw two\n"),
+        );
+        let created = go(
+            &[
+                "token",
+                "create",
+                "--user",
+                "alice",
+                "--name",
+                "ci",
+                "--abilities",
+                "read,nope",
+            ],
+            None,
+        );
+        let token = stdout(&created).lines().last().unwrap().to_owned();
+        go(&["token", "update", "1", "--abilities", "read,write"], None);
+        go(&["token", "update", "99", "--abilities", "read"], None);
+        go(&["session", "create", "--user", "nobody"], None);
+        go(&["user", "list"], None);
+        go(&["token", "revoke", "1"], None);
+        go(&["token", "revoke", "1"], None);
+        go(&["user", "remove", "alice"], None);
+        (outputs, token)
+    };
+    // Lines that differ by nature: the plaintext token, timestamps.
+    let normalize =
+        |outputs: Vec<(String, Option<i32>, String)>| -> Vec<(String, Option<i32>, String)> {
+            outputs
+                .into_iter()
+                .map(|(cmd, code, out)| {
+                    let out: Vec<String> = out
+                        .lines()
+                        .filter(|l| !l.contains('|') && !l.contains("20"))
+                        .map(str::to_owned)
+                        .collect();
+                    (
+                        cmd.split(" --config").next().unwrap().to_owned(),
+                        code,
+                        out.join("\n"),
+                    )
+                })
+                .collect()
+        };
+
+    let offline_dir = tempfile::tempdir().unwrap();
+    let offline_cfg = write_config(offline_dir.path(), echo.addr.port(), free_port());
+    let (offline, _) = script(offline_cfg.to_str().unwrap(), "unused");
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), echo.addr.port(), port);
+    let cfg = cfg.to_str().unwrap();
+    let key = "test-admin-key-0123456789";
+    let child = bin()
+        .args(["serve", "--config", cfg])
+        .env("TOKENGATE_ADMIN_KEY", key)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+    let (online, token) = script(cfg, key);
+    assert_eq!(normalize(offline), normalize(online.clone()));
+    // The commands really went to the server: its cache saw the token and its revocation.
+    assert_eq!(get_status(port, "/bench/item", Some(&token)), 401);
+    let out = run_keyed(&["token", "list", "--config", cfg, "--json"], key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "[]");
+    // A wrong key is refused, and the error says where it went.
+    let out = run_keyed(&["token", "list", "--config", cfg], "wrong");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Unauthenticated") && stderr(&out).contains("admin API"),
+        "{}",
+        stderr(&out)
+    );
+    // Created through the CLI while serving, usable at once.
+    let out = run_keyed(
+        &[
+            "token", "create", "--config", cfg, "--user", "bob", "--name", "n",
+        ],
+        key,
+    );
+    let live = stdout(&out).lines().last().unwrap().to_owned();
+    assert_eq!(get_status(port, "/bench/item", Some(&live)), 200);
+    for (cmd, code, _) in &online {
+        assert!(code.is_some(), "{cmd}");
+    }
     assert_eq!(server.signal("-TERM"), Some(0));
 }

@@ -4,7 +4,7 @@
 //! Layout: tree `tokens` (id, 8 bytes big-endian → JSON record), `token_hashes`
 //! (SHA-256 → id), `token_last_used` (block of 512 ids → 512 unix seconds, little-endian;
 //! 0 = never), `users` (name → JSON), `sessions` (SHA-256 of the cookie value → JSON).
-//! `last_used_at` lives apart so that the batched touch never rewrites (and
+//! `meta` (`next_token_id`). `last_used_at` lives apart so that the batched touch never rewrites (and
 //! never races) a token's record, and in blocks because sled's memory grows with the number
 //! of keys written: touching 100,000 tokens rewrites 196 values, not 100,000.
 
@@ -25,6 +25,9 @@ use std::sync::{Arc, RwLock};
 /// sled's page cache when the config says nothing. Small on purpose: requests are served
 /// from the token cache, and sled is read only for writes, listings and cache misses.
 pub const DEFAULT_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// The `meta` key of the next token id (8 bytes, big-endian).
+const NEXT_TOKEN_ID: &[u8] = b"next_token_id";
 
 /// The file in the store directory that tokengate locks while it has the store open.
 const LOCK_FILE: &str = "tokengate.lock";
@@ -81,6 +84,7 @@ struct Trees {
     last_used: sled::Tree,
     users: sled::Tree,
     sessions: sled::Tree,
+    meta: sled::Tree,
 }
 
 impl SledStore {
@@ -146,6 +150,7 @@ impl Trees {
             last_used: db.open_tree("token_last_used").map_err(io)?,
             users: db.open_tree("users").map_err(io)?,
             sessions: db.open_tree("sessions").map_err(io)?,
+            meta: db.open_tree("meta").map_err(io)?,
             db,
         })
     }
@@ -189,6 +194,29 @@ impl Trees {
             expires_at: stored.expires_at,
             last_used_at,
         })
+    }
+
+    /// Reserves `n` consecutive token ids and returns the first. Ids start at 1 and are
+    /// never reused, like Sanctum's auto-increment column. (sled's own `generate_id` jumps
+    /// by a million at every reopen, which would make ids long for no reason.)
+    fn allocate_ids(&self, n: u64) -> Result<u64, StoreError> {
+        let highest_stored = match self.tokens.last().map_err(io)? {
+            Some((key, _)) => id_of(&key)?.0,
+            None => 0,
+        };
+        let mut first = 0;
+        self.meta
+            .update_and_fetch(NEXT_TOKEN_ID, |old| {
+                let next = old
+                    .and_then(|v| v.try_into().ok())
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(1)
+                    .max(highest_stored + 1);
+                first = next;
+                Some((next + n).to_be_bytes().to_vec())
+            })
+            .map_err(io)?;
+        Ok(first)
     }
 
     fn session_record(&self, key: &[u8], bytes: &[u8]) -> Result<SessionRecord, StoreError> {
@@ -287,9 +315,8 @@ impl Store for SledStore {
             // Bounded transactions: one per chunk, one flush for all.
             for chunk in tokens.chunks(10_000) {
                 let mut rows = Vec::with_capacity(chunk.len());
-                for token in chunk {
-                    // Sanctum ids start at 1; sled's counter starts at 0.
-                    let id = TokenId(s.db.generate_id().map_err(io)? + 1);
+                let first = s.allocate_ids(chunk.len() as u64)?;
+                for (id, token) in (first..).map(TokenId).zip(chunk) {
                     let stored = Stored {
                         user: token.user.clone(),
                         name: token.name.clone(),
