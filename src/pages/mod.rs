@@ -4,9 +4,12 @@
 //! - `POST /_tokengate/login`       checks the password (throttled), starts a session, and
 //!   redirects to `next` when it is a same-site path (else to `/`);
 //! - `POST /_tokengate/logout`      ends the session (CSRF rules apply) and clears its cookies;
-//! - `GET  /_tokengate/csrf-cookie` 204 with the session's `XSRF-TOKEN` cookie, for SPAs.
+//! - `GET  /_tokengate/csrf-cookie` 204 with the session's `XSRF-TOKEN` cookie, for SPAs;
+//! - `/_tokengate/api-tokens`        the self-service API token page (`api_tokens`).
 //!
 //! Pages are server-rendered HTML (maud) with inline CSS and no external assets.
+
+mod api_tokens;
 
 use crate::app::App;
 use crate::auth::csrf;
@@ -68,6 +71,7 @@ async fn route(
         (LOGIN_PATH, &Method::POST) => login(app, &parts, body, conn).await,
         (LOGOUT_PATH, &Method::POST) => logout(app, &parts, body, conn).await,
         (CSRF_COOKIE_PATH, &Method::GET) => csrf_cookie(app, &parts).await,
+        (p, _) if api_tokens::owns(p) => api_tokens::handle(app, &parts, body, conn).await,
         (LOGIN_PATH | LOGOUT_PATH | CSRF_COOKIE_PATH, _) => Err(Rejection::MethodNotAllowed),
         _ => Err(Rejection::NotFound),
     }
@@ -292,6 +296,16 @@ fn removal_cookie(name: &str, path: &str, secure: bool) -> HeaderValue {
 }
 
 async fn read_form<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, Rejection> {
+    let bytes = read_body(body).await?;
+    serde_urlencoded::from_bytes(&bytes).map_err(|_| Rejection::BadRequest("Malformed form."))
+}
+
+/// A form's fields in order, repeated names included (checkbox lists).
+async fn read_form_pairs(body: Incoming) -> Result<Vec<(String, String)>, Rejection> {
+    read_form(body).await
+}
+
+async fn read_body(body: Incoming) -> Result<Bytes, Rejection> {
     let bytes = Limited::new(body, MAX_FORM_BYTES)
         .collect()
         .await
@@ -303,7 +317,16 @@ async fn read_form<T: serde::de::DeserializeOwned>(body: Incoming) -> Result<T, 
             }
         })?
         .to_bytes();
-    serde_urlencoded::from_bytes(&bytes).map_err(|_| Rejection::BadRequest("Malformed form."))
+    Ok(bytes)
+}
+
+/// The Content-Security-Policy source that allows one inline script.
+fn script_hash(script: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(script.as_bytes()))
+    )
 }
 
 fn store_failed(e: impl std::fmt::Display) -> Rejection {
@@ -477,6 +500,22 @@ button{margin-top:1rem;padding:.5rem 1rem;border:0;border-radius:.375rem;backgro
 button.danger{background:#b91c1c}
 button.link{background:none;color:#4f46e5;padding:0;margin:0}
 .error{padding:.75rem;border-radius:.375rem;background:#fef2f2;color:#991b1b}
+.hint{color:#6b7280;font-size:.875rem}
+.bar{display:flex;justify-content:space-between;align-items:center;gap:1rem;font-size:.875rem;color:#4b5563;margin-bottom:1rem}
+.bar form{margin:0}
+fieldset{border:1px solid #e5e7eb;border-radius:.375rem;margin:.75rem 0 0;padding:.5rem .75rem}
+legend{font-weight:600;padding:0 .25rem}
+.check{display:inline-flex;align-items:center;gap:.375rem;margin:.25rem 1rem .25rem 0}
+.check label{display:inline;font-weight:400;margin:0}
+.token{border-top:1px solid #e5e7eb;padding:1rem 0}
+.token-head{display:flex;justify-content:space-between;align-items:baseline;gap:1rem}
+.token-name{word-break:break-word}
+a{color:#4f46e5}
+a.delete-token{color:#b91c1c}
+dl{display:grid;grid-template-columns:auto 1fr;gap:.125rem 1rem;margin:.5rem 0;font-size:.875rem}
+dt{color:#6b7280}
+dd{margin:0}
+code{display:block;padding:.5rem .75rem;margin:.5rem 0;background:#f9fafb;border:1px solid #e5e7eb;border-radius:.375rem;font:14px/1.4 ui-monospace,monospace;word-break:break-all}
 .notice{padding:.75rem;border-radius:.375rem;background:#ecfdf5;color:#065f46}
 @media (max-width:480px){main{margin:0;border-radius:0;min-height:100vh}}
 "#;
