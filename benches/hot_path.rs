@@ -1,20 +1,23 @@
 //! Micro-benchmarks of the per-request hot path: token verification (cache hit, unknown,
 //! malformed; 10 vs 1,000,000 cached tokens), route matching (1 to 10,000 routes), the path
-//! check and the header rewrite. Run with `cargo bench`; `TG_BENCH_TOKENS` sets the large
+//! check, the header rewrite and recording a request's metrics. Run with `cargo bench`; `TG_BENCH_TOKENS` sets the large
 //! token count (default 1,000,000). The token cache is warmed as `serve` warms it, so an
 //! unknown token is refused without a store read.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use http::StatusCode;
 use http::{Method, Request};
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 use tokengate::auth::token::{generate_secret, TokenHash};
 use tokengate::clock::SystemClock;
 use tokengate::config::Config;
 use tokengate::headers::{self, ConnInfo};
+use tokengate::metrics::{CredentialKind, Decision, Metrics, RouteLabel};
 use tokengate::path;
 use tokengate::routes::{AuthMode, Route, RouteTable};
 use tokengate::store::SledStore;
@@ -231,5 +234,24 @@ fn header_rewrite(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, verify, routes, paths, header_rewrite);
+/// Recording one request (counter by route/method/status, duration histogram, decision).
+fn metrics(c: &mut Criterion) {
+    let table = route_table(100);
+    let metrics = Metrics::new(&table);
+    let route = RouteLabel::Route(100);
+    c.bench_function("metrics/record_request", |b| {
+        b.iter(|| {
+            let _in_flight = metrics.in_flight();
+            metrics.request(
+                black_box(route),
+                black_box(&Method::GET),
+                black_box(StatusCode::OK),
+                black_box(Duration::from_micros(180)),
+            );
+            metrics.decision(Decision::Allowed, CredentialKind::Token);
+        })
+    });
+}
+
+criterion_group!(benches, verify, routes, paths, header_rewrite, metrics);
 criterion_main!(benches);

@@ -189,6 +189,7 @@ async function main() {
     timeout: 20_000,
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: new URL(base).origin });
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   context.setDefaultNavigationTimeout(NAV_TIMEOUT_MS);
   // Only loopback traffic: anything else the page asks for is refused.
@@ -269,7 +270,18 @@ async function main() {
     expectEqual(raw, token, 'text of #new-token (must be exactly the token, no whitespace)');
     if (!/^\d+\|tg_\S+$/.test(token)) fail(`#new-token is not a token like 5|tg_…: ${JSON.stringify(token)}`);
     tokenId = token.split('|')[0];
-    if (!(await page.locator('button#copy-token').isVisible())) fail('no visible button#copy-token');
+    const copy = page.locator('button#copy-token');
+    if (!(await copy.isVisible())) fail('no visible button#copy-token');
+    // The copy button's script runs (its CSP allows it) and puts the token on the clipboard.
+    await page.evaluate(() => navigator.clipboard.writeText('clipboard before copy')).catch(() => {});
+    await copy.click();
+    let copied;
+    for (let i = 0; i < 20; i++) {
+      copied = await page.evaluate(() => navigator.clipboard.readText()).catch((e) => `(unreadable: ${e.message})`);
+      if (copied === token) break;
+      await page.waitForTimeout(100);
+    }
+    expectEqual(copied, token, 'clipboard after clicking #copy-token');
     const body = await page.locator('body').innerText();
     if (!body.includes('will not be shown again')) fail('no notice "will not be shown again"');
     const item = tokenItem(tokenId);
@@ -365,12 +377,16 @@ async function main() {
     expectEqual(await page.locator(".token[data-token-id]").count(), 0, "tokens left in the list");
   });
 
-  if (browserErrors.length > 0) {
-    log(`browser reported:\n  ${browserErrors.join('\n  ')}`);
-  }
+  await step('no script errors or blocked scripts in the browser', async () => {
+    const fatal = browserErrors.filter((e) => e.startsWith('page error') || /Content Security Policy/i.test(e));
+    if (fatal.length > 0) fail(`the browser reported:\n  ${fatal.join('\n  ')}`);
+    if (browserErrors.length > 0) log(`  browser reported:\n    ${browserErrors.join('\n    ')}`);
+  });
   clearTimeout(watchdog);
   await closeBrowser();
   log(`OK: token page end-to-end passed; screenshots in ${shots}`);
+  // fetch's idle keep-alive connections would hold the process open for seconds.
+  process.exit(0);
 }
 
 main().catch(finishWithFailure);

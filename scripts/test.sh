@@ -13,8 +13,9 @@ need_apt() { # install Debian packages that are missing
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null && apt-get install -y -qq "${missing[@]}" >/dev/null
 }
-# curl: CLI tests; chromium: the browser test of the API token page.
-need_apt curl chromium
+# curl: CLI tests; chromium: the browser test of the API token page; prometheus: the
+# metrics tests (a real server scraping tokengate, and promtool).
+need_apt curl chromium prometheus
 # jsonschema: the admin API's responses are validated against docs/admin-openapi.json.
 python3 -c 'import jsonschema, referencing' 2>/dev/null \
   || python3 -m pip install -q 'jsonschema>=4.18'

@@ -5,6 +5,7 @@
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::sessions::{SessionPolicy, Sessions};
 use crate::store::{RemovedUser, SledStore, Store, StoreError};
 use crate::throttle::LoginThrottle;
@@ -27,6 +28,7 @@ pub struct App {
     pub sessions: Sessions,
     pub users: Users,
     pub login_throttle: LoginThrottle,
+    pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -46,12 +48,15 @@ impl App {
             },
         );
         let users = Users::new(store, Arc::clone(&clock));
+        let metrics = Metrics::new(&config.routes);
+        metrics.reload(true, clock.now());
         Arc::new(Self {
             config,
             tokens,
             sessions,
             users,
             login_throttle: LoginThrottle::new(LOGIN_ATTEMPTS, LOGIN_WINDOW),
+            metrics,
             clock,
         })
     }

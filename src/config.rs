@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Every problem found in a config file, each with its place.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,33 @@ struct RawConfig {
     trusted_proxies: Vec<String>,
     #[serde(default)]
     routes: Vec<RawRoute>,
+    access_log: Option<RawAccessLog>,
+    shutdown_grace_seconds: Option<u64>,
+    timeouts: Option<RawTimeouts>,
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    enabled: Option<bool>,
+    format: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeouts {
+    upstream_connect_seconds: Option<f64>,
+    upstream_response_seconds: Option<f64>,
+    client_header_seconds: Option<f64>,
+    idle_seconds: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_header_bytes: Option<usize>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +174,39 @@ pub struct Config {
     /// Peers whose `X-Forwarded-*` headers are kept (extended) rather than replaced.
     pub trusted_proxies: Vec<IpNet>,
     pub routes: RouteTable,
+    pub access_log: Option<AccessLogFormat>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// One line per request on stdout, in this format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting to the upstream (then 502).
+    pub upstream_connect: Duration,
+    /// From sending a request to the upstream's response headers (then 504).
+    pub upstream_response: Duration,
+    /// A client's request headers must arrive within this (slowloris; then the connection
+    /// is closed).
+    pub client_header: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Open client connections per process; more wait in the kernel's accept queue.
+    pub max_connections: usize,
 }
 
 /// Where allowed requests go: scheme and authority, parsed once.
@@ -575,6 +636,78 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });
     }
+    let raw_log = raw.access_log.unwrap_or(RawAccessLog {
+        enabled: None,
+        format: None,
+    });
+    let access_log = match raw_log.format.as_deref().unwrap_or("text") {
+        _ if !raw_log.enabled.unwrap_or(false) => None,
+        "text" => Some(AccessLogFormat::Text),
+        "json" => Some(AccessLogFormat::Json),
+        other => {
+            p.add(
+                "access_log.format",
+                format!("'{other}' is not a format: text or json"),
+            );
+            None
+        }
+    };
+    let shutdown_grace = Duration::from_secs(raw.shutdown_grace_seconds.unwrap_or(30));
+    let raw_t = raw.timeouts.unwrap_or(RawTimeouts {
+        upstream_connect_seconds: None,
+        upstream_response_seconds: None,
+        client_header_seconds: None,
+        idle_seconds: None,
+    });
+    let mut seconds = |place: &str, value: Option<f64>, default: f64| {
+        let value = value.unwrap_or(default);
+        if value.is_finite() && value > 0.0 && value <= 86_400.0 {
+            Duration::from_secs_f64(value)
+        } else {
+            p.add(place, "must be a number of seconds above 0, at most 86400");
+            Duration::from_secs_f64(default)
+        }
+    };
+    let timeouts = Timeouts {
+        upstream_connect: seconds(
+            "timeouts.upstream_connect_seconds",
+            raw_t.upstream_connect_seconds,
+            5.0,
+        ),
+        upstream_response: seconds(
+            "timeouts.upstream_response_seconds",
+            raw_t.upstream_response_seconds,
+            60.0,
+        ),
+        client_header: seconds(
+            "timeouts.client_header_seconds",
+            raw_t.client_header_seconds,
+            30.0,
+        ),
+        idle: seconds("timeouts.idle_seconds", raw_t.idle_seconds, 60.0),
+    };
+    let raw_l = raw.limits.unwrap_or(RawLimits {
+        max_header_bytes: None,
+        max_connections: None,
+    });
+    let max_header_bytes = raw_l.max_header_bytes.unwrap_or(64 * 1024);
+    if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+        p.add(
+            "limits.max_header_bytes",
+            "must be between 8192 and 1048576",
+        );
+    }
+    let max_connections = raw_l.max_connections.unwrap_or(10_000);
+    if max_connections == 0 {
+        p.add("limits.max_connections", "must be at least 1");
+    }
+    let limits = Limits {
+        max_header_bytes,
+        max_connections,
+    };
+    if !p.0.is_empty() {
+        return Err(ConfigError { problems: p.0 });
+    }
     let routes = RouteTable::new(routes).map_err(|e| ConfigError::one("routes", e))?;
     match (listen, upstream, admin_listen, headers) {
         (Some(listen), Some(upstream), Some(admin_listen), Some(headers)) => Ok(Config {
@@ -605,6 +738,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             headers,
             trusted_proxies,
             routes,
+            access_log,
+            shutdown_grace,
+            timeouts,
+            limits,
         }),
         _ => Err(ConfigError::one("config", "invalid")),
     }

@@ -40,6 +40,9 @@ pub enum Rejection {
     NotFound,
     #[error("upstream unreachable")]
     UpstreamUnavailable,
+    /// The upstream broke the exchange (closed mid-way, spoke no HTTP).
+    #[error("upstream failed")]
+    UpstreamBroken,
     #[error("upstream timed out")]
     UpstreamTimeout,
     #[error("credential store unavailable")]
@@ -66,7 +69,7 @@ impl Rejection {
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::Forbidden | Rejection::NoRoute => StatusCode::FORBIDDEN,
             Rejection::NotFound => StatusCode::NOT_FOUND,
-            Rejection::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Rejection::UpstreamUnavailable | Rejection::UpstreamBroken => StatusCode::BAD_GATEWAY,
             Rejection::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Rejection::StoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -83,7 +86,9 @@ impl Rejection {
             Rejection::Forbidden => "Invalid ability provided.",
             Rejection::NoRoute => "No route allows this request.",
             Rejection::NotFound => "Not found.",
-            Rejection::UpstreamUnavailable => "The upstream service is unavailable.",
+            Rejection::UpstreamUnavailable | Rejection::UpstreamBroken => {
+                "The upstream service is unavailable."
+            }
             Rejection::UpstreamTimeout => "The upstream service did not answer in time.",
             Rejection::StoreUnavailable => "The credential store is unavailable.",
         };

@@ -23,6 +23,7 @@
 //! login throttle), `clock` (injectable time), `cli` and `demo`
 //! (the command line), `echo` (a small upstream for the demo and tests).
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod auth;
@@ -33,6 +34,7 @@ pub mod demo;
 pub mod echo;
 pub mod error;
 pub mod headers;
+pub mod metrics;
 pub mod pages;
 pub mod path;
 pub mod proxy;

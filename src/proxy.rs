@@ -9,13 +9,17 @@
 //!    on a session route is sent to the login page;
 //! 5. headers are rewritten (`headers`) and the request streams to the upstream.
 //!
-//! Every refusal is a `Rejection`, turned into a response in `error` alone.
+//! Every refusal is a `Rejection`, turned into a response in `error` alone. Every answer is
+//! counted (`metrics`) and, when configured, logged (`access_log`).
 
+use crate::access_log;
 use crate::app::App;
 use crate::auth::session::CookieValue;
 use crate::auth::{self, csrf, token, Denial, Principal};
+use crate::config::AccessLogFormat;
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
+use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError};
 use crate::pages;
 use crate::path;
 use crate::routes::{AuthMode, Route};
@@ -25,9 +29,19 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::{request, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::time::Instant;
 
 /// The body of every response: the upstream's, streamed, or tokengate's own.
 pub type Body = Either<UpstreamBody, Full<Bytes>>;
+
+/// What the pipeline learnt about a request, for its metrics and access log line.
+struct Trace {
+    route: RouteLabel,
+    kind: CredentialKind,
+    decision: Option<Decision>,
+    /// Kept only when the access log is on.
+    principal: Option<Principal>,
+}
 
 /// Handles one request: forwards it, or answers with the refusal.
 pub async fn handle(
@@ -36,13 +50,96 @@ pub async fn handle(
     request: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Response<Body> {
-    if pages::is_reserved(request.uri().path()) {
-        return pages::handle(app, request, conn).await;
+    let started = Instant::now();
+    let _in_flight = app.metrics.in_flight();
+    let method = request.method().clone();
+    let logged_path = app
+        .config
+        .access_log
+        .map(|_| request.uri().path().to_owned());
+    let mut trace = Trace {
+        route: RouteLabel::Unmatched,
+        kind: CredentialKind::None,
+        decision: None,
+        principal: None,
+    };
+    let response = if pages::is_reserved(request.uri().path()) {
+        trace.route = RouteLabel::Reserved;
+        pages::handle(app, request, conn).await
+    } else {
+        match forward(app, upstream, request, conn, &mut trace).await {
+            Ok(response) => response,
+            Err(rejection) => {
+                trace.decision = trace.decision.or(decision_of(&rejection));
+                rejection.response()
+            }
+        }
+    };
+    let took = started.elapsed();
+    app.metrics
+        .request(trace.route, &method, response.status(), took);
+    if let Some(decision) = trace.decision {
+        app.metrics.decision(decision, trace.kind);
     }
-    match forward(app, upstream, request, conn).await {
-        Ok(response) => response,
-        Err(rejection) => rejection.response(),
+    if let (Some(format), Some(path)) = (app.config.access_log, logged_path) {
+        log_access(app, format, &method, &path, &trace, response.status(), took);
     }
+    response
+}
+
+/// The decision a refusal stands for, if it is one.
+fn decision_of(rejection: &Rejection) -> Option<Decision> {
+    match rejection {
+        Rejection::BadPath(_) | Rejection::BadRequest(_) | Rejection::TooLarge => {
+            Some(Decision::BadRequest)
+        }
+        Rejection::Unauthenticated | Rejection::LoginRequired { .. } => {
+            Some(Decision::Unauthenticated)
+        }
+        Rejection::Forbidden => Some(Decision::Forbidden),
+        Rejection::NoRoute => Some(Decision::NoRoute),
+        Rejection::CsrfMismatch => Some(Decision::Csrf),
+        _ => None,
+    }
+}
+
+fn log_access(
+    app: &App,
+    format: AccessLogFormat,
+    method: &http::Method,
+    path: &str,
+    trace: &Trace,
+    status: http::StatusCode,
+    took: std::time::Duration,
+) {
+    let route = match trace.route {
+        RouteLabel::Route(i) => app
+            .config
+            .routes
+            .routes()
+            .get(i)
+            .map_or("unmatched", |r| &*r.pattern),
+        RouteLabel::Unmatched => "unmatched",
+        RouteLabel::Reserved => "_tokengate",
+    };
+    let token_id = match &trace.principal {
+        Some(Principal::Token(token)) => Some(token.id.0),
+        _ => None,
+    };
+    access_log::write(
+        format,
+        &access_log::Entry {
+            method: method.as_str(),
+            path,
+            route,
+            decision: trace.decision.map_or("-", Decision::label),
+            status: status.as_u16(),
+            latency_ms: took.as_secs_f64() * 1000.0,
+            auth: trace.kind.label(),
+            user: trace.principal.as_ref().map(Principal::user),
+            token_id,
+        },
+    );
 }
 
 async fn forward(
@@ -50,11 +147,13 @@ async fn forward(
     upstream: &Upstream,
     request: Request<Incoming>,
     conn: &ConnInfo,
+    trace: &mut Trace,
 ) -> Result<Response<Body>, Rejection> {
     let (mut parts, body) = request.into_parts();
     let path = path::check(parts.uri.path())?;
     if path.segments().next() == Some("_tokengate") {
         // `/%5Ftokengate/…`: reserved too, whatever the routes say.
+        trace.route = RouteLabel::Reserved;
         return Err(Rejection::NotFound);
     }
     let route = app
@@ -62,7 +161,16 @@ async fn forward(
         .routes
         .find(&parts.method, &path)
         .ok_or(Rejection::NoRoute)?;
+    trace.route = RouteLabel::Route(route.index);
     let principal = authenticate(app, route, &parts, conn).await?;
+    trace.kind = match &principal {
+        Some(Principal::Token(_)) => CredentialKind::Token,
+        Some(Principal::Session(_)) => CredentialKind::Session,
+        None => CredentialKind::None,
+    };
+    if app.config.access_log.is_some() {
+        trace.principal = principal.clone();
+    }
     if let Err(denial) = auth::authorize(route, principal.as_ref()) {
         if denial == Denial::Unauthenticated
             && route.auth == AuthMode::Session
@@ -87,7 +195,20 @@ async fn forward(
         strip_authorization,
     );
 
-    let mut response = upstream.send(Request::from_parts(parts, body)).await?;
+    trace.decision = Some(Decision::Allowed);
+    let sent = Instant::now();
+    let mut response = match upstream.send(Request::from_parts(parts, body)).await {
+        Ok(response) => response,
+        Err(rejection) => {
+            app.metrics.upstream_error(match rejection {
+                Rejection::UpstreamTimeout => UpstreamError::Timeout,
+                Rejection::UpstreamBroken => UpstreamError::Protocol,
+                _ => UpstreamError::Connect,
+            });
+            return Err(rejection);
+        }
+    };
+    app.metrics.upstream(sent.elapsed());
     headers::strip_hop_by_hop(response.headers_mut());
     Ok(response.map(Either::Left))
 }

@@ -5,6 +5,7 @@
 //! knowledge on the same port). Shutdown stops accepting and lets in-flight requests finish.
 
 use crate::app::App;
+use crate::config::Config;
 use crate::headers::ConnInfo;
 use crate::proxy;
 use crate::upstream::Upstream;
@@ -19,42 +20,62 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
-/// Largest request head accepted; beyond it HTTP/1 clients get 431.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// How long a client may take to send its request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long in-flight requests may run on after shutdown begins.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// Threads per worker for blocking store reads (cache misses).
 const MAX_BLOCKING_THREADS: usize = 4;
 /// Pending connections the kernel queues per listener.
 const BACKLOG: u32 = 4096;
 
-fn builder() -> auto::Builder<TokioExecutor> {
+fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper runs one timer while an HTTP/1 connection waits for a request head, whether it
+    // sits idle between keep-alive requests or a client sends its head slowly: it closes
+    // the connection after the smaller of the two timeouts.
+    let head_timeout = config.timeouts.client_header.min(config.timeouts.idle);
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .header_read_timeout(head_timeout)
+        .max_buf_size(config.limits.max_header_bytes);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+        .max_header_list_size(config.limits.max_header_bytes as u32);
     builder
 }
 
 /// Serves the proxy on `listener` (on the current runtime) until `shutdown` resolves, then
 /// stops accepting and waits, up to a grace period, for open connections to finish.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let builder = Arc::new(builder());
-    let upstream = Arc::new(Upstream::new(app.config.upstream.clone()));
+    let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    run_limited(listener, app, shutdown, permits).await;
+}
+
+/// `run`, sharing the connection limit with other workers: a connection is accepted only
+/// with a permit, so past the limit new connections wait in the kernel's accept queue.
+async fn run_limited(
+    listener: TcpListener,
+    app: Arc<App>,
+    shutdown: impl Future<Output = ()>,
+    permits: Arc<Semaphore>,
+) {
+    let builder = Arc::new(builder(&app.config));
+    let upstream = Arc::new(Upstream::new(
+        app.config.upstream.clone(),
+        &app.config.timeouts,
+    ));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut shutdown => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -83,16 +104,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
                 let conn = Arc::clone(&conn);
                 async move { Ok::<_, Infallible>(proxy::handle(&app, &upstream, request, &conn).await) }
             });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(SHUTDOWN_GRACE) => {
+        () = tokio::time::sleep(app.config.shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
     }
@@ -133,10 +155,12 @@ pub async fn serve(
 ) -> io::Result<()> {
     let addr = app.config.listen;
     let (stop, stopped) = watch::channel(false);
+    let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers.max(1) {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();
         let app = Arc::clone(&app);
+        let permits = Arc::clone(&permits);
         let mut stopped = stopped.clone();
         let thread = std::thread::Builder::new()
             .name(format!("tokengate-worker-{i}"))
@@ -164,10 +188,10 @@ pub async fn serve(
                     };
                     let _ = ready_tx.send(Ok(()));
                     tokio::spawn(keep_timer_armed());
-                    run(listener, app, async move {
+                    let shutdown = async move {
                         let _ = stopped.wait_for(|s| *s).await;
-                    })
-                    .await;
+                    };
+                    run_limited(listener, app, shutdown, permits).await;
                 });
             })?;
         let ready = tokio::task::spawn_blocking(move || ready_rx.recv())

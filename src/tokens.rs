@@ -321,6 +321,11 @@ impl Tokens {
         Ok(loaded)
     }
 
+    /// How many tokens the cache holds (every stored token while `is_complete`).
+    pub fn cached(&self) -> usize {
+        self.by_id.len()
+    }
+
     /// Whether a cache miss is known to mean "no such token".
     pub fn is_complete(&self) -> bool {
         self.complete.load(Ordering::Acquire)

@@ -6,7 +6,7 @@
 //! response body has been fully read (see `UpstreamBody`), so a pooled connection is always
 //! free for the next request.
 
-use crate::config::UpstreamTarget;
+use crate::config::{Timeouts, UpstreamTarget};
 use crate::error::Rejection;
 use bytes::Bytes;
 use http::header::HOST;
@@ -21,8 +21,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// How long a connection attempt to the upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle connections kept per worker; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
 
@@ -36,10 +34,12 @@ pub struct Upstream {
     /// `Host` for requests that came without one (HTTP/1.0).
     host_value: HeaderValue,
     idle: Idle,
+    connect_timeout: Duration,
+    response_timeout: Duration,
 }
 
 impl Upstream {
-    pub fn new(target: UpstreamTarget) -> Self {
+    pub fn new(target: UpstreamTarget, timeouts: &Timeouts) -> Self {
         let host = target
             .authority
             .host()
@@ -55,12 +55,29 @@ impl Upstream {
             port,
             host_value,
             idle: Arc::new(Mutex::new(Vec::new())),
+            connect_timeout: timeouts.upstream_connect,
+            response_timeout: timeouts.upstream_response,
         }
     }
 
-    /// Sends a request (headers already rewritten) to the upstream. A request that a pooled
-    /// connection could not take (it had just closed) is retried once on a new connection.
+    /// Sends a request (headers already rewritten) to the upstream and waits for its
+    /// response headers, at most `timeouts.upstream_response` (then 504). A request that a
+    /// pooled connection could not take (it had just closed) is retried once on a new
+    /// connection.
     pub async fn send(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, Rejection> {
+        match tokio::time::timeout(self.response_timeout, self.exchange(request)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(upstream = %self.target, "upstream response timed out");
+                Err(Rejection::UpstreamTimeout)
+            }
+        }
+    }
+
+    async fn exchange(
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
@@ -120,7 +137,7 @@ impl Upstream {
 
     async fn connect(&self) -> Result<Sender, Rejection> {
         let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
+            self.connect_timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
         )
         .await
@@ -147,7 +164,7 @@ impl Upstream {
 
     fn failed(&self, e: &hyper::Error) -> Rejection {
         tracing::warn!(upstream = %self.target, error = %e, "upstream request failed");
-        Rejection::UpstreamUnavailable
+        Rejection::UpstreamBroken
     }
 }
 

@@ -1,4 +1,5 @@
-//! The admin listener (`admin.listen`, never the proxy port): `/healthz`, `/readyz`, and the
+//! The admin listener (`admin.listen`, never the proxy port): `/healthz`, `/readyz`,
+//! `/metrics` (Prometheus text format; like the health checks, no key needed), and the
 //! JSON admin API under `/admin/`, described by `docs/admin-openapi.json` (served at
 //! `/admin/openapi.json`). The API needs `Authorization: Bearer <key>`, the key being the
 //! value of the env var `admin.key_env` names, compared in constant time; without that
@@ -96,6 +97,17 @@ async fn route(
     let method = parts.method.clone();
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return json(StatusCode::OK, &status("ok")),
+        (&Method::GET, "/metrics") => {
+            let text = app
+                .metrics
+                .render(app.tokens.cached(), app.sessions.active());
+            let mut response = Response::new(Full::new(Bytes::from(text)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            return Ok(response);
+        }
         (&Method::GET, "/readyz") => {
             // A store read proves the store is open and answering.
             app.users.list(None, 1).await?;

@@ -125,6 +125,19 @@ impl Gate {
             .plaintext
     }
 
+    /// Starts the admin listener on 127.0.0.1:0 (for as long as the test runs).
+    pub async fn start_admin(&self, key: Option<&str>) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(tokengate::admin::run(
+            listener,
+            self.app.clone(),
+            key.map(str::to_owned),
+            std::future::pending(),
+        ));
+        addr
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }

@@ -1,0 +1,350 @@
+//! Prometheus metrics: the only module that imports `prometheus`. An owned `Registry`
+//! (never the global one), rendered at `/metrics` on the admin listener.
+//!
+//! Labels are bounded: the route label is the route's pattern from the config (`unmatched`
+//! when none matched, `_tokengate` for tokengate's own pages), never the raw path; methods
+//! outside the common ones count as `other`. Recording a request allocates nothing once its
+//! series exists: the route's histogram and the decision counters are resolved up front,
+//! and request counters are found by a `(route, method, status)` key of plain integers.
+
+use crate::routes::RouteTable;
+use dashmap::DashMap;
+use foldhash::fast::RandomState;
+use http::{Method, StatusCode};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+use std::time::Duration;
+
+/// What tokengate decided about a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Allowed,
+    Unauthenticated,
+    Forbidden,
+    NoRoute,
+    Csrf,
+    BadRequest,
+}
+
+impl Decision {
+    const ALL: [Decision; 6] = [
+        Decision::Allowed,
+        Decision::Unauthenticated,
+        Decision::Forbidden,
+        Decision::NoRoute,
+        Decision::Csrf,
+        Decision::BadRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Decision::Allowed => "allowed",
+            Decision::Unauthenticated => "unauthenticated",
+            Decision::Forbidden => "forbidden",
+            Decision::NoRoute => "no_route",
+            Decision::Csrf => "csrf",
+            Decision::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Which credential decided: a token, a session, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    None,
+    Token,
+    Session,
+}
+
+impl CredentialKind {
+    const ALL: [CredentialKind; 3] = [
+        CredentialKind::None,
+        CredentialKind::Token,
+        CredentialKind::Session,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            CredentialKind::None => "none",
+            CredentialKind::Token => "token",
+            CredentialKind::Session => "session",
+        }
+    }
+}
+
+/// Why the upstream failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect,
+    Timeout,
+    Protocol,
+}
+
+const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+];
+
+fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::PATCH => 4,
+        Method::DELETE => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// Where a request went, for its labels: a route's index, or one of the fixed values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteLabel {
+    Route(usize),
+    Unmatched,
+    Reserved,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    route_names: Vec<String>,
+    requests_vec: IntCounterVec,
+    requests: DashMap<(RouteLabel, u8, u16), IntCounter, RandomState>,
+    durations: Vec<Histogram>,
+    duration_unmatched: Histogram,
+    duration_reserved: Histogram,
+    decisions: Vec<IntCounter>,
+    upstream_duration: Histogram,
+    upstream_errors: [IntCounter; 3],
+    in_flight: IntGauge,
+    tokens: IntGauge,
+    sessions_active: IntGauge,
+    reloads_ok: IntCounter,
+    reloads_error: IntCounter,
+    last_reload_success: Gauge,
+}
+
+/// Latency buckets in seconds: 100 µs to 10 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new(routes: &RouteTable) -> Self {
+        let registry = Registry::new_custom(Some("tokengate".into()), None)
+            .expect("the prefix is a valid metric name");
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("registered once");
+            c
+        };
+        let histogram_vec = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry
+                .register(Box::new(h.clone()))
+                .expect("registered once");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("registered once");
+            g
+        };
+
+        let requests_vec = counter_vec(
+            "requests_total",
+            "Requests answered, by route pattern, method and status.",
+            &["route", "method", "status"],
+        );
+        let duration = histogram_vec(
+            "request_duration_seconds",
+            "Time from request to response headers, by route pattern.",
+            &["route"],
+        );
+        let route_names: Vec<String> = routes
+            .routes()
+            .iter()
+            .map(|r| r.pattern.to_string())
+            .collect();
+        let durations = route_names
+            .iter()
+            .map(|name| duration.with_label_values(&[name]))
+            .collect();
+        let decisions_vec = counter_vec(
+            "auth_decisions_total",
+            "Authentication and authorization decisions, by decision and credential kind.",
+            &["decision", "method"],
+        );
+        let mut decisions = Vec::new();
+        for decision in Decision::ALL {
+            for kind in CredentialKind::ALL {
+                decisions.push(decisions_vec.with_label_values(&[decision.label(), kind.label()]));
+            }
+        }
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "upstream_duration_seconds",
+                "Time from sending a request upstream to its response headers.",
+            )
+            .buckets(BUCKETS.to_vec()),
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(upstream_duration.clone()))
+            .expect("registered once");
+        let errors = counter_vec(
+            "upstream_errors_total",
+            "Failed upstream requests, by kind: connect, timeout, protocol.",
+            &["kind"],
+        );
+        let reloads = counter_vec(
+            "config_reloads_total",
+            "Config reloads, by result: ok or error.",
+            &["result"],
+        );
+        let last_reload_success = Gauge::new(
+            "config_last_reload_success_timestamp_seconds",
+            "When the config was last loaded successfully (unix seconds).",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(last_reload_success.clone()))
+            .expect("registered once");
+        #[cfg(target_os = "linux")]
+        {
+            let process = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = registry.register(Box::new(process));
+        }
+        Self {
+            requests_vec,
+            requests: DashMap::default(),
+            durations,
+            duration_unmatched: duration.with_label_values(&["unmatched"]),
+            duration_reserved: duration.with_label_values(&["_tokengate"]),
+            decisions,
+            upstream_duration,
+            upstream_errors: [
+                errors.with_label_values(&["connect"]),
+                errors.with_label_values(&["timeout"]),
+                errors.with_label_values(&["protocol"]),
+            ],
+            in_flight: gauge("requests_in_flight", "Requests being handled now."),
+            tokens: gauge(
+                "tokens",
+                "Tokens in the cache (all stored tokens when it is complete).",
+            ),
+            sessions_active: gauge("sessions_active", "Sessions that are valid now."),
+            reloads_ok: reloads.with_label_values(&["ok"]),
+            reloads_error: reloads.with_label_values(&["error"]),
+            last_reload_success,
+            route_names,
+            registry,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: RouteLabel, method: &Method, status: StatusCode, took: Duration) {
+        let m = method_index(method);
+        let key = (route, m as u8, status.as_u16());
+        match self.requests.get(&key) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = self.requests_vec.with_label_values(&[
+                    self.route_name(route),
+                    METHODS[m],
+                    status.as_str(),
+                ]);
+                counter.inc();
+                self.requests.insert(key, counter);
+            }
+        }
+        let histogram = match route {
+            RouteLabel::Route(i) => self.durations.get(i).unwrap_or(&self.duration_unmatched),
+            RouteLabel::Unmatched => &self.duration_unmatched,
+            RouteLabel::Reserved => &self.duration_reserved,
+        };
+        histogram.observe(took.as_secs_f64());
+    }
+
+    fn route_name(&self, route: RouteLabel) -> &str {
+        match route {
+            RouteLabel::Route(i) => self.route_names.get(i).map_or("unmatched", String::as_str),
+            RouteLabel::Unmatched => "unmatched",
+            RouteLabel::Reserved => "_tokengate",
+        }
+    }
+
+    pub fn decision(&self, decision: Decision, kind: CredentialKind) {
+        let d = Decision::ALL
+            .iter()
+            .position(|x| *x == decision)
+            .unwrap_or(0);
+        let k = CredentialKind::ALL
+            .iter()
+            .position(|x| *x == kind)
+            .unwrap_or(0);
+        self.decisions[d * CredentialKind::ALL.len() + k].inc();
+    }
+
+    pub fn upstream(&self, took: Duration) {
+        self.upstream_duration.observe(took.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, kind: UpstreamError) {
+        let i = match kind {
+            UpstreamError::Connect => 0,
+            UpstreamError::Timeout => 1,
+            UpstreamError::Protocol => 2,
+        };
+        self.upstream_errors[i].inc();
+    }
+
+    /// A request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    pub fn reload(&self, ok: bool, at_unix_seconds: i64) {
+        if ok {
+            self.reloads_ok.inc();
+            self.last_reload_success.set(at_unix_seconds as f64);
+        } else {
+            self.reloads_error.inc();
+        }
+    }
+
+    /// The text exposition format, with the gauges read now.
+    pub fn render(&self, tokens: usize, sessions_active: usize) -> String {
+        self.tokens.set(tokens as i64);
+        self.sessions_active.set(sessions_active as i64);
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// Decrements `requests_in_flight` when dropped.
+pub struct InFlight<'a>(&'a IntGauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The content type of `render`'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
