@@ -1,6 +1,7 @@
 //! A small echo upstream, for the demo and for tests: it answers every request with JSON
 //! describing what it received (method, path, headers, body size) and keeps a log of the
-//! requests it saw. Bodies are counted as they stream in, never buffered.
+//! requests it saw. Bodies are counted as they stream in, never buffered. `?delay_ms=N`
+//! makes it wait before answering.
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
@@ -58,6 +59,15 @@ impl Echo {
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
         let (parts, mut body) = request.into_parts();
+        // `?delay_ms=N`: a slow app (for timeout and shutdown tests).
+        let delay = parts
+            .uri
+            .query()
+            .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay_ms=")))
+            .and_then(|ms| ms.parse::<u64>().ok());
+        if let Some(ms) = delay {
+            tokio::time::sleep(std::time::Duration::from_millis(ms.min(60_000))).await;
+        }
         let mut body_bytes = 0u64;
         while let Some(frame) = body.frame().await {
             match frame {

@@ -187,6 +187,7 @@ async fn forward(
     // A credential tokengate checked (or, beside a session, did not need) is not the
     // upstream's business unless the config says so.
     let strip_authorization = principal.is_some() && !app.config.forward_authorization;
+    let upgrade = headers::upgrade_request(&parts.headers);
     headers::prepare_request(
         &mut parts,
         &app.config,
@@ -196,6 +197,9 @@ async fn forward(
     );
 
     trace.decision = Some(Decision::Allowed);
+    if let Some(protocol) = upgrade {
+        return tunnel(app, upstream, parts, body, protocol).await;
+    }
     let sent = Instant::now();
     let mut response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => response,
@@ -282,4 +286,61 @@ async fn session(
         return Ok(Some(Principal::Session(session)));
     }
     Ok(None)
+}
+
+/// An upgrade (WebSocket): the request goes upstream on a connection of its own with its
+/// `Connection: upgrade`/`Upgrade` headers; if the upstream switches protocols, the two
+/// upgraded streams are joined and bytes are copied both ways until either side closes.
+async fn tunnel(
+    app: &App,
+    upstream: &Upstream,
+    mut parts: request::Parts,
+    body: Incoming,
+    protocol: http::HeaderValue,
+) -> Result<Response<Body>, Rejection> {
+    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    headers::keep_upgrade(&mut parts.headers, protocol);
+    let sent = Instant::now();
+    let mut response = upstream
+        .send_upgrade(Request::from_parts(parts, body))
+        .await
+        .inspect_err(|rejection| {
+            app.metrics.upstream_error(match rejection {
+                Rejection::UpstreamTimeout => UpstreamError::Timeout,
+                Rejection::UpstreamBroken => UpstreamError::Protocol,
+                _ => UpstreamError::Connect,
+            });
+        })?;
+    app.metrics.upstream(sent.elapsed());
+    if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        // Refused by the app: pass its answer on as is.
+        let (mut head, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut head.headers);
+        let bytes = http_body_util::BodyExt::collect(body)
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        return Ok(Response::from_parts(head, Either::Right(Full::new(bytes))));
+    }
+    let upstream_upgrade = hyper::upgrade::on(&mut response);
+    let Some(client_upgrade) = client_upgrade else {
+        return Err(Rejection::BadRequest("This connection cannot be upgraded."));
+    };
+    tokio::spawn(async move {
+        match tokio::try_join!(client_upgrade, upstream_upgrade) {
+            Ok((client, upstream)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                    tracing::debug!(error = %e, "upgraded connection ended with an error");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let (head, _) = response.into_parts();
+    Ok(Response::from_parts(
+        head,
+        Either::Right(Full::new(Bytes::new())),
+    ))
 }

@@ -81,19 +81,7 @@ impl Upstream {
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
-        let path = request
-            .uri()
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::builder()
-            .path_and_query(path)
-            .build()
-            .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
-        *request.version_mut() = Version::HTTP_11;
-        if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, self.host_value.clone());
-        }
+        self.rewrite(&mut request)?;
 
         let (mut sender, pooled) = match self.checkout().await {
             Some(sender) => (sender, true),
@@ -122,6 +110,53 @@ impl Upstream {
         Ok(Response::from_parts(parts, body))
     }
 
+    /// Sends an upgrade request (WebSocket) on a connection of its own, which never returns
+    /// to the pool: after a `101 Switching Protocols` it belongs to the upgraded stream.
+    pub async fn send_upgrade(
+        &self,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<Incoming>, Rejection> {
+        self.rewrite(&mut request)?;
+        let exchange = async {
+            let stream = self.dial().await?;
+            let (mut sender, connection) = http1::Builder::new()
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(|e| self.failed(&e))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream upgraded connection ended with an error");
+                }
+            });
+            sender
+                .send_request(request)
+                .await
+                .map_err(|e| self.failed(&e))
+        };
+        match tokio::time::timeout(self.response_timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(Rejection::UpstreamTimeout),
+        }
+    }
+
+    /// Points a request at the upstream: origin-form URI, HTTP/1.1, a `Host`.
+    fn rewrite(&self, request: &mut Request<Incoming>) -> Result<(), Rejection> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::builder()
+            .path_and_query(path)
+            .build()
+            .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
+        *request.version_mut() = Version::HTTP_11;
+        if !request.headers().contains_key(HOST) {
+            request.headers_mut().insert(HOST, self.host_value.clone());
+        }
+        Ok(())
+    }
+
     /// A pooled connection ready for a request, if there is one.
     async fn checkout(&self) -> Option<Sender> {
         loop {
@@ -136,6 +171,21 @@ impl Upstream {
     }
 
     async fn connect(&self) -> Result<Sender, Rejection> {
+        let stream = self.dial().await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// A TCP connection to the upstream, within the connect timeout.
+    async fn dial(&self) -> Result<TcpStream, Rejection> {
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
@@ -150,16 +200,7 @@ impl Upstream {
             Rejection::UpstreamUnavailable
         })?;
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| self.failed(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 
     fn failed(&self, e: &hyper::Error) -> Rejection {

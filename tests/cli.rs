@@ -725,3 +725,142 @@ fn the_cli_goes_through_the_admin_api_while_a_server_holds_the_store() {
     }
     assert_eq!(server.signal("-TERM"), Some(0));
 }
+
+/// A raw HTTP/1.1 request on its own connection; returns the whole answer as text.
+fn exchange(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), echo.addr.port(), port);
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str("shutdown_grace_seconds: 20\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let child = bin()
+        .args(["serve", "--config", cfg])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+
+    // A request to a slow upstream (1.5 s) is in flight when SIGTERM arrives.
+    let slow = std::thread::spawn(move || {
+        exchange(
+            port,
+            "GET /healthz?delay_ms=1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while echo.seen().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_millis(300));
+    // New connections are refused while the slow one finishes.
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "a new connection after SIGTERM was accepted"
+    );
+    let answer = slow.join().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let status = server.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn the_access_log_has_one_line_per_request_and_no_secrets() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), echo.addr.port(), port);
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str("access_log:\n  enabled: true\n  format: json\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let out = run(&[
+        "token",
+        "create",
+        "--config",
+        cfg,
+        "--user",
+        "42",
+        "--name",
+        "log",
+        "--abilities",
+        "read",
+    ]);
+    let token = stdout(&out).lines().last().unwrap().to_owned();
+    let child = bin()
+        .args(["serve", "--config", cfg])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+    assert_eq!(
+        get_status(port, "/bench/item?secret=abc", Some(&token)),
+        200
+    );
+    assert_eq!(get_status(port, "/bench/item", Some("1|wrong")), 401);
+    assert_eq!(get_status(port, "/w/x", Some(&token)), 403);
+    assert_eq!(get_status(port, "/nope", None), 403);
+    assert_eq!(server.signal("-TERM"), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(server.0.stdout.as_mut().unwrap(), &mut log).unwrap();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 4, "{log}");
+    assert_eq!(lines[0]["path"], "/bench/item");
+    assert_eq!(lines[0]["route"], "/bench/**");
+    assert_eq!(lines[0]["decision"], "allowed");
+    assert_eq!(lines[0]["status"], 200);
+    assert_eq!(lines[0]["auth"], "token");
+    assert_eq!(lines[0]["user"], "42");
+    assert_eq!(lines[0]["token_id"], 1);
+    assert!(lines[0]["latency_ms"].as_f64().unwrap() >= 0.0);
+    assert_eq!(lines[1]["decision"], "unauthenticated");
+    assert_eq!(lines[1]["status"], 401);
+    assert_eq!(lines[2]["decision"], "forbidden");
+    assert_eq!(lines[3]["decision"], "no_route");
+    assert_eq!(lines[3]["route"], "unmatched");
+    let secret = token.split('|').nth(1).unwrap();
+    assert!(!log.contains(secret), "no token in the access log");
+    assert!(
+        !log.contains("wrong"),
+        "no presented credential in the access log"
+    );
+    assert!(
+        !log.contains("secret=abc"),
+        "no query string in the access log"
+    );
+}

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tokengate::app::App;
 use tokengate::clock::ManualClock;
 use tokengate::config::Config;
-use tokengate::echo::Echo;
+pub use tokengate::echo::Echo;
 use tokengate::store::SledStore;
 use tokengate::tokens::CreateToken;
 use tokio::net::TcpListener;

@@ -1,0 +1,191 @@
+//! Timeouts and limits over real sockets: upstream connect (502) and response (504)
+//! timeouts, the slowloris guard, the idle keep-alive timeout, the request head size (431)
+//! and the connection limit.
+
+mod common;
+
+use common::{Echo, Gate, HttpClient, STANDARD};
+use http::StatusCode;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// Reads until the server closes the connection (or `limit` passes); returns what came
+/// and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut got = Vec::new();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, true),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+fn with(extra: &str) -> String {
+    format!("{STANDARD}{extra}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_does_not_answer_gets_504() {
+    // Accepts connections and reads requests, but never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let gate = Gate::start_with_upstream(
+        addr,
+        Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        &with("timeouts:\n  upstream_response_seconds: 0.5\n"),
+    )
+    .await;
+    let reader = gate.token("u", &["read"]).await;
+    let started = Instant::now();
+    let answer = HttpClient::http1()
+        .get_bearer(&gate.url("/api/posts/1"), &reader)
+        .await;
+    assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"message": "The upstream service did not answer in time."})
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_cannot_be_reached_in_time_gets_502() {
+    // A listener whose accept queue is full and never drained: new connection attempts
+    // hang (the kernel drops their SYNs), as with a firewalled host.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let full = socket.listen(1).unwrap();
+    let addr = full.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+        {
+            fillers.push(s);
+        }
+    }
+    let gate = Gate::start_with_upstream(
+        addr,
+        Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        &with("timeouts:\n  upstream_connect_seconds: 0.5\n"),
+    )
+    .await;
+    let reader = gate.token("u", &["read"]).await;
+    let started = Instant::now();
+    let answer = HttpClient::http1()
+        .get_bearer(&gate.url("/api/posts/1"), &reader)
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_GATEWAY);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400),
+        "refused at once ({took:?}): the connection attempt did not hang"
+    );
+    assert!(took < Duration::from_secs(5), "the connect timeout applies");
+    drop(full);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_request_head_is_cut_off() {
+    let gate = Gate::start(&with("timeouts:\n  client_header_seconds: 0.5\n")).await;
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        closed,
+        "the server closes a connection whose head never completes"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Others are served meanwhile.
+    let answer = HttpClient::http1().get(&gate.url("/healthz"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let gate = Gate::start(&with("timeouts:\n  idle_seconds: 0.5\n")).await;
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    let (rest, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(closed, "idle connection closed");
+    assert!(rest.is_empty() || rest.len() < 4096);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_over_the_limit_gets_431() {
+    let gate = Gate::start(&with("limits:\n  max_header_bytes: 8192\n")).await;
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    let big = "x".repeat(20_000);
+    let request = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\n\r\n");
+    let _ = stream.write_all(request.as_bytes()).await;
+    let (got, _) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(
+        got.starts_with(b"HTTP/1.1 431"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // A normal request still works.
+    let answer = HttpClient::http1().get(&gate.url("/healthz"), &[]).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert!(
+        gate.echo.seen().len() == 1,
+        "the big one never reached the upstream"
+    );
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_limit_wait_their_turn() {
+    let gate = Gate::start(&with("limits:\n  max_connections: 2\n")).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut first = TcpStream::connect(gate.addr).await.unwrap();
+    let mut second = TcpStream::connect(gate.addr).await.unwrap();
+    let mut buf = [0u8; 4096];
+    for stream in [&mut first, &mut second] {
+        stream.write_all(request).await.unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    // The third connects (the kernel queues it) but is not served while two are open.
+    let mut third = TcpStream::connect(gate.addr).await.unwrap();
+    third.write_all(request).await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(700), third.read(&mut buf)).await;
+    assert!(waited.is_err(), "served past the limit");
+    drop(first);
+    let n = tokio::time::timeout(Duration::from_secs(10), third.read(&mut buf))
+        .await
+        .expect("served once a slot is free")
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    gate.stop().await;
+}

@@ -1,0 +1,196 @@
+//! Every kind of HTTP traffic through tokengate: WebSocket upgrades (authenticated like any
+//! request, then proxied both ways) and server-sent events (streamed, not buffered).
+
+#![allow(clippy::result_large_err)] // tungstenite's handshake callback type is not ours
+
+mod common;
+
+use bytes::Bytes;
+use common::{Echo, Gate, HttpClient, STANDARD};
+use futures_util::{SinkExt, StreamExt};
+use http::StatusCode;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+fn config() -> String {
+    STANDARD.replace(
+        "routes:\n",
+        "routes:\n  - path: /ws/**\n    abilities: [read]\n  - path: /events\n    abilities: [read]\n",
+    )
+}
+
+/// A WebSocket upstream that echoes every message back, prefixed with what it saw.
+async fn websocket_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen_abilities = String::new();
+                let callback =
+                    |request: &tokio_tungstenite::tungstenite::handshake::server::Request,
+                     response| {
+                        seen_abilities = request
+                            .headers()
+                            .get("x-token-abilities")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("none")
+                            .to_owned();
+                        Ok(response)
+                    };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
+                    return;
+                };
+                while let Some(Ok(message)) = ws.next().await {
+                    if let Message::Text(text) = message {
+                        let reply = format!("{seen_abilities}: {text}");
+                        if ws.send(Message::Text(reply.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_are_authenticated_then_proxied_both_ways() {
+    let upstream = websocket_echo().await;
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let gate = Gate::start_with_upstream(upstream, echo, &config()).await;
+    let reader = gate.token("u", &["read"]).await;
+    let url = format!("ws://{}/ws/chat", gate.addr);
+
+    let mut request = url.as_str().into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+    request
+        .headers_mut()
+        .insert("x-token-abilities", "*".parse().unwrap());
+    let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    for text in ["hello", "again"] {
+        ws.send(Message::Text(text.into())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a reply")
+            .unwrap()
+            .unwrap();
+        assert_eq!(reply, Message::Text(format!("read: {text}").into()));
+    }
+    ws.close(None).await.unwrap();
+
+    // Without a token, the handshake is refused like any request.
+    let error = tokio_tungstenite::connect_async(url.as_str())
+        .await
+        .unwrap_err();
+    match error {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED)
+        }
+        other => panic!("expected a 401, got {other:?}"),
+    }
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_sent_events_stream_without_buffering() {
+    // The upstream sends one event, then waits until the test has seen it before the next.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>(1);
+    let release_rx = std::sync::Arc::new(tokio::sync::Mutex::new(Some(release_rx)));
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let release_rx = release_rx.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_request| {
+                    let release_rx = release_rx.clone();
+                    async move {
+                        let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+                        tokio::spawn(async move {
+                            let _ = tx.send(Ok(Frame::data(Bytes::from("data: one\n\n")))).await;
+                            if let Some(mut release) = release_rx.lock().await.take() {
+                                release.recv().await;
+                            }
+                            let _ = tx.send(Ok(Frame::data(Bytes::from("data: two\n\n")))).await;
+                        });
+                        let body = StreamBody::new(tokio_stream_from(rx));
+                        let mut response = http::Response::new(body);
+                        response.headers_mut().insert(
+                            "content-type",
+                            http::HeaderValue::from_static("text/event-stream"),
+                        );
+                        Ok::<_, Infallible>(response)
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let gate = Gate::start_with_upstream(upstream, echo, &config()).await;
+    let reader = gate.token("u", &["read"]).await;
+
+    let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .build_http::<http_body_util::Empty<Bytes>>();
+    let request = http::Request::get(gate.url("/events"))
+        .header("authorization", format!("Bearer {reader}"))
+        .header("accept", "text/event-stream")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first event arrives while the upstream still holds the second")
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(first, Bytes::from("data: one\n\n"));
+    release_tx.send(()).await.unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(second, Bytes::from("data: two\n\n"));
+    gate.stop().await;
+}
+
+/// An mpsc receiver as a stream of body frames.
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_requests_still_work_beside_upgrades() {
+    let gate = Gate::start(&config()).await;
+    let reader = gate.token("u", &["read"]).await;
+    let answer = HttpClient::http1()
+        .get_bearer(&gate.url("/api/posts/1"), &reader)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    gate.stop().await;
+}
