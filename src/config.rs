@@ -11,6 +11,7 @@ use serde::Deserialize;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Every problem found in a config file, each with its place.
@@ -57,8 +58,9 @@ struct RawConfig {
     listen: Option<String>,
     workers: Option<usize>,
     upstream: Option<String>,
-    /// Refused by this version whatever it holds.
-    tls: Option<serde_yaml::Value>,
+    tls: Option<RawTls>,
+    upstream_ca: Option<PathBuf>,
+    upstream_http2: Option<bool>,
     store: Option<RawStore>,
     admin: Option<RawAdmin>,
     tokens: Option<RawTokens>,
@@ -76,6 +78,13 @@ struct RawConfig {
     shutdown_grace_seconds: Option<u64>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,6 +171,12 @@ pub struct Config {
     /// Proxy worker threads, each with its own listener and upstream pool.
     pub workers: usize,
     pub upstream: UpstreamTarget,
+    /// Speak HTTP/2 with prior knowledge (h2c, or h2 over TLS) to the upstream (gRPC).
+    pub upstream_http2: bool,
+    /// TLS towards an `https://` upstream.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTPS on the proxy listener.
+    pub tls: Option<TlsFiles>,
     pub store_path: PathBuf,
     /// Bytes of sled's page cache.
     pub store_cache_bytes: u64,
@@ -179,6 +194,14 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub timeouts: Timeouts,
     pub limits: Limits,
+}
+
+/// The server certificate and key, and the TLS config built from them.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
 }
 
 /// One line per request on stdout, in this format.
@@ -312,9 +335,9 @@ fn upstream(text: &str) -> Result<UpstreamTarget, String> {
             "'{text}' needs a scheme and a host, like http://127.0.0.1:3000"
         ));
     };
-    if *scheme != Scheme::HTTP {
+    if *scheme != Scheme::HTTP && *scheme != Scheme::HTTPS {
         return Err(format!(
-            "'{scheme}' upstreams are not supported by this version; use http://"
+            "'{scheme}' upstreams are not supported; use http:// or https://"
         ));
     }
     if authority.as_str().contains('@') {
@@ -370,12 +393,27 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             None
         }
     };
-    if raw.tls.is_some() {
-        p.add(
-            "tls",
-            "HTTPS termination is not supported by this version; terminate TLS in front of tokengate",
-        );
-    }
+    let tls = raw.tls.and_then(|t| {
+        p.check("tls", crate::tls::server_config(&t.cert, &t.key))
+            .map(|server| TlsFiles {
+                cert: t.cert,
+                key: t.key,
+                server,
+            })
+    });
+    let upstream_http2 = raw.upstream_http2.unwrap_or(false);
+    let upstream_tls = match &upstream {
+        Some(target) if target.scheme == Scheme::HTTPS => p.check(
+            "upstream_ca",
+            crate::tls::client_config(raw.upstream_ca.as_deref(), upstream_http2),
+        ),
+        _ => {
+            if raw.upstream_ca.is_some() {
+                p.add("upstream_ca", "only used with an https:// upstream");
+            }
+            None
+        }
+    };
     let raw_store = raw.store.unwrap_or(RawStore {
         path: None,
         cache_mb: None,
@@ -714,6 +752,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             listen,
             workers,
             upstream,
+            upstream_http2,
+            upstream_tls,
+            tls,
             store_path,
             store_cache_bytes,
             admin: AdminConfig {
@@ -858,11 +899,33 @@ routes:
             ("http://127.0.0.1:3000/app", "takes no path"),
             ("http://user:pw@127.0.0.1:3000", "credentials"),
             ("127.0.0.1:3000", "needs a scheme"),
-            ("https://app.internal", "not supported by this version"),
+            ("ftp://app.internal", "use http:// or https://"),
         ] {
             let got = problems(&format!("upstream: {u}\nroutes:\n  - path: /**\n"));
             assert!(got.iter().any(|g| g.contains(msg)), "{u}: {got:?}");
         }
+        assert!(problems("upstream: https://app.internal\nroutes:\n  - path: /**\n").is_empty());
+        let got = problems(
+            "upstream: http://127.0.0.1:1\nupstream_ca: /etc/ca.pem\nroutes:\n  - path: /**\n",
+        );
+        assert!(
+            got[0].starts_with("upstream_ca: only used with an https://"),
+            "{got:?}"
+        );
+        let got = problems(
+            "upstream: https://a\nupstream_ca: /nonexistent/ca.pem\nroutes:\n  - path: /**\n",
+        );
+        assert!(
+            got[0].contains("cannot read /nonexistent/ca.pem"),
+            "{got:?}"
+        );
+        let got = problems(
+            "tls:\n  cert: /nonexistent/c.pem\n  key: /nonexistent/k.pem\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n",
+        );
+        assert!(
+            got[0].starts_with("tls: cannot read /nonexistent/c.pem"),
+            "{got:?}"
+        );
         assert!(problems("routes:\n  - path: /**\n")[0].starts_with("upstream: is required"));
         assert!(problems("upstream: http://127.0.0.1:1\n")[0].starts_with("routes: at least one"));
     }

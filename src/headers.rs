@@ -94,7 +94,15 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     for (name, present) in HOP_BY_HOP.iter().zip(present) {
         if present {
-            headers.remove(name);
+            // `TE: trailers` says the client accepts trailers (gRPC needs it end to end).
+            let trailers_only = *name == header::TE
+                && headers
+                    .get_all(header::TE)
+                    .iter()
+                    .all(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+            if !trailers_only {
+                headers.remove(name);
+            }
         }
     }
 }
@@ -348,7 +356,7 @@ mod tests {
             ("connection", "keep-alive, X-Secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
-            ("te", "trailers"),
+            ("te", "trailers, deflate"),
             ("upgrade", "h2c"),
             ("x-token-abilities", "*"),
             ("X-Auth-User", "admin"),
@@ -380,6 +388,11 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "app.example");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["accept"], "*/*");
+        // `TE: trailers` alone is kept: gRPC needs it end to end.
+        let mut only_trailers = HeaderMap::new();
+        only_trailers.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_hop_by_hop(&mut only_trailers);
+        assert_eq!(only_trailers[header::TE], "trailers");
         assert_eq!(h["host"], "app.example");
     }
 

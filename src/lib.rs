@@ -43,6 +43,7 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod throttle;
+pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod users;

@@ -2,7 +2,8 @@
 //! own `SO_REUSEPORT` listener and its own upstream connection pool, so a request is
 //! accepted, checked and forwarded on one core without cross-thread hand-offs. Each
 //! connection is a task served by hyper-util's auto builder (HTTP/1.1, and HTTP/2 with prior
-//! knowledge on the same port). Shutdown stops accepting and lets in-flight requests finish.
+//! knowledge on the same port; over TLS when `tls:` is set, with ALPN `h2` and `http/1.1`).
+//! Shutdown stops accepting and lets in-flight requests finish.
 
 use crate::app::App;
 use crate::config::Config;
@@ -61,10 +62,7 @@ async fn run_limited(
     permits: Arc<Semaphore>,
 ) {
     let builder = Arc::new(builder(&app.config));
-    let upstream = Arc::new(Upstream::new(
-        app.config.upstream.clone(),
-        &app.config.timeouts,
-    ));
+    let upstream = Arc::new(Upstream::new(&app.config));
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
@@ -92,7 +90,13 @@ async fn run_limited(
         backoff = Duration::from_millis(5);
         tracing::trace!(%peer, "accepted");
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(ConnInfo::new(peer, &app.config.trusted_proxies, false));
+        let tls = app.config.tls.as_ref().map(|t| Arc::clone(&t.server));
+        let conn = Arc::new(ConnInfo::new(
+            peer,
+            &app.config.trusted_proxies,
+            tls.is_some(),
+        ));
+        let handshake_timeout = app.config.timeouts.client_header;
         let app = Arc::clone(&app);
         let upstream = Arc::clone(&upstream);
         let builder = Arc::clone(&builder);
@@ -104,8 +108,37 @@ async fn run_limited(
                 let conn = Arc::clone(&conn);
                 async move { Ok::<_, Infallible>(proxy::handle(&app, &upstream, request, &conn).await) }
             });
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-            if let Err(e) = watcher.watch(connection).await {
+            let served = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+                Some(tls) => {
+                    // The handshake runs here, in the connection's own task, under a
+                    // timeout: a slow or broken client holds up no one else.
+                    let accepted = tokio::time::timeout(
+                        handshake_timeout,
+                        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+                    )
+                    .await;
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
             drop(permit);

@@ -1,77 +1,180 @@
-//! The protected app: a keep-alive HTTP/1.1 connection pool and the request rewrite that
-//! points a request at it. Bodies stream both ways; nothing is buffered.
+//! The protected app: the connections to it and the request rewrite that points a request
+//! at it. Bodies stream both ways, frame by frame and trailers included; nothing is buffered.
 //!
 //! Each server worker owns one `Upstream`, so its connections live on that worker's
-//! runtime and a request never hops threads. A connection returns to the pool when the
-//! response body has been fully read (see `UpstreamBody`), so a pooled connection is always
-//! free for the next request.
+//! runtime and a request never hops threads. Towards an `https://` upstream every
+//! connection is TLS (`config.upstream_tls`, server name the upstream's host).
+//!
+//! - HTTP/1.1 (the default): a keep-alive pool. A connection returns to the pool when the
+//!   response body has been fully read (see `UpstreamBody`), so a pooled connection is
+//!   always free for the next request.
+//! - HTTP/2 with prior knowledge (`upstream_http2`; h2c, or h2 over TLS), for gRPC: one
+//!   shared, multiplexed connection per worker, opened on first use and again after it
+//!   closed.
+//!
+//! Upgrades (WebSocket) always go over an HTTP/1.1 connection of their own.
 
-use crate::config::{Timeouts, UpstreamTarget};
+use crate::config::{Config, UpstreamTarget};
 use crate::error::Rejection;
 use bytes::Bytes;
-use http::header::HOST;
-use http::uri::{PathAndQuery, Uri};
+use http::header::{CONTENT_TYPE, HOST, TE};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::ServerName;
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
 /// Idle connections kept per worker; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
 
-type Sender = SendRequest<Incoming>;
+type Sender = http1::SendRequest<Incoming>;
 type Idle = Arc<Mutex<Vec<Sender>>>;
+type Http2Sender = http2::SendRequest<Incoming>;
 
 pub struct Upstream {
-    target: UpstreamTarget,
-    host: String,
-    port: u16,
+    dialer: Arc<Dialer>,
     /// `Host` for requests that came without one (HTTP/1.0).
     host_value: HeaderValue,
     idle: Idle,
-    connect_timeout: Duration,
     response_timeout: Duration,
+    /// The shared HTTP/2 connection, when the upstream speaks HTTP/2.
+    http2: Option<Arc<Mutex<Shared>>>,
+}
+
+/// Opens connections to the upstream: TCP, then TLS for an `https://` upstream, then the
+/// HTTP handshake.
+struct Dialer {
+    target: UpstreamTarget,
+    host: String,
+    port: u16,
+    connect_timeout: Duration,
+    tls: Option<Tls>,
+}
+
+struct Tls {
+    /// ALPN as configured: `h2` for an HTTP/2 upstream, else `http/1.1`.
+    connector: TlsConnector,
+    /// ALPN `http/1.1`, for upgrades (the same config when the upstream speaks HTTP/1.1).
+    upgrade: TlsConnector,
+    /// The upstream's host, as the certificate must name it; `None` if it cannot be one.
+    server_name: Option<ServerName<'static>>,
+}
+
+/// The state of the shared HTTP/2 connection.
+struct Shared {
+    state: State,
+    /// Numbers the connections, so a failed one is dropped only if it is still the current.
+    generation: u64,
+}
+
+/// What a request waiting for a connection being opened gets: the sender and its
+/// generation, or why there is none.
+type Opened = Option<Result<(Http2Sender, u64), Rejection>>;
+
+enum State {
+    Down,
+    /// A task is opening a connection; the receiver tells when it is done.
+    Connecting(watch::Receiver<Opened>),
+    Up(Http2Sender, u64),
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Upstream {
-    pub fn new(target: UpstreamTarget, timeouts: &Timeouts) -> Self {
+    pub fn new(config: &Config) -> Self {
+        let target = config.upstream.clone();
         let host = target
             .authority
             .host()
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = target.authority.port_u16().unwrap_or(80);
+        let https = target.scheme == Scheme::HTTPS;
+        let port = target
+            .authority
+            .port_u16()
+            .unwrap_or(if https { 443 } else { 80 });
         let host_value = HeaderValue::from_str(target.authority.as_str())
             .expect("an authority is a valid header value");
+        let tls = config
+            .upstream_tls
+            .as_ref()
+            .filter(|_| https)
+            .map(|client| {
+                let server_name = ServerName::try_from(host.clone()).ok();
+                if server_name.is_none() {
+                    tracing::error!(upstream = %target, "the upstream host cannot be a TLS server name");
+                }
+                let upgrade = if client.alpn_protocols == [b"http/1.1".to_vec()] {
+                    Arc::clone(client)
+                } else {
+                    let mut http1 = rustls::ClientConfig::clone(client);
+                    http1.alpn_protocols = vec![b"http/1.1".to_vec()];
+                    Arc::new(http1)
+                };
+                Tls {
+                    connector: TlsConnector::from(Arc::clone(client)),
+                    upgrade: TlsConnector::from(upgrade),
+                    server_name,
+                }
+            });
+        if https && tls.is_none() {
+            tracing::error!(upstream = %target, "no TLS settings for an https:// upstream");
+        }
         Self {
-            target,
-            host,
-            port,
+            dialer: Arc::new(Dialer {
+                target,
+                host,
+                port,
+                connect_timeout: config.timeouts.upstream_connect,
+                tls,
+            }),
             host_value,
             idle: Arc::new(Mutex::new(Vec::new())),
-            connect_timeout: timeouts.upstream_connect,
-            response_timeout: timeouts.upstream_response,
+            response_timeout: config.timeouts.upstream_response,
+            http2: config.upstream_http2.then(|| {
+                Arc::new(Mutex::new(Shared {
+                    state: State::Down,
+                    generation: 0,
+                }))
+            }),
         }
     }
 
     /// Sends a request (headers already rewritten) to the upstream and waits for its
     /// response headers, at most `timeouts.upstream_response` (then 504). A request that a
-    /// pooled connection could not take (it had just closed) is retried once on a new
-    /// connection.
+    /// connection could not take (it had just closed) is retried once on a new connection.
     pub async fn send(
         &self,
         request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
-        match tokio::time::timeout(self.response_timeout, self.exchange(request)).await {
+        match &self.http2 {
+            None => self.timed(self.exchange(request)).await,
+            Some(shared) => self.timed(self.exchange_http2(shared, request)).await,
+        }
+    }
+
+    async fn timed<T>(
+        &self,
+        exchange: impl Future<Output = Result<T, Rejection>>,
+    ) -> Result<T, Rejection> {
+        match tokio::time::timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => {
-                tracing::warn!(upstream = %self.target, "upstream response timed out");
+                tracing::warn!(upstream = %self.dialer.target, "upstream response timed out");
                 Err(Rejection::UpstreamTimeout)
             }
         }
@@ -85,53 +188,124 @@ impl Upstream {
 
         let (mut sender, pooled) = match self.checkout().await {
             Some(sender) => (sender, true),
-            None => (self.connect().await?, false),
+            None => (self.dialer.connect_http1().await?, false),
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // Never written: the pooled connection had closed. Try a fresh one.
                 Some(request) if pooled => {
-                    sender = self.connect().await?;
+                    sender = self.dialer.connect_http1().await?;
                     sender
                         .send_request(request)
                         .await
-                        .map_err(|e| self.failed(&e))?
+                        .map_err(|e| self.dialer.failed(&e))?
                 }
-                _ => return Err(self.failed(e.error())),
+                _ => return Err(self.dialer.failed(e.error())),
             },
         };
         let (parts, body) = response.into_parts();
         let body = UpstreamBody {
             inner: body,
-            sender: Some(sender),
-            idle: Arc::clone(&self.idle),
+            pool: Some((sender, Arc::clone(&self.idle))),
         };
         Ok(Response::from_parts(parts, body))
     }
 
-    /// Sends an upgrade request (WebSocket) on a connection of its own, which never returns
-    /// to the pool: after a `101 Switching Protocols` it belongs to the upgraded stream.
+    async fn exchange_http2(
+        &self,
+        shared: &Arc<Mutex<Shared>>,
+        mut request: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, Rejection> {
+        self.rewrite_http2(&mut request)?;
+        let (mut sender, generation) = self.http2_sender(shared).await?;
+        let response = match sender.try_send_request(request).await {
+            Ok(response) => response,
+            Err(mut e) => match e.take_message() {
+                // Never written: the connection had closed. Try a fresh one.
+                Some(request) => {
+                    drop_connection(shared, generation);
+                    let (mut sender, _) = self.http2_sender(shared).await?;
+                    sender
+                        .send_request(request)
+                        .await
+                        .map_err(|e| self.dialer.failed(&e))?
+                }
+                None => return Err(self.dialer.failed(e.error())),
+            },
+        };
+        let (mut parts, body) = response.into_parts();
+        // The client may speak HTTP/1.1; its connection sets the version it writes.
+        parts.version = Version::HTTP_11;
+        let body = UpstreamBody {
+            inner: body,
+            pool: None,
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// The shared HTTP/2 connection's sender, opening the connection if there is none (one
+    /// task opens it; requests arriving meanwhile wait for it).
+    async fn http2_sender(
+        &self,
+        shared: &Arc<Mutex<Shared>>,
+    ) -> Result<(Http2Sender, u64), Rejection> {
+        loop {
+            let mut opening = {
+                let mut guard = lock(shared);
+                match &guard.state {
+                    State::Up(sender, generation) if !sender.is_closed() => {
+                        return Ok((sender.clone(), *generation));
+                    }
+                    // Still opening (a task that died, at shutdown, left a closed channel).
+                    State::Connecting(opening) if opening.has_changed().is_ok() => opening.clone(),
+                    _ => {
+                        guard.generation += 1;
+                        let (done, opening) = watch::channel(None);
+                        guard.state = State::Connecting(opening.clone());
+                        tokio::spawn(open_http2(
+                            Arc::clone(&self.dialer),
+                            Arc::clone(shared),
+                            guard.generation,
+                            done,
+                        ));
+                        opening
+                    }
+                }
+            };
+            let opened = match opening.wait_for(Option::is_some).await {
+                Ok(opened) => opened.clone(),
+                Err(_) => None,
+            };
+            if let Some(result) = opened {
+                return result;
+            }
+        }
+    }
+
+    /// Sends an upgrade request (WebSocket) on an HTTP/1.1 connection of its own, which
+    /// never returns to the pool: after a `101 Switching Protocols` it belongs to the
+    /// upgraded stream.
     pub async fn send_upgrade(
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<Incoming>, Rejection> {
         self.rewrite(&mut request)?;
         let exchange = async {
-            let stream = self.dial().await?;
-            let (mut sender, connection) = http1::Builder::new()
-                .handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| self.failed(&e))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.with_upgrades().await {
-                    tracing::debug!(error = %e, "upstream upgraded connection ended with an error");
+            let mut sender = match &self.dialer.tls {
+                None => {
+                    let stream = self.dialer.dial().await?;
+                    self.dialer.handshake_upgradable(stream).await?
                 }
-            });
+                Some(tls) => {
+                    let stream = self.dialer.dial_tls(&tls.upgrade).await?;
+                    self.dialer.handshake_upgradable(stream).await?
+                }
+            };
             sender
                 .send_request(request)
                 .await
-                .map_err(|e| self.failed(&e))
+                .map_err(|e| self.dialer.failed(&e))
         };
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
@@ -139,7 +313,7 @@ impl Upstream {
         }
     }
 
-    /// Points a request at the upstream: origin-form URI, HTTP/1.1, a `Host`.
+    /// Points a request at an HTTP/1.1 upstream: origin-form URI, HTTP/1.1, a `Host`.
     fn rewrite(&self, request: &mut Request<Incoming>) -> Result<(), Rejection> {
         let path = request
             .uri()
@@ -157,10 +331,45 @@ impl Upstream {
         Ok(())
     }
 
+    /// Points a request at an HTTP/2 upstream: an absolute URI whose authority is the
+    /// request's `Host` (as an HTTP/1.1 upstream gets it), else the upstream's, and no
+    /// `Host` header. gRPC's `te: trailers` is put back: it is hop-by-hop, so it was removed
+    /// with the others, and gRPC servers look for it.
+    fn rewrite_http2(&self, request: &mut Request<Incoming>) -> Result<(), Rejection> {
+        let target = &self.dialer.target;
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let authority = request
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|host| Authority::try_from(host.as_bytes()).ok())
+            .unwrap_or_else(|| target.authority.clone());
+        *request.uri_mut() = Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(authority)
+            .path_and_query(path)
+            .build()
+            .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
+        *request.version_mut() = Version::HTTP_2;
+        let headers = request.headers_mut();
+        if headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+        {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        } else if headers.get(TE).is_some_and(|te| te != "trailers") {
+            headers.remove(TE);
+        }
+        Ok(())
+    }
+
     /// A pooled connection ready for a request, if there is one.
     async fn checkout(&self) -> Option<Sender> {
         loop {
-            let mut sender = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+            let mut sender = lock(&self.idle).pop()?;
             if sender.is_closed() {
                 continue;
             }
@@ -169,11 +378,60 @@ impl Upstream {
             }
         }
     }
+}
 
-    async fn connect(&self) -> Result<Sender, Rejection> {
-        let stream = self.dial().await?;
+/// Opens the shared HTTP/2 connection (generation `generation`) and tells the requests
+/// waiting for it. A task of its own, so a waiting request that gives up does not cancel it.
+async fn open_http2(
+    dialer: Arc<Dialer>,
+    shared: Arc<Mutex<Shared>>,
+    generation: u64,
+    done: watch::Sender<Opened>,
+) {
+    let result = dialer.connect_http2().await;
+    lock(&shared).state = match &result {
+        Ok(sender) => State::Up(sender.clone(), generation),
+        Err(_) => State::Down,
+    };
+    done.send_replace(Some(result.map(|sender| (sender, generation))));
+}
+
+/// Forgets the shared HTTP/2 connection `generation` (it could not take a request), unless
+/// another has replaced it already.
+fn drop_connection(shared: &Mutex<Shared>, generation: u64) {
+    let mut guard = lock(shared);
+    if matches!(guard.state, State::Up(_, current) if current == generation) {
+        guard.state = State::Down;
+    }
+}
+
+impl Dialer {
+    async fn connect_http1(&self) -> Result<Sender, Rejection> {
+        match &self.tls {
+            None => self.handshake_http1(self.dial().await?).await,
+            Some(tls) => {
+                let stream = self.dial_tls(&tls.connector).await?;
+                self.handshake_http1(stream).await
+            }
+        }
+    }
+
+    async fn connect_http2(&self) -> Result<Http2Sender, Rejection> {
+        match &self.tls {
+            None => self.handshake_http2(self.dial().await?).await,
+            Some(tls) => {
+                let stream = self.dial_tls(&tls.connector).await?;
+                self.handshake_http2(stream).await
+            }
+        }
+    }
+
+    async fn handshake_http1<T>(&self, io: T) -> Result<Sender, Rejection>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
         let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.failed(&e))?;
         tokio::spawn(async move {
@@ -184,8 +442,44 @@ impl Upstream {
         Ok(sender)
     }
 
+    async fn handshake_upgradable<T>(&self, io: T) -> Result<Sender, Rejection>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream upgraded connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn handshake_http2<T>(&self, io: T) -> Result<Http2Sender, Rejection>
+    where
+        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|e| self.failed(&e))?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+
     /// A TCP connection to the upstream, within the connect timeout.
     async fn dial(&self) -> Result<TcpStream, Rejection> {
+        if self.tls.is_none() && self.target.scheme == Scheme::HTTPS {
+            // Never plaintext to an https:// upstream (no TLS settings: see `Upstream::new`).
+            return Err(Rejection::UpstreamUnavailable);
+        }
         let stream = tokio::time::timeout(
             self.connect_timeout,
             TcpStream::connect((self.host.as_str(), self.port)),
@@ -203,18 +497,43 @@ impl Upstream {
         Ok(stream)
     }
 
+    /// A TLS connection to the upstream, TCP and TLS handshake within the connect timeout.
+    /// A certificate the upstream cannot prove is a connect failure (502).
+    async fn dial_tls(&self, connector: &TlsConnector) -> Result<TlsStream<TcpStream>, Rejection> {
+        let started = tokio::time::Instant::now();
+        let Some(server_name) = self.tls.as_ref().and_then(|t| t.server_name.clone()) else {
+            tracing::warn!(upstream = %self.target, "the upstream host is not a TLS server name");
+            return Err(Rejection::UpstreamUnavailable);
+        };
+        let stream = self.dial().await?;
+        tokio::time::timeout_at(
+            started + self.connect_timeout,
+            connector.connect(server_name, stream),
+        )
+        .await
+        .map_err(|_| {
+            tracing::warn!(upstream = %self.target, "upstream TLS handshake timed out");
+            Rejection::UpstreamUnavailable
+        })?
+        .map_err(|e| {
+            tracing::warn!(upstream = %self.target, error = %e, "upstream TLS handshake failed");
+            Rejection::UpstreamUnavailable
+        })
+    }
+
     fn failed(&self, e: &hyper::Error) -> Rejection {
         tracing::warn!(upstream = %self.target, error = %e, "upstream request failed");
         Rejection::UpstreamBroken
     }
 }
 
-/// An upstream response body. When it has been read to the end, its connection goes back
-/// to the pool; a body dropped half-read takes its connection with it.
+/// An upstream response body, streamed frame by frame (trailers included). Over HTTP/1.1,
+/// when it has been read to the end its connection goes back to the pool; a body dropped
+/// half-read takes its connection with it.
 pub struct UpstreamBody {
     inner: Incoming,
-    sender: Option<Sender>,
-    idle: Idle,
+    /// HTTP/1.1: the connection and the pool it returns to.
+    pool: Option<(Sender, Idle)>,
 }
 
 impl Body for UpstreamBody {
@@ -242,8 +561,8 @@ impl Drop for UpstreamBody {
         if !self.inner.is_end_stream() {
             return;
         }
-        if let Some(sender) = self.sender.take() {
-            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((sender, idle)) = self.pool.take() {
+            let mut idle = lock(&idle);
             if idle.len() < MAX_IDLE {
                 idle.push(sender);
             }

@@ -106,7 +106,7 @@ impl SledStore {
             TryLockError::WouldBlock => locked(),
             TryLockError::Error(e) => StoreError::Io(e.to_string()),
         })?;
-        let trees = Trees::open(path, cache_bytes)?;
+        let trees = Trees::open_when_free(path, cache_bytes)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 path: path.to_path_buf(),
@@ -128,6 +128,22 @@ impl SledStore {
 }
 
 impl Trees {
+    /// Opens sled once tokengate's own lock is held. sled's I/O threads may keep its file
+    /// (and sled's lock) a moment after a close in this process; no other tokengate can
+    /// hold it, so a `Locked` here is waited out for up to 5 seconds.
+    fn open_when_free(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
+        let mut attempts = 0;
+        loop {
+            match Trees::open(path, cache_bytes) {
+                Err(StoreError::Locked { .. }) if attempts < 500 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
     fn open(path: &Path, cache_bytes: u64) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
@@ -738,19 +754,7 @@ impl Store for SledStore {
             if let Some(trees) = slot.take() {
                 trees.db.flush().map_err(io)?;
             }
-            // sled's I/O threads may hold its file (and its lock) a moment after the drop;
-            // nobody else can, since tokengate's own lock is held throughout.
-            let mut attempts = 0;
-            let trees = loop {
-                match Trees::open(&shared.path, shared.cache_bytes) {
-                    Err(StoreError::Locked { .. }) if attempts < 500 => {
-                        attempts += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                    }
-                    other => break other?,
-                }
-            };
-            *slot = Some(trees);
+            *slot = Some(Trees::open_when_free(&shared.path, shared.cache_bytes)?);
             Ok(())
         })
         .await

@@ -332,8 +332,15 @@ def check_dockerfile(hadolint: str, tmp: Path) -> None:
     expect(not missing, "every include_str!/include_bytes! file is in the build stage",
            "missing: " + ", ".join(missing))
     # cargo reads the whole manifest (every declared target must exist) and Cargo.lock.
+    # For this machine's target only: offline, only the crates this platform builds with
+    # are in the local cache (Cargo.lock also lists macOS/Windows-only ones).
     cargo = os.environ.get("CARGO", "cargo")
-    p = subprocess.run([cargo, "fetch", "--locked", "--offline",
+    host = next((line.split(":", 1)[1].strip()
+                 for line in subprocess.run(["rustc", "-vV"], capture_output=True,
+                                            text=True).stdout.splitlines()
+                 if line.startswith("host:")), None)
+    target = ["--target", host] if host else []
+    p = subprocess.run([cargo, "fetch", "--locked", "--offline", *target,
                         "--manifest-path", str(src_root / "Cargo.toml")],
                        capture_output=True, text=True)
     expect(p.returncode == 0, "cargo accepts the build stage's sources (cargo fetch --locked)",
