@@ -237,7 +237,8 @@ fn header_rewrite(c: &mut Criterion) {
 /// Recording one request (counter by route/method/status, duration histogram, decision).
 fn metrics(c: &mut Criterion) {
     let table = route_table(100);
-    let metrics = Metrics::new(&table);
+    let shared = Metrics::new(&table);
+    let metrics = shared.worker();
     let route = RouteLabel::Route(100);
     c.bench_function("metrics/record_request", |b| {
         b.iter(|| {

@@ -3,18 +3,25 @@
 //!
 //! Labels are bounded: the route label is the route's pattern from the config (`unmatched`
 //! when none matched, `_tokengate` for tokengate's own pages), never the raw path; methods
-//! outside the common ones count as `other`. Recording a request allocates nothing once its
-//! series exists: the route's histogram and the decision counters are resolved up front,
-//! and request counters are found by a `(route, method, status)` key of plain integers.
+//! outside the common ones count as `other`.
+//!
+//! Requests are recorded per worker (`WorkerMetrics`): local counters and histograms behind
+//! a lock only that worker takes (and a scrape, briefly), so two cores never fight over a
+//! cache line per request. A scrape first adds every worker's local values to the shared
+//! registry, so it always sees every answered request. Recording allocates nothing once
+//! its series exists.
 
 use crate::routes::RouteTable;
-use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use http::{Method, StatusCode};
+use prometheus::local::{LocalHistogram, LocalIntCounter};
 use prometheus::{
     Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     Opts, Registry, TextEncoder,
 };
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What tokengate decided about a request.
@@ -109,9 +116,9 @@ pub enum RouteLabel {
 
 pub struct Metrics {
     registry: Registry,
-    route_names: Vec<String>,
+    route_names: Arc<Vec<String>>,
     requests_vec: IntCounterVec,
-    requests: DashMap<(RouteLabel, u8, u16), IntCounter, RandomState>,
+    workers: Mutex<Vec<Registered>>,
     durations: Vec<Histogram>,
     duration_unmatched: Histogram,
     duration_reserved: Histogram,
@@ -228,7 +235,7 @@ impl Metrics {
         }
         Self {
             requests_vec,
-            requests: DashMap::default(),
+            workers: Mutex::new(Vec::new()),
             durations,
             duration_unmatched: duration.with_label_values(&["unmatched"]),
             duration_reserved: duration.with_label_values(&["_tokengate"]),
@@ -248,40 +255,149 @@ impl Metrics {
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_error: reloads.with_label_values(&["error"]),
             last_reload_success,
-            route_names,
+            route_names: Arc::new(route_names),
             registry,
         }
     }
 
-    /// Counts one answered request.
-    pub fn request(&self, route: RouteLabel, method: &Method, status: StatusCode, took: Duration) {
-        let m = method_index(method);
-        let key = (route, m as u8, status.as_u16());
-        match self.requests.get(&key) {
-            Some(counter) => counter.inc(),
-            None => {
-                let counter = self.requests_vec.with_label_values(&[
-                    self.route_name(route),
-                    METHODS[m],
-                    status.as_str(),
-                ]);
-                counter.inc();
-                self.requests.insert(key, counter);
-            }
+    /// A worker's own recorder, registered so that scrapes include what it records.
+    pub fn worker(&self) -> WorkerMetrics {
+        let local = Arc::new(Mutex::new(Local {
+            requests: HashMap::default(),
+            durations: self.durations.iter().map(Histogram::local).collect(),
+            duration_unmatched: self.duration_unmatched.local(),
+            duration_reserved: self.duration_reserved.local(),
+            decisions: self.decisions.iter().map(IntCounter::local).collect(),
+            upstream: self.upstream_duration.local(),
+            upstream_errors: self.upstream_errors.iter().map(IntCounter::local).collect(),
+        }));
+        let in_flight = Arc::new(AtomicI64::new(0));
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Arc::clone(&local), Arc::clone(&in_flight)));
+        WorkerMetrics {
+            requests_vec: self.requests_vec.clone(),
+            route_names: Arc::clone(&self.route_names),
+            local,
+            in_flight,
         }
-        let histogram = match route {
-            RouteLabel::Route(i) => self.durations.get(i).unwrap_or(&self.duration_unmatched),
-            RouteLabel::Unmatched => &self.duration_unmatched,
-            RouteLabel::Reserved => &self.duration_reserved,
-        };
-        histogram.observe(took.as_secs_f64());
     }
 
-    fn route_name(&self, route: RouteLabel) -> &str {
-        match route {
+    pub fn reload(&self, ok: bool, at_unix_seconds: i64) {
+        if ok {
+            self.reloads_ok.inc();
+            self.last_reload_success.set(at_unix_seconds as f64);
+        } else {
+            self.reloads_error.inc();
+        }
+    }
+
+    /// The text exposition format, with every worker's recordings added and the gauges
+    /// read now.
+    pub fn render(&self, tokens: usize, sessions_active: usize) -> String {
+        let mut in_flight = 0;
+        for (local, worker_in_flight) in self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            local.lock().unwrap_or_else(|e| e.into_inner()).flush();
+            in_flight += worker_in_flight.load(Ordering::Relaxed);
+        }
+        self.in_flight.set(in_flight);
+        self.tokens.set(tokens as i64);
+        self.sessions_active.set(sessions_active as i64);
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// A worker's recordings and its in-flight count, as the scraper reaches them.
+type Registered = (Arc<Mutex<Local>>, Arc<AtomicI64>);
+
+/// One worker's recordings since the last scrape.
+struct Local {
+    requests: HashMap<(RouteLabel, u8, u16), LocalIntCounter, RandomState>,
+    durations: Vec<LocalHistogram>,
+    duration_unmatched: LocalHistogram,
+    duration_reserved: LocalHistogram,
+    decisions: Vec<LocalIntCounter>,
+    upstream: LocalHistogram,
+    upstream_errors: Vec<LocalIntCounter>,
+}
+
+impl Local {
+    fn flush(&self) {
+        for counter in self.requests.values() {
+            counter.flush();
+        }
+        for h in &self.durations {
+            h.flush();
+        }
+        self.duration_unmatched.flush();
+        self.duration_reserved.flush();
+        for c in &self.decisions {
+            c.flush();
+        }
+        self.upstream.flush();
+        for c in &self.upstream_errors {
+            c.flush();
+        }
+    }
+}
+
+/// What one worker records; see the module comment.
+pub struct WorkerMetrics {
+    requests_vec: IntCounterVec,
+    route_names: Arc<Vec<String>>,
+    local: Arc<Mutex<Local>>,
+    in_flight: Arc<AtomicI64>,
+}
+
+impl WorkerMetrics {
+    /// The local counter of a new series (made once per series and worker).
+    fn request_counter(&self, key: (RouteLabel, u8, u16)) -> LocalIntCounter {
+        let (route, m, status) = key;
+        let route = match route {
             RouteLabel::Route(i) => self.route_names.get(i).map_or("unmatched", String::as_str),
             RouteLabel::Unmatched => "unmatched",
             RouteLabel::Reserved => "_tokengate",
+        };
+        let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+        self.requests_vec
+            .with_label_values(&[route, METHODS[m as usize], status.as_str()])
+            .local()
+    }
+
+    fn local(&self) -> std::sync::MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, route: RouteLabel, method: &Method, status: StatusCode, took: Duration) {
+        let key = (route, method_index(method) as u8, status.as_u16());
+        let mut local = self.local();
+        match local.requests.get(&key) {
+            Some(counter) => counter.inc(),
+            None => {
+                let counter = self.request_counter(key);
+                counter.inc();
+                local.requests.insert(key, counter);
+            }
+        }
+        let seconds = took.as_secs_f64();
+        match route {
+            RouteLabel::Route(i) => match local.durations.get(i) {
+                Some(h) => h.observe(seconds),
+                None => local.duration_unmatched.observe(seconds),
+            },
+            RouteLabel::Unmatched => local.duration_unmatched.observe(seconds),
+            RouteLabel::Reserved => local.duration_reserved.observe(seconds),
         }
     }
 
@@ -294,11 +410,11 @@ impl Metrics {
             .iter()
             .position(|x| *x == kind)
             .unwrap_or(0);
-        self.decisions[d * CredentialKind::ALL.len() + k].inc();
+        self.local().decisions[d * CredentialKind::ALL.len() + k].inc();
     }
 
     pub fn upstream(&self, took: Duration) {
-        self.upstream_duration.observe(took.as_secs_f64());
+        self.local().upstream.observe(took.as_secs_f64());
     }
 
     pub fn upstream_error(&self, kind: UpstreamError) {
@@ -307,42 +423,22 @@ impl Metrics {
             UpstreamError::Timeout => 1,
             UpstreamError::Protocol => 2,
         };
-        self.upstream_errors[i].inc();
+        self.local().upstream_errors[i].inc();
     }
 
     /// A request in flight until the guard is dropped.
     pub fn in_flight(&self) -> InFlight<'_> {
-        self.in_flight.inc();
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(&self.in_flight)
-    }
-
-    pub fn reload(&self, ok: bool, at_unix_seconds: i64) {
-        if ok {
-            self.reloads_ok.inc();
-            self.last_reload_success.set(at_unix_seconds as f64);
-        } else {
-            self.reloads_error.inc();
-        }
-    }
-
-    /// The text exposition format, with the gauges read now.
-    pub fn render(&self, tokens: usize, sessions_active: usize) -> String {
-        self.tokens.set(tokens as i64);
-        self.sessions_active.set(sessions_active as i64);
-        let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
-            tracing::error!(error = %e, "cannot encode metrics");
-        }
-        String::from_utf8(out).unwrap_or_default()
     }
 }
 
-/// Decrements `requests_in_flight` when dropped.
-pub struct InFlight<'a>(&'a IntGauge);
+/// Decrements the worker's in-flight count when dropped.
+pub struct InFlight<'a>(&'a AtomicI64);
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

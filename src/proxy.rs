@@ -19,7 +19,7 @@ use crate::auth::{self, csrf, token, Denial, Principal};
 use crate::config::AccessLogFormat;
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
-use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError};
+use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, WorkerMetrics};
 use crate::pages;
 use crate::path;
 use crate::routes::{AuthMode, Route};
@@ -47,11 +47,12 @@ struct Trace {
 pub async fn handle(
     app: &App,
     upstream: &Upstream,
+    metrics: &WorkerMetrics,
     request: Request<Incoming>,
     conn: &ConnInfo,
 ) -> Response<Body> {
     let started = Instant::now();
-    let _in_flight = app.metrics.in_flight();
+    let _in_flight = metrics.in_flight();
     let method = request.method().clone();
     let logged_path = app
         .config
@@ -67,7 +68,7 @@ pub async fn handle(
         trace.route = RouteLabel::Reserved;
         pages::handle(app, request, conn).await
     } else {
-        match forward(app, upstream, request, conn, &mut trace).await {
+        match forward(app, upstream, metrics, request, conn, &mut trace).await {
             Ok(response) => response,
             Err(rejection) => {
                 trace.decision = trace.decision.or(decision_of(&rejection));
@@ -76,10 +77,9 @@ pub async fn handle(
         }
     };
     let took = started.elapsed();
-    app.metrics
-        .request(trace.route, &method, response.status(), took);
+    metrics.request(trace.route, &method, response.status(), took);
     if let Some(decision) = trace.decision {
-        app.metrics.decision(decision, trace.kind);
+        metrics.decision(decision, trace.kind);
     }
     if let (Some(format), Some(path)) = (app.config.access_log, logged_path) {
         log_access(app, format, &method, &path, &trace, response.status(), took);
@@ -145,6 +145,7 @@ fn log_access(
 async fn forward(
     app: &App,
     upstream: &Upstream,
+    metrics: &WorkerMetrics,
     request: Request<Incoming>,
     conn: &ConnInfo,
     trace: &mut Trace,
@@ -198,13 +199,13 @@ async fn forward(
 
     trace.decision = Some(Decision::Allowed);
     if let Some(protocol) = upgrade {
-        return tunnel(app, upstream, parts, body, protocol).await;
+        return tunnel(upstream, metrics, parts, body, protocol).await;
     }
     let sent = Instant::now();
     let mut response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(rejection) => {
-            app.metrics.upstream_error(match rejection {
+            metrics.upstream_error(match rejection {
                 Rejection::UpstreamTimeout => UpstreamError::Timeout,
                 Rejection::UpstreamBroken => UpstreamError::Protocol,
                 _ => UpstreamError::Connect,
@@ -212,7 +213,7 @@ async fn forward(
             return Err(rejection);
         }
     };
-    app.metrics.upstream(sent.elapsed());
+    metrics.upstream(sent.elapsed());
     headers::strip_hop_by_hop(response.headers_mut());
     Ok(response.map(Either::Left))
 }
@@ -292,8 +293,8 @@ async fn session(
 /// `Connection: upgrade`/`Upgrade` headers; if the upstream switches protocols, the two
 /// upgraded streams are joined and bytes are copied both ways until either side closes.
 async fn tunnel(
-    app: &App,
     upstream: &Upstream,
+    metrics: &WorkerMetrics,
     mut parts: request::Parts,
     body: Incoming,
     protocol: http::HeaderValue,
@@ -305,13 +306,13 @@ async fn tunnel(
         .send_upgrade(Request::from_parts(parts, body))
         .await
         .inspect_err(|rejection| {
-            app.metrics.upstream_error(match rejection {
+            metrics.upstream_error(match rejection {
                 Rejection::UpstreamTimeout => UpstreamError::Timeout,
                 Rejection::UpstreamBroken => UpstreamError::Protocol,
                 _ => UpstreamError::Connect,
             });
         })?;
-    app.metrics.upstream(sent.elapsed());
+    metrics.upstream(sent.elapsed());
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // Refused by the app: pass its answer on as is.
         let (mut head, body) = response.into_parts();

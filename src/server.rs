@@ -63,6 +63,7 @@ async fn run_limited(
 ) {
     let builder = Arc::new(builder(&app.config));
     let upstream = Arc::new(Upstream::new(&app.config));
+    let metrics = Arc::new(app.metrics.worker());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
@@ -99,14 +100,19 @@ async fn run_limited(
         let handshake_timeout = app.config.timeouts.client_header;
         let app = Arc::clone(&app);
         let upstream = Arc::clone(&upstream);
+        let metrics = Arc::clone(&metrics);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
                 let upstream = Arc::clone(&upstream);
+                let metrics = Arc::clone(&metrics);
                 let conn = Arc::clone(&conn);
-                async move { Ok::<_, Infallible>(proxy::handle(&app, &upstream, request, &conn).await) }
+                async move {
+                    let response = proxy::handle(&app, &upstream, &metrics, request, &conn).await;
+                    Ok::<_, Infallible>(response)
+                }
             });
             let served = match tls {
                 None => {
