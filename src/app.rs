@@ -4,14 +4,16 @@
 //! server worker, see `server`.)
 
 use crate::clock::{Clock, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::sessions::{SessionPolicy, Sessions};
 use crate::store::{RemovedUser, SledStore, Store, StoreError};
 use crate::throttle::LoginThrottle;
 use crate::tokens::Tokens;
 use crate::users::Users;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// How often batched `last_used_at` values are written to the store.
@@ -23,7 +25,13 @@ pub const LOGIN_ATTEMPTS: u32 = 5;
 pub const LOGIN_WINDOW: i64 = 60;
 
 pub struct App {
-    pub config: Config,
+    /// The config in force; a reload swaps it whole. A request takes one snapshot and
+    /// finishes under it.
+    config: RwLock<Arc<Config>>,
+    /// Bumped by every successful reload (workers rebuild what they derived from it).
+    generation: AtomicU64,
+    /// The file the config came from, re-read by a reload.
+    config_path: Mutex<Option<PathBuf>>,
     pub tokens: Tokens,
     pub sessions: Sessions,
     pub users: Users,
@@ -42,16 +50,15 @@ impl App {
         let sessions = Sessions::new(
             Arc::clone(&store),
             Arc::clone(&clock),
-            SessionPolicy {
-                idle: config.sessions.idle_minutes * 60,
-                lifetime: config.sessions.lifetime_minutes * 60,
-            },
+            session_policy(&config),
         );
         let users = Users::new(store, Arc::clone(&clock));
         let metrics = Metrics::new(&config.routes);
         metrics.reload(true, clock.now());
         Arc::new(Self {
-            config,
+            config: RwLock::new(Arc::new(config)),
+            generation: AtomicU64::new(0),
+            config_path: Mutex::new(None),
             tokens,
             sessions,
             users,
@@ -59,6 +66,83 @@ impl App {
             metrics,
             clock,
         })
+    }
+
+    /// The config in force now.
+    pub fn config(&self) -> Arc<Config> {
+        Arc::clone(&self.config.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// How many successful reloads have happened.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Remembers the file the config came from, for reloads.
+    pub fn set_config_path(&self, path: &Path) {
+        *self.config_path.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.to_path_buf());
+    }
+
+    /// Reloads from the remembered file (see `reload`); `None` without one.
+    pub fn reload_from_file(&self) -> Option<Result<Vec<&'static str>, ConfigError>> {
+        let path = self
+            .config_path
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()?;
+        let outcome = self.reload(&path);
+        match &outcome {
+            Ok(restart) if restart.is_empty() => tracing::info!("config reloaded"),
+            Ok(restart) => tracing::warn!(
+                needs_restart = restart.join(", "),
+                "config reloaded; these settings keep their old values until a restart"
+            ),
+            Err(e) => {
+                tracing::error!(problems = %e, "config reload refused; the old config stays in force")
+            }
+        }
+        Some(outcome)
+    }
+
+    /// Re-reads the config file and, if it is valid, swaps it in: routes, abilities,
+    /// headers, sessions, upstream, timeouts, TLS files, access log. Settings that cannot
+    /// change while running keep their old values and are returned by name (a restart
+    /// applies them). An invalid file changes nothing.
+    pub fn reload(&self, path: &Path) -> Result<Vec<&'static str>, ConfigError> {
+        let loaded = Config::load(path);
+        let mut new = match loaded {
+            Ok(new) => new,
+            Err(e) => {
+                self.metrics.reload(false, self.clock.now());
+                return Err(e);
+            }
+        };
+        let old = self.config();
+        let mut restart = Vec::new();
+        macro_rules! keep {
+            ($($field:ident).+, $name:literal) => {
+                if new.$($field).+ != old.$($field).+ {
+                    restart.push($name);
+                    new.$($field).+ = old.$($field).+.clone();
+                }
+            };
+        }
+        keep!(listen, "listen");
+        keep!(workers, "workers");
+        keep!(store_path, "store.path");
+        keep!(store_cache_bytes, "store.cache_mb");
+        keep!(admin.listen, "admin.listen");
+        keep!(admin.key_env, "admin.key_env");
+        keep!(tokens.cache_capacity, "tokens.cache_capacity");
+        keep!(tokens.lifetime, "tokens.expiration_minutes");
+        keep!(limits.max_connections, "limits.max_connections");
+        self.tokens.set_policy(new.tokens.clone());
+        self.sessions.set_policy(session_policy(&new));
+        self.metrics.set_routes(&new.routes);
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.metrics.reload(true, self.clock.now());
+        Ok(restart)
     }
 
     /// Loads the token and session caches before serving.
@@ -112,5 +196,12 @@ impl App {
                 }
             }
         })
+    }
+}
+
+fn session_policy(config: &Config) -> SessionPolicy {
+    SessionPolicy {
+        idle: config.sessions.idle_minutes * 60,
+        lifetime: config.sessions.lifetime_minutes * 60,
     }
 }

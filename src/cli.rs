@@ -70,6 +70,9 @@ pub enum Command {
     /// Manage cookie sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Make the running server re-read its config file (as SIGHUP does), through its admin
+    /// API; prints what needs a restart to apply.
+    Reload(ConfigArg),
     /// Which route a request matches, what it requires, and the decision (nothing is sent).
     Explain {
         #[command(flatten)]
@@ -240,6 +243,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         }
         Command::Demo { listen } => Ok(crate::demo::run(listen).await?),
         Command::Token(t) => token(t).await,
+        Command::Reload(c) => reload(&c.config).await,
         Command::User(u) => user(u).await,
         Command::Session(s) => session(s).await,
         Command::Explain {
@@ -263,11 +267,12 @@ fn open(config: Config) -> Result<Arc<App>, Failure> {
 
 async fn serve(config_path: &Path) -> Result<(), Failure> {
     let app = open(load(config_path)?)?;
+    app.set_config_path(config_path);
     tracing::info!(
-        listen = %app.config.listen,
-        upstream = %app.config.upstream,
-        routes = app.config.routes.routes().len(),
-        workers = app.config.workers,
+        listen = %app.config().listen,
+        upstream = %app.config().upstream,
+        routes = app.config().routes.routes().len(),
+        workers = app.config().workers,
         "tokengate serving"
     );
     serve_until_shutdown(app).await
@@ -287,10 +292,15 @@ pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "token cache loaded"
     );
-    let admin_listener = tokio::net::TcpListener::bind(app.config.admin.listen)
+    let admin_listener = tokio::net::TcpListener::bind(app.config().admin.listen)
         .await
-        .with_context(|| format!("cannot listen on admin.listen {}", app.config.admin.listen))?;
-    let key = std::env::var(&app.config.admin.key_env)
+        .with_context(|| {
+            format!(
+                "cannot listen on admin.listen {}",
+                app.config().admin.listen
+            )
+        })?;
+    let key = std::env::var(&app.config().admin.key_env)
         .ok()
         .filter(|k| !k.is_empty());
     match (&key, admin_listener.local_addr()) {
@@ -298,7 +308,7 @@ pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
         (None, Ok(addr)) => tracing::warn!(
             %addr,
             "admin listener: health checks only; the admin API is disabled until {} is set",
-            app.config.admin.key_env
+            app.config().admin.key_env
         ),
         (_, Err(_)) => {}
     }
@@ -309,17 +319,71 @@ pub(crate) async fn serve_until_shutdown(app: Arc<App>) -> Result<(), Failure> {
         std::future::pending(),
     ));
     let flusher = app.spawn_flusher(FLUSH_INTERVAL);
+    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app)));
     let served = server::serve(
         Arc::clone(&app),
-        app.config.workers,
+        app.config().workers,
         server::shutdown_signal(),
     )
     .await;
     flusher.abort();
     admin.abort();
+    reloader.abort();
     app.flush().await.context("final flush of the store")?;
     served.context("serving failed")?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Re-reads the config file on every SIGHUP.
+async fn reload_on_sighup(app: Arc<App>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; reload through the admin API instead");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the config");
+            app.reload_from_file();
+        }
+    }
+    #[cfg(not(unix))]
+    std::future::pending::<()>().await;
+}
+
+async fn reload(config_path: &Path) -> Result<(), Failure> {
+    let config = load(config_path)?;
+    let addr = reachable(config.admin.listen);
+    let key = std::env::var(&config.admin.key_env).unwrap_or_default();
+    if key.is_empty() {
+        return Err(anyhow::anyhow!(
+            "reload goes through the running server's admin API at {addr}: set {} to its key (or send the server SIGHUP)",
+            config.admin.key_env
+        )
+        .into());
+    }
+    let answer = AdminClient::new(addr, &key)
+        .reload()
+        .await
+        .map_err(|e| anyhow::anyhow!("reload through the admin API at {addr} failed: {e}"))?;
+    let restart: Vec<String> = answer["restart_required"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if restart.is_empty() {
+        println!("Config reloaded.");
+    } else {
+        println!(
+            "Config reloaded; these need a restart and keep their old values until then: {}",
+            restart.join(", ")
+        );
+    }
     Ok(())
 }
 

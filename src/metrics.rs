@@ -21,7 +21,7 @@ use prometheus::{
 };
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 /// What tokengate decided about a request.
@@ -116,10 +116,11 @@ pub enum RouteLabel {
 
 pub struct Metrics {
     registry: Registry,
-    route_names: Arc<Vec<String>>,
+    route_names: Names,
+    duration_vec: HistogramVec,
     requests_vec: IntCounterVec,
     workers: Mutex<Vec<Registered>>,
-    durations: Vec<Histogram>,
+    durations: RwLock<Vec<Histogram>>,
     duration_unmatched: Histogram,
     duration_reserved: Histogram,
     decisions: Vec<IntCounter>,
@@ -236,7 +237,8 @@ impl Metrics {
         Self {
             requests_vec,
             workers: Mutex::new(Vec::new()),
-            durations,
+            durations: RwLock::new(durations),
+            duration_vec: duration.clone(),
             duration_unmatched: duration.with_label_values(&["unmatched"]),
             duration_reserved: duration.with_label_values(&["_tokengate"]),
             decisions,
@@ -255,7 +257,7 @@ impl Metrics {
             reloads_ok: reloads.with_label_values(&["ok"]),
             reloads_error: reloads.with_label_values(&["error"]),
             last_reload_success,
-            route_names: Arc::new(route_names),
+            route_names: Arc::new(RwLock::new(Arc::new(route_names))),
             registry,
         }
     }
@@ -264,7 +266,13 @@ impl Metrics {
     pub fn worker(&self) -> WorkerMetrics {
         let local = Arc::new(Mutex::new(Local {
             requests: HashMap::default(),
-            durations: self.durations.iter().map(Histogram::local).collect(),
+            durations: self
+                .durations
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(Histogram::local)
+                .collect(),
             duration_unmatched: self.duration_unmatched.local(),
             duration_reserved: self.duration_reserved.local(),
             decisions: self.decisions.iter().map(IntCounter::local).collect(),
@@ -293,6 +301,33 @@ impl Metrics {
         }
     }
 
+    /// After a config reload: route labels follow the new route table. Each worker's
+    /// recordings so far are added under the old labels first.
+    pub fn set_routes(&self, routes: &RouteTable) {
+        let names: Vec<String> = routes
+            .routes()
+            .iter()
+            .map(|r| r.pattern.to_string())
+            .collect();
+        let durations: Vec<Histogram> = names
+            .iter()
+            .map(|name| self.duration_vec.with_label_values(&[name]))
+            .collect();
+        for (local, _) in self
+            .workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let mut local = local.lock().unwrap_or_else(|e| e.into_inner());
+            local.flush();
+            local.requests.clear();
+            local.durations = durations.iter().map(Histogram::local).collect();
+        }
+        *self.durations.write().unwrap_or_else(|e| e.into_inner()) = durations;
+        *self.route_names.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
+    }
+
     /// The text exposition format, with every worker's recordings added and the gauges
     /// read now.
     pub fn render(&self, tokens: usize, sessions_active: usize) -> String {
@@ -316,6 +351,9 @@ impl Metrics {
         String::from_utf8(out).unwrap_or_default()
     }
 }
+
+/// The routes' label values, swapped by a reload.
+type Names = Arc<RwLock<Arc<Vec<String>>>>;
 
 /// A worker's recordings and its in-flight count, as the scraper reaches them.
 type Registered = (Arc<Mutex<Local>>, Arc<AtomicI64>);
@@ -354,7 +392,7 @@ impl Local {
 /// What one worker records; see the module comment.
 pub struct WorkerMetrics {
     requests_vec: IntCounterVec,
-    route_names: Arc<Vec<String>>,
+    route_names: Names,
     local: Arc<Mutex<Local>>,
     in_flight: Arc<AtomicI64>,
 }
@@ -363,8 +401,9 @@ impl WorkerMetrics {
     /// The local counter of a new series (made once per series and worker).
     fn request_counter(&self, key: (RouteLabel, u8, u16)) -> LocalIntCounter {
         let (route, m, status) = key;
+        let names = Arc::clone(&self.route_names.read().unwrap_or_else(|e| e.into_inner()));
         let route = match route {
-            RouteLabel::Route(i) => self.route_names.get(i).map_or("unmatched", String::as_str),
+            RouteLabel::Route(i) => names.get(i).map_or("unmatched", String::as_str),
             RouteLabel::Unmatched => "unmatched",
             RouteLabel::Reserved => "_tokengate",
         };

@@ -16,7 +16,7 @@ use crate::access_log;
 use crate::app::App;
 use crate::auth::session::CookieValue;
 use crate::auth::{self, csrf, token, Denial, Principal};
-use crate::config::AccessLogFormat;
+use crate::config::{AccessLogFormat, Config};
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
 use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, WorkerMetrics};
@@ -53,11 +53,10 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let _in_flight = metrics.in_flight();
+    // One snapshot: a reload in the meantime does not change this request's rules.
+    let config = app.config();
     let method = request.method().clone();
-    let logged_path = app
-        .config
-        .access_log
-        .map(|_| request.uri().path().to_owned());
+    let logged_path = config.access_log.map(|_| request.uri().path().to_owned());
     let mut trace = Trace {
         route: RouteLabel::Unmatched,
         kind: CredentialKind::None,
@@ -68,7 +67,7 @@ pub async fn handle(
         trace.route = RouteLabel::Reserved;
         pages::handle(app, request, conn).await
     } else {
-        match forward(app, upstream, metrics, request, conn, &mut trace).await {
+        match forward(app, &config, upstream, metrics, request, conn, &mut trace).await {
             Ok(response) => response,
             Err(rejection) => {
                 trace.decision = trace.decision.or(decision_of(&rejection));
@@ -81,8 +80,16 @@ pub async fn handle(
     if let Some(decision) = trace.decision {
         metrics.decision(decision, trace.kind);
     }
-    if let (Some(format), Some(path)) = (app.config.access_log, logged_path) {
-        log_access(app, format, &method, &path, &trace, response.status(), took);
+    if let (Some(format), Some(path)) = (config.access_log, logged_path) {
+        log_access(
+            &config,
+            format,
+            &method,
+            &path,
+            &trace,
+            response.status(),
+            took,
+        );
     }
     response
 }
@@ -104,7 +111,7 @@ fn decision_of(rejection: &Rejection) -> Option<Decision> {
 }
 
 fn log_access(
-    app: &App,
+    config: &Config,
     format: AccessLogFormat,
     method: &http::Method,
     path: &str,
@@ -113,8 +120,7 @@ fn log_access(
     took: std::time::Duration,
 ) {
     let route = match trace.route {
-        RouteLabel::Route(i) => app
-            .config
+        RouteLabel::Route(i) => config
             .routes
             .routes()
             .get(i)
@@ -144,6 +150,7 @@ fn log_access(
 
 async fn forward(
     app: &App,
+    config: &Config,
     upstream: &Upstream,
     metrics: &WorkerMetrics,
     request: Request<Incoming>,
@@ -157,19 +164,18 @@ async fn forward(
         trace.route = RouteLabel::Reserved;
         return Err(Rejection::NotFound);
     }
-    let route = app
-        .config
+    let route = config
         .routes
         .find(&parts.method, &path)
         .ok_or(Rejection::NoRoute)?;
     trace.route = RouteLabel::Route(route.index);
-    let principal = authenticate(app, route, &parts, conn).await?;
+    let principal = authenticate(app, config, route, &parts, conn).await?;
     trace.kind = match &principal {
         Some(Principal::Token(_)) => CredentialKind::Token,
         Some(Principal::Session(_)) => CredentialKind::Session,
         None => CredentialKind::None,
     };
-    if app.config.access_log.is_some() {
+    if config.access_log.is_some() {
         trace.principal = principal.clone();
     }
     if let Err(denial) = auth::authorize(route, principal.as_ref()) {
@@ -187,11 +193,11 @@ async fn forward(
 
     // A credential tokengate checked (or, beside a session, did not need) is not the
     // upstream's business unless the config says so.
-    let strip_authorization = principal.is_some() && !app.config.forward_authorization;
+    let strip_authorization = principal.is_some() && !config.forward_authorization;
     let upgrade = headers::upgrade_request(&parts.headers);
     headers::prepare_request(
         &mut parts,
-        &app.config,
+        config,
         principal.as_ref(),
         conn,
         strip_authorization,
@@ -224,6 +230,7 @@ async fn forward(
 /// session failing the CSRF rules, ambiguity and store failures are errors.
 async fn authenticate(
     app: &App,
+    config: &Config,
     route: &Route,
     parts: &request::Parts,
     conn: &ConnInfo,
@@ -235,7 +242,7 @@ async fn authenticate(
         AuthMode::Token => (false, true),
     };
     if sessions && parts.headers.contains_key(COOKIE) {
-        if let Some(principal) = session(app, parts, conn).await? {
+        if let Some(principal) = session(app, config, parts, conn).await? {
             return Ok(Some(principal));
         }
     }
@@ -265,10 +272,11 @@ async fn authenticate(
 /// The session a request's cookie names, if valid, once it passes the CSRF rules.
 async fn session(
     app: &App,
+    config: &Config,
     parts: &request::Parts,
     conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
-    for value in headers::cookie_values(&parts.headers, &app.config.sessions.cookie) {
+    for value in headers::cookie_values(&parts.headers, &config.sessions.cookie) {
         let Some(cookie) = CookieValue::parse(value) else {
             continue;
         };

@@ -18,7 +18,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{watch, Semaphore};
@@ -49,7 +49,7 @@ fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
 /// Serves the proxy on `listener` (on the current runtime) until `shutdown` resolves, then
 /// stops accepting and waits, up to a grace period, for open connections to finish.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let permits = Arc::new(Semaphore::new(app.config().limits.max_connections));
     run_limited(listener, app, shutdown, permits).await;
 }
 
@@ -61,8 +61,7 @@ async fn run_limited(
     shutdown: impl Future<Output = ()>,
     permits: Arc<Semaphore>,
 ) {
-    let builder = Arc::new(builder(&app.config));
-    let upstream = Arc::new(Upstream::new(&app.config));
+    let current = Arc::new(Current::new(&app));
     let metrics = Arc::new(app.metrics.worker());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -91,22 +90,21 @@ async fn run_limited(
         backoff = Duration::from_millis(5);
         tracing::trace!(%peer, "accepted");
         let _ = stream.set_nodelay(true);
-        let tls = app.config.tls.as_ref().map(|t| Arc::clone(&t.server));
-        let conn = Arc::new(ConnInfo::new(
-            peer,
-            &app.config.trusted_proxies,
-            tls.is_some(),
-        ));
-        let handshake_timeout = app.config.timeouts.client_header;
+        // The config in force when the connection came: its TLS files, trusted proxies and
+        // timeouts hold for the whole connection.
+        let config = app.config();
+        let tls = config.tls.as_ref().map(|t| Arc::clone(&t.server));
+        let conn = Arc::new(ConnInfo::new(peer, &config.trusted_proxies, tls.is_some()));
+        let handshake_timeout = config.timeouts.client_header;
+        let builder = current.builder(&app);
         let app = Arc::clone(&app);
-        let upstream = Arc::clone(&upstream);
+        let current = Arc::clone(&current);
         let metrics = Arc::clone(&metrics);
-        let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
-                let upstream = Arc::clone(&upstream);
+                let upstream = current.upstream(&app);
                 let metrics = Arc::clone(&metrics);
                 let conn = Arc::clone(&conn);
                 async move {
@@ -153,9 +151,54 @@ async fn run_limited(
     drop(listener);
     tokio::select! {
         () = graceful.shutdown() => {}
-        () = tokio::time::sleep(app.config.shutdown_grace) => {
+        () = tokio::time::sleep(app.config().shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }
+    }
+}
+
+/// What a worker derives from the config (the HTTP settings, the upstream client), rebuilt
+/// after a reload: the next connection gets the new settings, the next request the new
+/// upstream.
+struct Current {
+    state: Mutex<(u64, Arc<auto::Builder<TokioExecutor>>, Arc<Upstream>)>,
+}
+
+impl Current {
+    fn new(app: &App) -> Self {
+        let config = app.config();
+        Self {
+            state: Mutex::new((
+                app.generation(),
+                Arc::new(builder(&config)),
+                Arc::new(Upstream::new(&config)),
+            )),
+        }
+    }
+
+    fn fresh(
+        &self,
+        app: &App,
+    ) -> std::sync::MutexGuard<'_, (u64, Arc<auto::Builder<TokioExecutor>>, Arc<Upstream>)> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = app.generation();
+        if state.0 != generation {
+            let config = app.config();
+            *state = (
+                generation,
+                Arc::new(builder(&config)),
+                Arc::new(Upstream::new(&config)),
+            );
+        }
+        state
+    }
+
+    fn builder(&self, app: &App) -> Arc<auto::Builder<TokioExecutor>> {
+        Arc::clone(&self.fresh(app).1)
+    }
+
+    fn upstream(&self, app: &App) -> Arc<Upstream> {
+        Arc::clone(&self.fresh(app).2)
     }
 }
 
@@ -185,16 +228,16 @@ fn bind_shared(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-/// Serves on `app.config.listen` with `workers` threads until `shutdown` resolves, and
+/// Serves on `app.config().listen` with `workers` threads until `shutdown` resolves, and
 /// returns once every worker has drained. Fails before serving if any worker cannot bind.
 pub async fn serve(
     app: Arc<App>,
     workers: usize,
     shutdown: impl Future<Output = ()>,
 ) -> io::Result<()> {
-    let addr = app.config.listen;
+    let addr = app.config().listen;
     let (stop, stopped) = watch::channel(false);
-    let permits = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let permits = Arc::new(Semaphore::new(app.config().limits.max_connections));
     let mut threads = Vec::with_capacity(workers);
     for i in 0..workers.max(1) {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel::<io::Result<()>>();

@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// What the `sessions:` config says, in seconds.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +78,7 @@ pub struct NewSession {
 pub struct Sessions {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    policy: SessionPolicy,
+    policy: RwLock<SessionPolicy>,
     cache: DashMap<SessionHash, Arc<Session>, RandomState>,
     /// Bumped by every revocation, so that a store read racing one does not resurrect it.
     generation: AtomicU64,
@@ -92,12 +92,21 @@ impl Sessions {
         Self {
             store,
             clock,
-            policy,
+            policy: RwLock::new(policy),
             cache: DashMap::default(),
             generation: AtomicU64::new(0),
             complete: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
         }
+    }
+
+    fn policy(&self) -> SessionPolicy {
+        *self.policy.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies reloaded idle and absolute lifetimes (to existing sessions too).
+    pub fn set_policy(&self, policy: SessionPolicy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     /// The session behind a cookie value, if it is valid now (and then it was just seen).
@@ -116,7 +125,7 @@ impl Sessions {
             },
         };
         let now = self.clock.now();
-        if !session.is_live(now, self.policy.idle) {
+        if !session.is_live(now, self.policy().idle) {
             return Ok(None);
         }
         self.mark_seen(&session, now);
@@ -148,7 +157,7 @@ impl Sessions {
         let mut expired = Vec::new();
         for record in self.store.list_sessions(None).await? {
             match Session::from_record(&record) {
-                Some(session) if session.is_live(now, self.policy.idle) => {
+                Some(session) if session.is_live(now, self.policy().idle) => {
                     self.cache.insert(record.hash, Arc::new(session));
                 }
                 _ => expired.push(record.hash),
@@ -173,7 +182,7 @@ impl Sessions {
             hash,
             user: user.to_owned(),
             created_at: now,
-            expires_at: now.saturating_add(self.policy.lifetime),
+            expires_at: now.saturating_add(self.policy().lifetime),
             last_seen: now,
         };
         let session = Arc::new(
@@ -226,7 +235,7 @@ impl Sessions {
         let now = self.clock.now();
         self.cache
             .iter()
-            .filter(|s| s.is_live(now, self.policy.idle))
+            .filter(|s| s.is_live(now, self.policy().idle))
             .count()
     }
 
@@ -251,7 +260,7 @@ impl Sessions {
         let expired: Vec<SessionHash> = self
             .cache
             .iter()
-            .filter(|s| !s.is_live(now, self.policy.idle))
+            .filter(|s| !s.is_live(now, self.policy().idle))
             .map(|s| s.hash)
             .collect();
         if !expired.is_empty() {

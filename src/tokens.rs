@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// What the token rules of the config say (see `tokens:` and `abilities:`).
 #[derive(Debug, Clone)]
@@ -168,7 +168,7 @@ pub enum TokenError {
 pub struct Tokens {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    policy: TokenPolicy,
+    policy: RwLock<Arc<TokenPolicy>>,
     by_id: DashMap<TokenId, Arc<AccessToken>, RandomState>,
     /// Bare tokens (no `id|`) by the first 8 bytes of their hash; the entry's full hash is
     /// still compared. Half the memory of keying by the whole hash.
@@ -191,7 +191,7 @@ impl Tokens {
         Self {
             store,
             clock,
-            policy,
+            policy: RwLock::new(Arc::new(policy)),
             by_id: DashMap::default(),
             by_hash: DashMap::default(),
             ability_values: DashMap::default(),
@@ -200,6 +200,17 @@ impl Tokens {
             dirty: Mutex::new(Vec::new()),
             touch_writes: AtomicU64::new(0),
         }
+    }
+
+    /// The token rules in force (swapped by a config reload).
+    pub fn policy(&self) -> Arc<TokenPolicy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Applies reloaded token rules: declared and default abilities and the prefix apply
+    /// to tokens created from now on (stored tokens keep their abilities).
+    pub fn set_policy(&self, policy: TokenPolicy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -303,7 +314,7 @@ impl Tokens {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for record in &page {
-                if loaded >= self.policy.cache_capacity {
+                if loaded >= self.policy().cache_capacity {
                     self.complete.store(false, Ordering::Release);
                     return Ok(loaded);
                 }
@@ -333,7 +344,7 @@ impl Tokens {
 
     fn entry(&self, record: &TokenRecord) -> Option<AccessToken> {
         let abilities = self.abilities_value(&record.abilities);
-        let token = AccessToken::from_record(record, abilities, self.policy.lifetime);
+        let token = AccessToken::from_record(record, abilities, self.policy().lifetime);
         if token.is_none() {
             tracing::warn!(token_id = %record.id, "stored token has a user or abilities that cannot be sent as a header; refusing it");
         }
@@ -355,7 +366,7 @@ impl Tokens {
     }
 
     fn insert(&self, token: &Arc<AccessToken>, by_hash: bool) {
-        if self.by_id.len() >= self.policy.cache_capacity && !self.by_id.contains_key(&token.id) {
+        if self.by_id.len() >= self.policy().cache_capacity && !self.by_id.contains_key(&token.id) {
             // Something must go, so the cache no longer holds every token.
             self.complete.store(false, Ordering::Release);
             let victim = self.by_id.iter().next().map(|t| t.id);
@@ -445,7 +456,13 @@ impl Tokens {
         let mut kept: Vec<String> = Vec::new();
         let mut dropped = Vec::new();
         for ability in requested {
-            if ability == "*" || self.policy.abilities.iter().any(|a| a.as_str() == ability) {
+            if ability == "*"
+                || self
+                    .policy()
+                    .abilities
+                    .iter()
+                    .any(|a| a.as_str() == ability)
+            {
                 if !kept.contains(ability) {
                     kept.push(ability.clone());
                 }
@@ -477,10 +494,10 @@ impl Tokens {
         }
         let requested = match request.abilities {
             Some(list) => list,
-            None => self.policy.default_abilities.clone(),
+            None => self.policy().default_abilities.clone(),
         };
         let (abilities, dropped) = self.filter_abilities(&requested);
-        let secret = token::generate_secret(&self.policy.prefix);
+        let secret = token::generate_secret(&self.policy().prefix);
         let new = NewToken {
             user: request.user,
             name: name.to_owned(),

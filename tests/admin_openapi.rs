@@ -77,6 +77,10 @@ impl Gate {
         assert_eq!(config.admin.key_env, KEY_ENV);
         let store = SledStore::open(&config.store_path).expect("open store");
         let app = App::new(config, Arc::new(store), Arc::new(SystemClock));
+        // POST /admin/reload re-reads this file.
+        let file = dir.path().join("config.yaml");
+        std::fs::write(&file, &yaml).expect("write config");
+        app.set_config_path(&file);
         app.warm().await.expect("warm");
 
         let proxy_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");

@@ -864,3 +864,133 @@ fn the_access_log_has_one_line_per_request_and_no_secrets() {
         "no query string in the access log"
     );
 }
+
+/// `GET /metrics` on the admin port, as text.
+fn metrics_text(admin_port: u16) -> String {
+    exchange(
+        admin_port,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+}
+
+/// Waits (bounded) until `check` holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg_path = write_config(dir.path(), echo.addr.port(), port);
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let admin_port: u16 = original
+        .split("admin:\n  listen: 127.0.0.1:")
+        .nth(1)
+        .and_then(|rest| rest.split('\n').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let cfg = cfg_path.to_str().unwrap();
+    let key = "reload-test-key";
+    let out = run(&[
+        "token",
+        "create",
+        "--config",
+        cfg,
+        "--user",
+        "7",
+        "--name",
+        "r",
+        "--abilities",
+        "read",
+    ]);
+    let token = stdout(&out).lines().last().unwrap().to_owned();
+    let child = bin()
+        .args(["serve", "--config", cfg])
+        .env("TOKENGATE_ADMIN_KEY", key)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+    assert_eq!(get_status(port, "/bench/item", Some(&token)), 200);
+    let pid = server.0.id().to_string();
+    let hup = || {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+
+    // /bench/** now needs `write`: after SIGHUP the read token is refused.
+    std::fs::write(
+        &cfg_path,
+        original.replace(
+            "  - path: /bench/**\n    abilities: [read]",
+            "  - path: /bench/**\n    abilities: [write]",
+        ),
+    )
+    .unwrap();
+    hup();
+    eventually("the new routes apply", || {
+        get_status(port, "/bench/item", Some(&token)) == 403
+    });
+    assert!(metrics_text(admin_port).contains(r#"tokengate_config_reloads_total{result="ok"} 2"#));
+
+    // An invalid file changes nothing, and is counted.
+    std::fs::write(&cfg_path, format!("{original}bogus_key: 1\n")).unwrap();
+    hup();
+    eventually("the bad reload is counted", || {
+        metrics_text(admin_port).contains(r#"tokengate_config_reloads_total{result="error"} 1"#)
+    });
+    assert_eq!(
+        get_status(port, "/bench/item", Some(&token)),
+        403,
+        "old config in force"
+    );
+    assert_eq!(get_status(port, "/healthz", None), 200);
+
+    // Through the CLI (admin API): back to `read`, and a new listen address that can only
+    // apply after a restart.
+    let moved = original.replace(
+        &format!("listen: 127.0.0.1:{port}\n"),
+        "listen: 127.0.0.1:1\n",
+    );
+    assert_ne!(moved, original);
+    std::fs::write(&cfg_path, moved).unwrap();
+    let out = run_keyed(&["reload", "--config", cfg], key);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("need a restart") && stdout(&out).contains("listen"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        get_status(port, "/bench/item", Some(&token)),
+        200,
+        "routes applied, still on the old port"
+    );
+
+    // A bad file through the CLI: the messages come back, exit 1.
+    std::fs::write(&cfg_path, "routes: []\n").unwrap();
+    let out = run_keyed(&["reload", "--config", cfg], key);
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "the CLI itself validates the file first"
+    );
+    assert_eq!(server.signal("-TERM"), Some(0));
+}

@@ -106,6 +106,13 @@ impl AdminClient {
     }
 }
 
+impl AdminClient {
+    /// `POST /admin/reload`: the server re-reads its config file.
+    pub async fn reload(&self) -> Result<serde_json::Value, ApiError> {
+        self.value(Method::POST, "/admin/reload", None).await
+    }
+}
+
 /// Serialization behind a trait object, so `call` needs no generic body type.
 mod erased {
     pub(super) trait Json {

@@ -121,9 +121,11 @@ async fn route(
     authorize(app, key, &parts.headers)?;
     let segments: Vec<&str> = rest.split('/').collect();
     let query = parts.uri.query().unwrap_or("");
+    let full = app;
     let app: &dyn Management = app;
     match (&method, segments.as_slice()) {
         (&Method::GET, ["openapi.json"]) => Ok(raw_json(StatusCode::OK, OPENAPI)),
+        (&Method::POST, ["reload"]) => reload(full),
 
         (&Method::GET, ["users"]) => {
             let q: UserQuery = parse_query(query)?;
@@ -186,7 +188,9 @@ async fn route(
             Ok(no_content())
         }
 
-        (_, ["openapi.json" | "users" | "tokens" | "sessions", ..]) if known_path(&segments) => {
+        (_, ["openapi.json" | "reload" | "users" | "tokens" | "sessions", ..])
+            if known_path(&segments) =>
+        {
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed.",
@@ -196,11 +200,29 @@ async fn route(
     }
 }
 
+/// `POST /admin/reload`: re-reads the config file (as SIGHUP does).
+fn reload(app: &App) -> Result<Reply, ApiError> {
+    match app.reload_from_file() {
+        Some(Ok(restart)) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "result": "ok", "restart_required": restart }),
+        ),
+        Some(Err(problems)) => Err(ApiError::invalid(format!(
+            "the new config is invalid; the old one stays in force:\n{problems}"
+        ))),
+        None => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "this server was not started from a config file",
+        )),
+    }
+}
+
 /// Is this one of the API's paths (with another method)?
 fn known_path(segments: &[&str]) -> bool {
     matches!(
         segments,
         ["openapi.json"]
+            | ["reload"]
             | ["users"]
             | ["users", _]
             | ["users", _, "password" | "sessions"]
@@ -217,7 +239,7 @@ fn authorize(app: &App, key: Option<&str>, headers: &http::HeaderMap) -> Result<
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
                 "The admin API is disabled: set the environment variable {} to its key.",
-                app.config.admin.key_env
+                app.config().admin.key_env
             ),
         ));
     };

@@ -180,7 +180,7 @@ impl Management for App {
         Ok(CreatedSessionView {
             session: SessionView::new(&s.hash, s.user(), s.created_at, s.last_seen(), s.expires_at),
             cookie: CookieView {
-                name: self.config.sessions.cookie.clone(),
+                name: self.config().sessions.cookie.clone(),
                 value: created.cookie_value,
             },
         })

@@ -204,7 +204,7 @@ impl Page<'_> {
             .await
             .map_err(store_failed)?;
         let now = self.app.clock.now();
-        let policy = &self.app.config.tokens;
+        let policy = &self.app.config().tokens;
         let markup = html! {
             header.bar {
                 span { "Signed in as " strong { (self.session.user()) } }

@@ -111,7 +111,7 @@ async fn login(
     }
 
     let now = app.clock.now();
-    let client = headers::client_ip(&parts.headers, conn, &app.config.trusted_proxies);
+    let client = headers::client_ip(&parts.headers, conn, &app.config().trusted_proxies);
     let keys = LoginThrottle::keys(&form.username, client);
     if let Some(wait) = app.login_throttle.blocked(&keys, now) {
         let message = format!("Too many login attempts. Please try again in {wait} seconds.");
@@ -155,7 +155,7 @@ async fn login(
     set_session_cookies(app, headers, &created.cookie_value, &created.session);
     headers.append(
         SET_COOKIE,
-        removal_cookie(LOGIN_CSRF_COOKIE, PREFIX, app.config.sessions.secure),
+        removal_cookie(LOGIN_CSRF_COOKIE, PREFIX, app.config().sessions.secure),
     );
     Ok(response)
 }
@@ -202,11 +202,11 @@ fn logged_out(app: &App, request_headers: &HeaderMap) -> Response<Body> {
     } else {
         empty(StatusCode::NO_CONTENT)
     };
-    let secure = app.config.sessions.secure;
+    let secure = app.config().sessions.secure;
     let headers = response.headers_mut();
     headers.append(
         SET_COOKIE,
-        removal_cookie(&app.config.sessions.cookie, "/", secure),
+        removal_cookie(&app.config().sessions.cookie, "/", secure),
     );
     headers.append(SET_COOKIE, removal_cookie(XSRF_COOKIE, "/", secure));
     response
@@ -226,7 +226,7 @@ pub async fn current_session(
     app: &App,
     request_headers: &HeaderMap,
 ) -> Result<Option<(Arc<Session>, String)>, Rejection> {
-    for value in headers::cookie_values(request_headers, &app.config.sessions.cookie) {
+    for value in headers::cookie_values(request_headers, &app.config().sessions.cookie) {
         let Some(cookie) = CookieValue::parse(value) else {
             continue;
         };
@@ -245,7 +245,7 @@ pub async fn current_session(
 /// Sets the session cookie (HttpOnly) and its `XSRF-TOKEN` (readable by scripts), both for
 /// the rest of the session's lifetime.
 fn set_session_cookies(app: &App, headers: &mut HeaderMap, cookie_value: &str, session: &Session) {
-    let config = &app.config.sessions;
+    let config = &app.config().sessions;
     let max_age = session.expires_at - app.clock.now();
     if let Some(cookie) = CookieValue::parse(cookie_value) {
         headers.append(
@@ -462,7 +462,7 @@ fn login_page(
             &token,
             PREFIX,
             true,
-            app.config.sessions.secure,
+            app.config().sessions.secure,
             3600,
         ),
     );

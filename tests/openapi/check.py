@@ -444,6 +444,12 @@ class Checker:
                         "GET /admin/openapi.json serves the same document as the spec file",
                         "the served document differs from --spec")
 
+        # --- reload: the server re-reads its (unchanged) config file
+        answer = self.call("POST", "/admin/reload", expect=200)
+        if answer.json is not None:
+            self.expect(answer.json.get("restart_required") == [],
+                        "a reload of the same file needs no restart", str(answer.json))
+
         # --- every secured operation refuses a missing or wrong key
         self.auth_checks(prefix, pw_unused)
 
