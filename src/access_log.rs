@@ -20,6 +20,14 @@ pub struct Entry<'a> {
 }
 
 pub fn write(format: AccessLogFormat, entry: &Entry<'_>) {
+    // One write per line, so lines from different workers never interleave.
+    let _ = std::io::stdout()
+        .lock()
+        .write_all(line(format, entry).as_bytes());
+}
+
+/// The line for an entry, newline included.
+fn line(format: AccessLogFormat, entry: &Entry<'_>) -> String {
     let mut line = match format {
         AccessLogFormat::Json => serde_json::json!({
             "method": entry.method,
@@ -47,6 +55,52 @@ pub fn write(format: AccessLogFormat, entry: &Entry<'_>) {
         ),
     };
     line.push('\n');
-    // One write per line, so lines from different workers never interleave.
-    let _ = std::io::stdout().lock().write_all(line.as_bytes());
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> Entry<'static> {
+        Entry {
+            method: "GET",
+            path: "/api/posts/1",
+            route: "/api/posts/{id}",
+            decision: "allowed",
+            status: 200,
+            latency_ms: 0.4123,
+            auth: "token",
+            user: Some("42"),
+            token_id: Some(7),
+        }
+    }
+
+    #[test]
+    fn text_lines_are_key_value_pairs() {
+        let line = line(AccessLogFormat::Text, &entry());
+        assert_eq!(
+            line,
+            "method=GET path=\"/api/posts/1\" route=\"/api/posts/{id}\" decision=allowed status=200 latency_ms=0.412 auth=token user=\"42\" token_id=7\n"
+        );
+        let anonymous = Entry {
+            user: None,
+            token_id: None,
+            ..entry()
+        };
+        assert!(line_of(&anonymous).ends_with("user=- token_id=-\n"));
+    }
+
+    #[test]
+    fn json_lines_parse() {
+        let line = line(AccessLogFormat::Json, &entry());
+        let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(json["route"], "/api/posts/{id}");
+        assert_eq!(json["token_id"], 7);
+        assert_eq!(json["latency_ms"], 0.412);
+    }
+
+    fn line_of(entry: &Entry<'_>) -> String {
+        line(AccessLogFormat::Text, entry)
+    }
 }
