@@ -165,7 +165,7 @@ struct RawRoute {
 }
 
 /// The validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     /// Proxy worker threads, each with its own listener and upstream pool.

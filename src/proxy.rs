@@ -46,6 +46,7 @@ struct Trace {
 /// Handles one request: forwards it, or answers with the refusal.
 pub async fn handle(
     app: &App,
+    config: &Config,
     upstream: &Upstream,
     metrics: &WorkerMetrics,
     request: Request<Incoming>,
@@ -53,8 +54,7 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let _in_flight = metrics.in_flight();
-    // One snapshot: a reload in the meantime does not change this request's rules.
-    let config = app.config();
+    // `config` is this request's snapshot: a reload meanwhile does not change its rules.
     let method = request.method().clone();
     let logged_path = config.access_log.map(|_| request.uri().path().to_owned());
     let mut trace = Trace {
@@ -67,7 +67,7 @@ pub async fn handle(
         trace.route = RouteLabel::Reserved;
         pages::handle(app, request, conn).await
     } else {
-        match forward(app, &config, upstream, metrics, request, conn, &mut trace).await {
+        match forward(app, config, upstream, metrics, request, conn, &mut trace).await {
             Ok(response) => response,
             Err(rejection) => {
                 trace.decision = trace.decision.or(decision_of(&rejection));
@@ -82,7 +82,7 @@ pub async fn handle(
     }
     if let (Some(format), Some(path)) = (config.access_log, logged_path) {
         log_access(
-            &config,
+            config,
             format,
             &method,
             &path,

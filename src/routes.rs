@@ -102,7 +102,7 @@ pub fn parse_pattern(pattern: &str) -> Result<Vec<Segment>, String> {
     Ok(out)
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Node {
     literals: HashMap<Box<str>, Node>,
     one: Option<Box<Node>>,
@@ -130,7 +130,7 @@ impl Node {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteTable {
     routes: Vec<Route>,
     root: Node,

@@ -104,11 +104,12 @@ async fn run_limited(
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let app = Arc::clone(&app);
-                let upstream = current.upstream(&app);
+                let (config, upstream) = current.for_request(&app);
                 let metrics = Arc::clone(&metrics);
                 let conn = Arc::clone(&conn);
                 async move {
-                    let response = proxy::handle(&app, &upstream, &metrics, request, &conn).await;
+                    let response =
+                        proxy::handle(&app, &config, &upstream, &metrics, request, &conn).await;
                     Ok::<_, Infallible>(response)
                 }
             });
@@ -157,48 +158,57 @@ async fn run_limited(
     }
 }
 
-/// What a worker derives from the config (the HTTP settings, the upstream client), rebuilt
-/// after a reload: the next connection gets the new settings, the next request the new
-/// upstream.
+/// What a worker derives from the config: its own copy of the config (so that taking a
+/// request's snapshot touches no cache line another core uses), the HTTP settings and the
+/// upstream client. Rebuilt after a reload: the next connection gets the new settings, the
+/// next request the new config and upstream.
 struct Current {
-    state: Mutex<(u64, Arc<auto::Builder<TokioExecutor>>, Arc<Upstream>)>,
+    state: Mutex<Derived>,
+}
+
+struct Derived {
+    generation: u64,
+    config: Arc<Config>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    upstream: Arc<Upstream>,
+}
+
+impl Derived {
+    fn new(app: &App) -> Self {
+        let generation = app.generation();
+        let config = Arc::new(Config::clone(&app.config()));
+        Self {
+            generation,
+            builder: Arc::new(builder(&config)),
+            upstream: Arc::new(Upstream::new(&config)),
+            config,
+        }
+    }
 }
 
 impl Current {
     fn new(app: &App) -> Self {
-        let config = app.config();
         Self {
-            state: Mutex::new((
-                app.generation(),
-                Arc::new(builder(&config)),
-                Arc::new(Upstream::new(&config)),
-            )),
+            state: Mutex::new(Derived::new(app)),
         }
     }
 
-    fn fresh(
-        &self,
-        app: &App,
-    ) -> std::sync::MutexGuard<'_, (u64, Arc<auto::Builder<TokioExecutor>>, Arc<Upstream>)> {
+    fn fresh(&self, app: &App) -> std::sync::MutexGuard<'_, Derived> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let generation = app.generation();
-        if state.0 != generation {
-            let config = app.config();
-            *state = (
-                generation,
-                Arc::new(builder(&config)),
-                Arc::new(Upstream::new(&config)),
-            );
+        if state.generation != app.generation() {
+            *state = Derived::new(app);
         }
         state
     }
 
     fn builder(&self, app: &App) -> Arc<auto::Builder<TokioExecutor>> {
-        Arc::clone(&self.fresh(app).1)
+        Arc::clone(&self.fresh(app).builder)
     }
 
-    fn upstream(&self, app: &App) -> Arc<Upstream> {
-        Arc::clone(&self.fresh(app).2)
+    /// The config and upstream a request runs under.
+    fn for_request(&self, app: &App) -> (Arc<Config>, Arc<Upstream>) {
+        let state = self.fresh(app);
+        (Arc::clone(&state.config), Arc::clone(&state.upstream))
     }
 }
 
