@@ -14,7 +14,6 @@
 
 use crate::access_log;
 use crate::app::App;
-use crate::auth::session::CookieValue;
 use crate::auth::{self, csrf, token, Denial, Principal};
 use crate::config::{AccessLogFormat, Config};
 use crate::error::Rejection;
@@ -92,6 +91,15 @@ pub async fn handle(
         );
     }
     response
+}
+
+/// The `upstream_errors_total` kind of an upstream failure.
+fn upstream_error_kind(rejection: &Rejection) -> UpstreamError {
+    match rejection {
+        Rejection::UpstreamTimeout => UpstreamError::Timeout,
+        Rejection::UpstreamBroken => UpstreamError::Protocol,
+        _ => UpstreamError::Connect,
+    }
 }
 
 /// The decision a refusal stands for, if it is one.
@@ -211,11 +219,7 @@ async fn forward(
     let mut response = match upstream.send(Request::from_parts(parts, body)).await {
         Ok(response) => response,
         Err(rejection) => {
-            metrics.upstream_error(match rejection {
-                Rejection::UpstreamTimeout => UpstreamError::Timeout,
-                Rejection::UpstreamBroken => UpstreamError::Protocol,
-                _ => UpstreamError::Connect,
-            });
+            metrics.upstream_error(upstream_error_kind(&rejection));
             return Err(rejection);
         }
     };
@@ -276,25 +280,19 @@ async fn session(
     parts: &request::Parts,
     conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
-    for value in headers::cookie_values(&parts.headers, &config.sessions.cookie) {
-        let Some(cookie) = CookieValue::parse(value) else {
-            continue;
-        };
-        let session = match app.sessions.authenticate(cookie).await {
-            Ok(Some(session)) => session,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::error!(error = %e, "session store lookup failed");
-                return Err(Rejection::StoreUnavailable);
-            }
-        };
-        let (scheme, host) = headers::own_origin(parts, conn);
-        if !csrf::passes(&parts.method, &parts.headers, scheme, host, cookie) {
-            return Err(Rejection::CsrfMismatch);
-        }
-        return Ok(Some(Principal::Session(session)));
+    let values = headers::cookie_values(&parts.headers, &config.sessions.cookie);
+    let found = app.sessions.from_cookies(values).await.map_err(|e| {
+        tracing::error!(error = %e, "session store lookup failed");
+        Rejection::StoreUnavailable
+    })?;
+    let Some((session, cookie)) = found else {
+        return Ok(None);
+    };
+    let (scheme, host) = headers::own_origin(parts, conn);
+    if !csrf::passes(&parts.method, &parts.headers, scheme, host, cookie) {
+        return Err(Rejection::CsrfMismatch);
     }
-    Ok(None)
+    Ok(Some(Principal::Session(session)))
 }
 
 /// An upgrade (WebSocket): the request goes upstream on a connection of its own with its
@@ -313,13 +311,7 @@ async fn tunnel(
     let mut response = upstream
         .send_upgrade(Request::from_parts(parts, body))
         .await
-        .inspect_err(|rejection| {
-            metrics.upstream_error(match rejection {
-                Rejection::UpstreamTimeout => UpstreamError::Timeout,
-                Rejection::UpstreamBroken => UpstreamError::Protocol,
-                _ => UpstreamError::Connect,
-            });
-        })?;
+        .inspect_err(|rejection| metrics.upstream_error(upstream_error_kind(rejection)))?;
     metrics.upstream(sent.elapsed());
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // Refused by the app: pass its answer on as is.

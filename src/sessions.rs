@@ -132,6 +132,23 @@ impl Sessions {
         Ok(Some(session))
     }
 
+    /// The first valid session among a request's cookie values (a client may send the
+    /// session cookie's name more than once), with the value that named it.
+    pub async fn from_cookies<'v>(
+        &self,
+        values: Vec<&'v str>,
+    ) -> Result<Option<(Arc<Session>, CookieValue<'v>)>, StoreError> {
+        for value in values {
+            let Some(cookie) = CookieValue::parse(value) else {
+                continue;
+            };
+            if let Some(session) = self.authenticate(cookie).await? {
+                return Ok(Some((session, cookie)));
+            }
+        }
+        Ok(None)
+    }
+
     async fn load(&self, hash: SessionHash) -> Result<Option<Arc<Session>>, StoreError> {
         let generation = self.generation.load(Ordering::SeqCst);
         let Some(record) = self.store.session(hash).await? else {

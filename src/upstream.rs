@@ -295,11 +295,11 @@ impl Upstream {
             let mut sender = match &self.dialer.tls {
                 None => {
                     let stream = self.dialer.dial().await?;
-                    self.dialer.handshake_upgradable(stream).await?
+                    self.dialer.handshake_http1(stream, true).await?
                 }
                 Some(tls) => {
                     let stream = self.dialer.dial_tls(&tls.upgrade).await?;
-                    self.dialer.handshake_upgradable(stream).await?
+                    self.dialer.handshake_http1(stream, true).await?
                 }
             };
             sender
@@ -408,10 +408,10 @@ fn drop_connection(shared: &Mutex<Shared>, generation: u64) {
 impl Dialer {
     async fn connect_http1(&self) -> Result<Sender, Rejection> {
         match &self.tls {
-            None => self.handshake_http1(self.dial().await?).await,
+            None => self.handshake_http1(self.dial().await?, false).await,
             Some(tls) => {
                 let stream = self.dial_tls(&tls.connector).await?;
-                self.handshake_http1(stream).await
+                self.handshake_http1(stream, false).await
             }
         }
     }
@@ -426,7 +426,9 @@ impl Dialer {
         }
     }
 
-    async fn handshake_http1<T>(&self, io: T) -> Result<Sender, Rejection>
+    /// An HTTP/1.1 client connection over `io`, driven by its own task. `upgrades`: the
+    /// connection may switch protocols (WebSocket) after a 101 and never returns to a pool.
+    async fn handshake_http1<T>(&self, io: T, upgrades: bool) -> Result<Sender, Rejection>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -435,24 +437,13 @@ impl Dialer {
             .await
             .map_err(|e| self.failed(&e))?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let ended = if upgrades {
+                connection.with_upgrades().await
+            } else {
+                connection.await
+            };
+            if let Err(e) = ended {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
-    }
-
-    async fn handshake_upgradable<T>(&self, io: T) -> Result<Sender, Rejection>
-    where
-        T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-    {
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(io))
-            .await
-            .map_err(|e| self.failed(&e))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream upgraded connection ended with an error");
             }
         });
         Ok(sender)

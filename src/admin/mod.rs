@@ -121,70 +121,69 @@ async fn route(
     authorize(app, key, &parts.headers)?;
     let segments: Vec<&str> = rest.split('/').collect();
     let query = parts.uri.query().unwrap_or("");
-    let full = app;
-    let app: &dyn Management = app;
+    let api: &dyn Management = app;
     match (&method, segments.as_slice()) {
         (&Method::GET, ["openapi.json"]) => Ok(raw_json(StatusCode::OK, OPENAPI)),
-        (&Method::POST, ["reload"]) => reload(full),
+        (&Method::POST, ["reload"]) => reload(app),
 
         (&Method::GET, ["users"]) => {
             let q: UserQuery = parse_query(query)?;
-            json(StatusCode::OK, &app.list_users(q.after, q.limit).await?)
+            json(StatusCode::OK, &api.list_users(q.after, q.limit).await?)
         }
         (&Method::POST, ["users"]) => json(
             StatusCode::CREATED,
-            &app.create_user(read_json(body).await?).await?,
+            &api.create_user(read_json(body).await?).await?,
         ),
         (&Method::GET, ["users", name]) => {
-            json(StatusCode::OK, &app.get_user(&decode(name)?).await?)
+            json(StatusCode::OK, &api.get_user(&decode(name)?).await?)
         }
         (&Method::DELETE, ["users", name]) => {
-            json(StatusCode::OK, &app.delete_user(&decode(name)?).await?)
+            json(StatusCode::OK, &api.delete_user(&decode(name)?).await?)
         }
         (&Method::PUT, ["users", name, "password"]) => {
             let name = decode(name)?;
-            app.set_password(&name, read_json(body).await?).await?;
+            api.set_password(&name, read_json(body).await?).await?;
             Ok(no_content())
         }
         (&Method::GET, ["users", name, "sessions"]) => {
-            json(StatusCode::OK, &app.list_sessions(&decode(name)?).await?)
+            json(StatusCode::OK, &api.list_sessions(&decode(name)?).await?)
         }
         (&Method::DELETE, ["users", name, "sessions"]) => {
-            json(StatusCode::OK, &app.revoke_sessions(&decode(name)?).await?)
+            json(StatusCode::OK, &api.revoke_sessions(&decode(name)?).await?)
         }
 
         (&Method::GET, ["tokens"]) => {
             let q: TokenQueryParams = parse_query(query)?;
             json(
                 StatusCode::OK,
-                &app.list_tokens(q.user, q.after, q.limit).await?,
+                &api.list_tokens(q.user, q.after, q.limit).await?,
             )
         }
         (&Method::POST, ["tokens"]) => json(
             StatusCode::CREATED,
-            &app.create_token(read_json(body).await?).await?,
+            &api.create_token(read_json(body).await?).await?,
         ),
         (&Method::GET, ["tokens", id]) => {
-            json(StatusCode::OK, &app.get_token(token_id(id)?).await?)
+            json(StatusCode::OK, &api.get_token(token_id(id)?).await?)
         }
         (&Method::PATCH, ["tokens", id]) => {
             let id = token_id(id)?;
             json(
                 StatusCode::OK,
-                &app.update_token(id, read_json(body).await?).await?,
+                &api.update_token(id, read_json(body).await?).await?,
             )
         }
         (&Method::DELETE, ["tokens", id]) => {
-            app.revoke_token(token_id(id)?).await?;
+            api.revoke_token(token_id(id)?).await?;
             Ok(no_content())
         }
 
         (&Method::POST, ["sessions"]) => json(
             StatusCode::CREATED,
-            &app.create_session(read_json(body).await?).await?,
+            &api.create_session(read_json(body).await?).await?,
         ),
         (&Method::DELETE, ["sessions", id]) => {
-            app.revoke_session(id).await?;
+            api.revoke_session(id).await?;
             Ok(no_content())
         }
 

@@ -10,7 +10,9 @@
 //! Every POST is CSRF-checked: the browser's `Sec-Fetch-Site`/`Origin`, or the form's
 //! `_token` (the session's `XSRF-TOKEN`).
 
-use super::{current_session, html_response, layout, read_form_pairs, redirect, wants_html};
+use super::{
+    current_session, html_response, layout, read_form_pairs, redirect, store_failed, wants_html,
+};
 use crate::app::App;
 use crate::auth::csrf;
 use crate::auth::session::CookieValue;
@@ -52,7 +54,6 @@ pub(super) async fn handle(
         }
         return Err(Rejection::Unauthenticated);
     };
-    let cookie = CookieValue::parse(&cookie).ok_or(Rejection::Unauthenticated)?;
     let page = Page {
         app,
         session: &session,
@@ -117,11 +118,6 @@ fn values(form: &[(String, String)], name: &str) -> Vec<String> {
         .filter(|(k, _)| k == name)
         .map(|(_, v)| v.clone())
         .collect()
-}
-
-fn store_failed(e: impl std::fmt::Display) -> Rejection {
-    tracing::error!(error = %e, "token store failed");
-    Rejection::StoreUnavailable
 }
 
 struct Page<'a> {

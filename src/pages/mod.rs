@@ -170,7 +170,6 @@ async fn logout(
         Some(found) => found,
         None => return Ok(logged_out(app, &parts.headers)),
     };
-    let cookie = CookieValue::parse(&cookie).ok_or(Rejection::Unauthenticated)?;
     let (scheme, host) = headers::own_origin(parts, conn);
     if !csrf::passes(&parts.method, &parts.headers, scheme, host, cookie) {
         // A plain HTML form cannot set headers: it sends the XSRF-TOKEN as `_token`.
@@ -217,29 +216,20 @@ async fn csrf_cookie(app: &App, parts: &request::Parts) -> Result<Response<Body>
         return Err(Rejection::Unauthenticated);
     };
     let mut response = empty(StatusCode::NO_CONTENT);
-    set_session_cookies(app, response.headers_mut(), &cookie, &session);
+    set_session_cookies(app, response.headers_mut(), cookie.as_str(), &session);
     Ok(response)
 }
 
 /// The valid session a request carries, with its cookie value.
-pub async fn current_session(
+async fn current_session<'h>(
     app: &App,
-    request_headers: &HeaderMap,
-) -> Result<Option<(Arc<Session>, String)>, Rejection> {
-    for value in headers::cookie_values(request_headers, &app.config().sessions.cookie) {
-        let Some(cookie) = CookieValue::parse(value) else {
-            continue;
-        };
-        if let Some(session) = app
-            .sessions
-            .authenticate(cookie)
-            .await
-            .map_err(store_failed)?
-        {
-            return Ok(Some((session, value.to_owned())));
-        }
-    }
-    Ok(None)
+    request_headers: &'h HeaderMap,
+) -> Result<Option<(Arc<Session>, CookieValue<'h>)>, Rejection> {
+    let values = headers::cookie_values(request_headers, &app.config().sessions.cookie);
+    app.sessions
+        .from_cookies(values)
+        .await
+        .map_err(store_failed)
 }
 
 /// Sets the session cookie (HttpOnly) and its `XSRF-TOKEN` (readable by scripts), both for
@@ -329,7 +319,7 @@ fn script_hash(script: &str) -> String {
     )
 }
 
-fn store_failed(e: impl std::fmt::Display) -> Rejection {
+pub(super) fn store_failed(e: impl std::fmt::Display) -> Rejection {
     tracing::error!(error = %e, "credential store failed");
     Rejection::StoreUnavailable
 }

@@ -285,6 +285,36 @@ fn encode<T: Serialize>(record: &T) -> Vec<u8> {
     serde_json::to_vec(record).expect("a record always serializes")
 }
 
+/// Rewrites one JSON record in place, atomically (sled's `update_and_fetch`). `Ok(None)`:
+/// no such key (a deleted record stays deleted). A record that does not decode is left as
+/// it is and reported as the decoder's message.
+fn update_json<T: Serialize + serde::de::DeserializeOwned>(
+    tree: &sled::Tree,
+    key: impl AsRef<[u8]>,
+    change: impl Fn(&mut T),
+) -> Result<Result<Option<sled::IVec>, String>, StoreError> {
+    let mut corrupt = None;
+    let updated = tree
+        .update_and_fetch(key, |old| {
+            let old = old?;
+            match serde_json::from_slice::<T>(old) {
+                Ok(mut record) => {
+                    change(&mut record);
+                    Some(encode(&record))
+                }
+                Err(e) => {
+                    corrupt = Some(e.to_string());
+                    Some(old.to_vec())
+                }
+            }
+        })
+        .map_err(io)?;
+    Ok(match corrupt {
+        Some(e) => Err(e),
+        None => Ok(updated),
+    })
+}
+
 fn user_record(name: &[u8], bytes: &[u8]) -> Result<UserRecord, StoreError> {
     let name = String::from_utf8(name.to_vec())
         .map_err(|_| StoreError::Corrupt("user name is not UTF-8".into()))?;
@@ -420,27 +450,10 @@ impl Store for SledStore {
         abilities: Vec<String>,
     ) -> Result<Option<TokenRecord>, StoreError> {
         blocking(self, move |s| {
-            let key = id.0.to_be_bytes();
-            let mut corrupt = None;
-            let updated = s
-                .tokens
-                .update_and_fetch(key, |old| {
-                    let old = old?;
-                    match serde_json::from_slice::<Stored>(old) {
-                        Ok(mut stored) => {
-                            stored.abilities = abilities.clone();
-                            Some(encode(&stored))
-                        }
-                        Err(e) => {
-                            corrupt = Some(e.to_string());
-                            Some(old.to_vec())
-                        }
-                    }
-                })
-                .map_err(io)?;
-            if let Some(e) = corrupt {
-                return Err(StoreError::Corrupt(format!("token {id}: {e}")));
-            }
+            let updated = update_json(&s.tokens, id.0.to_be_bytes(), |stored: &mut Stored| {
+                stored.abilities = abilities.clone();
+            })?
+            .map_err(|e| StoreError::Corrupt(format!("token {id}: {e}")))?;
             s.db.flush().map_err(io)?;
             updated.map(|bytes| s.record(id, &bytes)).transpose()
         })
@@ -568,26 +581,10 @@ impl Store for SledStore {
     async fn set_password(&self, name: &str, hash: Option<String>) -> Result<bool, StoreError> {
         let name = name.to_owned();
         blocking(self, move |s| {
-            let mut corrupt = None;
-            let updated = s
-                .users
-                .update_and_fetch(name.as_bytes(), |old| {
-                    let old = old?;
-                    match serde_json::from_slice::<StoredUser>(old) {
-                        Ok(mut stored) => {
-                            stored.password_hash = hash.clone();
-                            Some(encode(&stored))
-                        }
-                        Err(e) => {
-                            corrupt = Some(e.to_string());
-                            Some(old.to_vec())
-                        }
-                    }
-                })
-                .map_err(io)?;
-            if let Some(e) = corrupt {
-                return Err(StoreError::Corrupt(format!("user {name}: {e}")));
-            }
+            let updated = update_json(&s.users, name.as_bytes(), |stored: &mut StoredUser| {
+                stored.password_hash = hash.clone();
+            })?
+            .map_err(|e| StoreError::Corrupt(format!("user {name}: {e}")))?;
             s.db.flush().map_err(io)?;
             Ok(updated.is_some())
         })
@@ -716,19 +713,10 @@ impl Store for SledStore {
     async fn touch_sessions(&self, seen: Vec<(SessionHash, Timestamp)>) -> Result<(), StoreError> {
         blocking(self, move |s| {
             for (hash, at) in seen {
-                // A session deleted meanwhile stays deleted (`old` is None).
-                s.sessions
-                    .update_and_fetch(hash.0, |old| {
-                        let old = old?;
-                        match serde_json::from_slice::<StoredSession>(old) {
-                            Ok(mut stored) => {
-                                stored.last_seen = stored.last_seen.max(at);
-                                Some(encode(&stored))
-                            }
-                            Err(_) => Some(old.to_vec()),
-                        }
-                    })
-                    .map_err(io)?;
+                // A session deleted meanwhile stays deleted; an undecodable one is skipped.
+                let _ = update_json(&s.sessions, hash.0, |stored: &mut StoredSession| {
+                    stored.last_seen = stored.last_seen.max(at);
+                })?;
             }
             Ok(())
         })
