@@ -28,6 +28,8 @@ use http::header::{AUTHORIZATION, COOKIE};
 use http::{request, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// The body of every response: the upstream's, streamed, or tokengate's own.
@@ -42,15 +44,30 @@ struct Trace {
     principal: Option<Principal>,
 }
 
-/// Handles one request: forwards it, or answers with the refusal.
+/// What a request runs with: the app, the worker's snapshot of the config, its upstream and
+/// metrics, and the connection the request came on.
+pub struct Context {
+    pub app: Arc<App>,
+    pub config: Arc<Config>,
+    pub upstream: Arc<Upstream>,
+    pub metrics: Arc<WorkerMetrics>,
+    pub conn: Arc<ConnInfo>,
+}
+
+/// Handles one request: forwards it, or answers with the refusal. The future is hyper's
+/// service future as is (never an error): wrapping it in another `async` block would make
+/// the compiler lay it out twice, and hyper moves it once per request.
 pub async fn handle(
-    app: &App,
-    config: &Config,
-    upstream: &Upstream,
-    metrics: &WorkerMetrics,
+    context: Context,
     request: Request<Incoming>,
-    conn: &ConnInfo,
-) -> Response<Body> {
+) -> Result<Response<Body>, Infallible> {
+    let Context {
+        app,
+        config,
+        upstream,
+        metrics,
+        conn,
+    } = &context;
     let started = Instant::now();
     let _in_flight = metrics.in_flight();
     // `config` is this request's snapshot: a reload meanwhile does not change its rules.
@@ -64,7 +81,8 @@ pub async fn handle(
     };
     let response = if pages::is_reserved(request.uri().path()) {
         trace.route = RouteLabel::Reserved;
-        pages::handle(app, request, conn).await
+        // Boxed, as the other cold paths: kept out of the request future's size.
+        Box::pin(pages::handle(app, request, conn)).await
     } else {
         match forward(app, config, upstream, metrics, request, conn, &mut trace).await {
             Ok(response) => response,
@@ -90,7 +108,7 @@ pub async fn handle(
             took,
         );
     }
-    response
+    Ok(response)
 }
 
 /// The `upstream_errors_total` kind of an upstream failure.
@@ -213,7 +231,8 @@ async fn forward(
 
     trace.decision = Some(Decision::Allowed);
     if let Some(protocol) = upgrade {
-        return tunnel(upstream, metrics, parts, body, protocol).await;
+        // Boxed: an upgrade is rare, and its future large.
+        return Box::pin(tunnel(upstream, metrics, parts, body, protocol)).await;
     }
     let sent = Instant::now();
     let mut response = match upstream.send(Request::from_parts(parts, body)).await {
@@ -344,4 +363,24 @@ async fn tunnel(
         head,
         Either::Right(Full::new(Bytes::new())),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn future_size<F: std::future::Future>(
+        _: impl FnOnce(Context, Request<Incoming>) -> F,
+    ) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// hyper moves the service future at least once per request, and every nested `.await`
+    /// lays a callee's future out in its caller's: unboxed, the cold paths (TLS dialling,
+    /// upgrades, pages, HTTP/2) had made it 75 KB. Box whatever makes this grow.
+    #[test]
+    fn the_request_future_stays_small() {
+        let size = future_size(handle);
+        assert!(size <= 4096, "the request future is {size} bytes");
+    }
 }

@@ -162,8 +162,13 @@ impl Upstream {
         request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         match &self.http2 {
-            None => self.timed(self.exchange(request)).await,
-            Some(shared) => self.timed(self.exchange_http2(shared, request)).await,
+            // Boxed: an exchange's future is large, and this one is moved several times per
+            // request as it is awaited through the layers above.
+            None => self.timed(Box::pin(self.exchange(request))).await,
+            Some(shared) => {
+                self.timed(Box::pin(self.exchange_http2(shared, request)))
+                    .await
+            }
         }
     }
 
@@ -188,14 +193,14 @@ impl Upstream {
 
         let (mut sender, pooled) = match self.checkout().await {
             Some(sender) => (sender, true),
-            None => (self.dialer.connect_http1().await?, false),
+            None => (Box::pin(self.dialer.connect_http1()).await?, false),
         };
         let response = match sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // Never written: the pooled connection had closed. Try a fresh one.
                 Some(request) if pooled => {
-                    sender = self.dialer.connect_http1().await?;
+                    sender = Box::pin(self.dialer.connect_http1()).await?;
                     sender
                         .send_request(request)
                         .await
@@ -433,6 +438,9 @@ impl Dialer {
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (sender, connection) = http1::Builder::new()
+            // One `write` of head and body copied together, rather than `writev` of the
+            // pieces: cheaper for the small messages most APIs exchange (docs/performance.md).
+            .writev(false)
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.failed(&e))?;
