@@ -370,6 +370,16 @@ fn positive(value: i64, what: &str) -> Result<i64, String> {
     }
 }
 
+/// Worker threads when the config does not say: half the CPUs this process may use (the
+/// cgroup's quota counts), at least one. A sidecar shares its machine with the app it
+/// guards; with a worker per CPU, workers and app preempt each other, and the requests
+/// queued on a descheduled worker wait (docs/performance.md: p99 3–4 ms with two workers
+/// against 1.2–1.3 ms with one on two shared cores, at the same or better throughput).
+fn default_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (cpus / 2).max(1)
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let mut p = Problems::default();
 
@@ -377,13 +387,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         "listen",
         socket_addr(raw.listen.as_deref().unwrap_or("0.0.0.0:8080")),
     );
-    let workers = raw.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
+    let workers = raw.workers.unwrap_or_else(default_workers);
     if workers == 0 || workers > 1024 {
         p.add(
             "workers",
-            "must be between 1 and 1024 (default: one per CPU)",
+            "must be between 1 and 1024 (default: half the CPUs, at least 1)",
         );
     }
     let upstream = match raw.upstream.as_deref() {
@@ -821,6 +829,8 @@ mod tests {
         assert!(!c.forward_authorization);
         assert_eq!(c.routes.routes().len(), 1);
         assert_eq!(c.routes.routes()[0].auth, AuthMode::Any);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.workers, (cpus / 2).max(1));
     }
 
     #[test]
