@@ -2,8 +2,9 @@
 # tokengate's load benchmark: requests/s and p99 of tokengate (checking a bearer token on
 # every request) against plain nginx proxy_pass, both in front of the same nginx upstream
 # on loopback, in alternating rounds. Prints median, min and max per target and the
-# tokengate/nginx ratio of the medians. Absolute numbers drift on shared machines; the
-# ratio, measured in one run, is what to compare.
+# tokengate/nginx ratio of the medians, and each proxy's CPU time per request (user and
+# system, median over the rounds). Absolute numbers drift on shared machines; the ratio,
+# measured in one run, and the CPU per request are what to compare.
 #
 # Usage: bench/load.sh [ROUNDS=3] [SECONDS=5] [CONNECTIONS=32]
 #   TG_BIN=target/release/tokengate   binary to measure (default; built if missing)
@@ -65,27 +66,42 @@ PY
 fi
 TOKEN=$("$TG_BIN" token create --config "$WORK/tg/config.yaml" --user bench --name bench --abilities read | tail -n 1)
 
-nginx -c "$WORK/px/nginx.conf" -p "$WORK/px" 2>>"$WORK/px/error.log" & PIDS+=($!)
+nginx -c "$WORK/px/nginx.conf" -p "$WORK/px" 2>>"$WORK/px/error.log" & PIDS+=($!); PX_PID=$!
 RUST_LOG=warn "$TG_BIN" serve --config "$WORK/tg/config.yaml" >"$WORK/tg/log" 2>&1 & PIDS+=($!); TG_PID=$!
 wait_port 19081; wait_port 19083
 
 code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $TOKEN" http://127.0.0.1:19083/bench/item)
 [ "$code" = 200 ] || { echo "tokengate answered $code to a valid token" >&2; cat "$WORK/tg/log" >&2; exit 1; }
 
-TARGETS=("direct|http://127.0.0.1:19080/bench/item|" "nginx|http://127.0.0.1:19081/bench/item|" "tokengate|http://127.0.0.1:19083/bench/item|Authorization: Bearer $TOKEN")
+# The processes whose CPU time is charged to each proxy: nginx's master and workers, and
+# tokengate (all its threads).
+NGINX_PIDS="$PX_PID $(pgrep -P "$PX_PID" | tr '\n' ' ')"
+# name^url^header^pids ('^': a token holds '|')
+TARGETS=("direct^http://127.0.0.1:19080/bench/item^^" "nginx^http://127.0.0.1:19081/bench/item^^$NGINX_PIDS" "tokengate^http://127.0.0.1:19083/bench/item^Authorization: Bearer $TOKEN^$TG_PID")
 
-run_wrk() { # name url header -> "rps p99_ms"
-  local out
-  if [ -n "$3" ]; then out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$2"); else out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$2"); fi
-  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
-  echo "$out" | awk '/Requests\/sec/ {rps=$2} $1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; p99=v} END {print rps, p99}'
+cpu_ticks() { # pids... -> "user system" clock ticks, summed
+  local u=0 s=0 a b
+  for p in "$@"; do read -r a b < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + a)); s=$((s + b)); done
+  echo "$u $s"
 }
 
-for t in "${TARGETS[@]}"; do IFS='|' read -r name url hdr <<<"$t"; run_wrk "$name" "$url" "$hdr" >/dev/null; done # warm-up
+run_wrk() { # name url header pids -> "rps p99_ms user_us sys_us" (CPU per request of pids; - without)
+  local out u0 s0 u1 s1
+  read -r u0 s0 < <(cpu_ticks $4)
+  if [ -n "$3" ]; then out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$2"); else out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$2"); fi
+  read -r u1 s1 < <(cpu_ticks $4)
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
+  echo "$out" | awk -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" -v pids="$4" '
+    / requests in / {n=$1} /Requests\/sec/ {rps=$2}
+    $1=="99%" {v=$2; if (v ~ /us$/) {sub(/us$/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms$/,"",v)} else if (v ~ /s$/) {sub(/s$/,"",v); v=v*1000}; p99=v}
+    END {if (pids == "" || n == 0) print rps, p99, "-", "-"; else printf "%s %s %.2f %.2f\n", rps, p99, du*1e6/hz/n, ds*1e6/hz/n}'
+}
+
+for t in "${TARGETS[@]}"; do IFS='^' read -r name url hdr pids <<<"$t"; run_wrk "$name" "$url" "$hdr" "$pids" >/dev/null; done # warm-up
 for r in $(seq 1 "$ROUNDS"); do
   for t in "${TARGETS[@]}"; do
-    IFS='|' read -r name url hdr <<<"$t"
-    echo "$name $(run_wrk "$name" "$url" "$hdr")" >>"$WORK/results"
+    IFS='^' read -r name url hdr pids <<<"$t"
+    echo "$name $(run_wrk "$name" "$url" "$hdr" "$pids")" >>"$WORK/results"
   done
 done
 rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$TG_PID/status")
@@ -94,15 +110,20 @@ python3 - "$WORK/results" "$rss" "$ROUNDS" "$SECS" "$CONNS" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
-    name, rps, p99 = line.split()
-    rows.setdefault(name, []).append((float(rps), float(p99)))
+    name, rps, p99, user, system = line.split()
+    rows.setdefault(name, []).append((float(rps), float(p99), user, system))
 print(f"rounds={sys.argv[3]} seconds={sys.argv[4]} connections={sys.argv[5]}")
-print(f"{'target':<10} {'req/s med':>10} {'min':>9} {'max':>9} {'p99 ms med':>11} {'min':>6} {'max':>6}")
+print(f"{'target':<10} {'req/s med':>10} {'min':>9} {'max':>9} {'p99 ms med':>11} {'min':>6} {'max':>6}"
+      f" {'CPU us/req: user':>17} {'sys':>6}")
 med = {}
+def cpu(values):
+    known = [float(x) for x in values if x != "-"]
+    return f"{statistics.median(known):.2f}" if known else "-"
 for n, v in rows.items():
-    r = [x for x, _ in v]; p = [y for _, y in v]
+    r = [x[0] for x in v]; p = [x[1] for x in v]
     med[n] = (statistics.median(r), statistics.median(p))
-    print(f"{n:<10} {med[n][0]:>10.0f} {min(r):>9.0f} {max(r):>9.0f} {med[n][1]:>11.2f} {min(p):>6.2f} {max(p):>6.2f}")
+    print(f"{n:<10} {med[n][0]:>10.0f} {min(r):>9.0f} {max(r):>9.0f} {med[n][1]:>11.2f} {min(p):>6.2f} {max(p):>6.2f}"
+          f" {cpu(x[2] for x in v):>17} {cpu(x[3] for x in v):>6}")
 print(f"tokengate/nginx throughput ratio: {med['tokengate'][0] / med['nginx'][0]:.2f}")
 print(f"tokengate/nginx p99 ratio: {med['tokengate'][1] / med['nginx'][1]:.2f}")
 print(f"tokengate peak RSS: {sys.argv[2]} MiB")

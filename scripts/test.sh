@@ -36,6 +36,7 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== benchmarks compile"
 cargo bench --locked --no-run
+for script in bench/*.sh; do bash -n "$script"; done
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
