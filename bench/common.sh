@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts (sourced, not run): the tools they need, a work folder
-# cleaned up on exit with every process they started, and a wait for a loopback port.
+# cleaned up on exit with every process they started, a wait for a loopback port, and the
+# nginx configs (the benchmarked upstream, the proxy_pass to compare with).
 # Expects WORK_NAME set; sets TG_BIN, WORK and PIDS.
 TG_BIN=${TG_BIN:-target/release/tokengate}
 WORK=$(mktemp -d "/tmp/tokengate-$WORK_NAME.XXXXXX")
@@ -29,23 +30,37 @@ wait_port() { # port: wait (up to 20 s) until something accepts on 127.0.0.1:por
   return 1
 }
 
-start_upstream() { # port: the benchmarked app, nginx answering a fixed 512-byte body
-  local body
-  body=$(head -c 512 /dev/zero | tr '\0' 'x')
-  mkdir -p "$WORK/up"
-  cat >"$WORK/up/nginx.conf" <<NGINX
-worker_processes 1;
+nginx_conf() { # dir processes http-block: $WORK/dir/nginx.conf, with what every benchmark nginx shares
+  mkdir -p "$WORK/$1"
+  cat >"$WORK/$1/nginx.conf" <<NGINX
+$2
 daemon off;
-pid $WORK/up/pid;
-error_log $WORK/up/error.log warn;
+pid $WORK/$1/pid;
+error_log $WORK/$1/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
-  server { listen 127.0.0.1:$1 backlog=4096; location / { default_type text/plain; return 200 "$body"; } }
+$3
 }
 NGINX
+}
+
+start_upstream() { # port: the benchmarked app, nginx answering a fixed 512-byte body
+  local body
+  body=$(head -c 512 /dev/zero | tr '\0' 'x')
+  nginx_conf up "worker_processes 1;" \
+    "  server { listen 127.0.0.1:$1 backlog=4096; location / { default_type text/plain; return 200 \"$body\"; } }"
   nginx -c "$WORK/up/nginx.conf" -p "$WORK/up" 2>>"$WORK/up/error.log" &
   PIDS+=($!)
   wait_port "$1"
+}
+
+proxy_conf() { # listen-port upstream-port processes: nginx proxy_pass (the comparison) in $WORK/px
+  # processes: "worker_processes auto;", or "worker_processes 1; master_process off;"
+  nginx_conf px "$3" "  upstream app { server 127.0.0.1:$2; keepalive 128; }
+  server {
+    listen 127.0.0.1:$1 backlog=4096;
+    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection \"\"; }
+  }"
 }

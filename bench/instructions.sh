@@ -18,24 +18,8 @@ need valgrind valgrind
 need callgrind_annotate valgrind
 
 start_upstream 19280
-mkdir -p "$WORK/px" "$WORK/tg"
-cat >"$WORK/px/nginx.conf" <<NGINX
-worker_processes 1;
-master_process off;
-daemon off;
-pid $WORK/px/pid;
-error_log $WORK/px/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:19280; keepalive 128; }
-  server {
-    listen 127.0.0.1:19281 backlog=4096;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
+proxy_conf 19281 19280 "worker_processes 1; master_process off;"
+mkdir -p "$WORK/tg"
 cat >"$WORK/tg/config.yaml" <<YAML
 listen: 127.0.0.1:19283
 upstream: http://127.0.0.1:19280

@@ -19,23 +19,8 @@ WORK_NAME=load
 . bench/common.sh
 
 start_upstream 19080
-mkdir -p "$WORK/px" "$WORK/tg"
-cat >"$WORK/px/nginx.conf" <<NGINX
-worker_processes auto;
-daemon off;
-pid $WORK/px/pid;
-error_log $WORK/px/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 1000000;
-  upstream app { server 127.0.0.1:19080; keepalive 128; }
-  server {
-    listen 127.0.0.1:19081 backlog=4096;
-    location / { proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection ""; }
-  }
-}
-NGINX
+proxy_conf 19081 19080 "worker_processes auto;"
+mkdir -p "$WORK/tg"
 {
   echo "listen: 127.0.0.1:19083"
   echo "upstream: http://127.0.0.1:19080"
