@@ -2,7 +2,7 @@
 //! open the store directly when no server holds it, and go through the running server's
 //! admin API when one does (`Manager`).
 
-use crate::admin::views::{NewSessionBody, NewTokenBody, NewUser, PasswordBody, TokenUpdate};
+use crate::admin::views::{NewSessionBody, NewTokenBody, NewUser, Page, PasswordBody, TokenUpdate};
 use crate::admin::{self, client::AdminClient};
 use crate::admin::{Management, MAX_LIMIT};
 use crate::app::{App, FLUSH_INTERVAL};
@@ -438,6 +438,24 @@ impl Manager {
     }
 }
 
+/// Every item of a paginated listing: `page(after)` asked page after page until the last.
+async fn every_page<T, K, F, Fut>(mut page: F) -> Result<Vec<T>, ApiError>
+where
+    F: FnMut(Option<K>) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T, K>, ApiError>>,
+{
+    let mut items = Vec::new();
+    let mut after = None;
+    loop {
+        let next = page(after).await?;
+        items.extend(next.data);
+        match next.next {
+            Some(key) => after = Some(key),
+            None => return Ok(items),
+        }
+    }
+}
+
 /// An address a client can connect to: a wildcard listen address means this host.
 fn reachable(listen: std::net::SocketAddr) -> std::net::SocketAddr {
     let mut addr = listen;
@@ -525,20 +543,10 @@ async fn token(command: TokenCommand) -> Result<(), Failure> {
         }
         TokenCommand::List { config, user, json } => {
             let manager = Manager::connect(&config.config).await?;
-            let mut tokens = Vec::new();
-            let mut after = None;
-            loop {
-                let page = manager
-                    .api()
-                    .list_tokens(user.clone(), after, MAX_LIMIT)
+            let tokens =
+                every_page(|after| manager.api().list_tokens(user.clone(), after, MAX_LIMIT))
                     .await
                     .map_err(|e| manager.fail("cannot list tokens", e))?;
-                tokens.extend(page.data);
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
             if json {
                 println!(
                     "{}",
@@ -640,20 +648,9 @@ async fn user(command: UserCommand) -> Result<(), Failure> {
         }
         UserCommand::List { config, json } => {
             let manager = Manager::connect(&config.config).await?;
-            let mut users = Vec::new();
-            let mut after = None;
-            loop {
-                let page = manager
-                    .api()
-                    .list_users(after, MAX_LIMIT)
-                    .await
-                    .map_err(|e| manager.fail("cannot list users", e))?;
-                users.extend(page.data);
-                match page.next {
-                    Some(next) => after = Some(next),
-                    None => break,
-                }
-            }
+            let users = every_page(|after| manager.api().list_users(after, MAX_LIMIT))
+                .await
+                .map_err(|e| manager.fail("cannot list users", e))?;
             if json {
                 println!(
                     "{}",

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Gate, HttpClient, STANDARD};
+use common::{free_port, Gate, HttpClient, STANDARD};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -107,14 +107,6 @@ impl Drop for Prometheus {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The value of an instant query's first sample, if there is one.

@@ -26,7 +26,6 @@ use std::time::Duration;
 use tokengate::app::App;
 use tokengate::clock::ManualClock;
 use tokengate::config::Config;
-use tokengate::store::SledStore;
 use tokengate::tokens::CreateToken;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
@@ -398,18 +397,24 @@ struct TlsUpstream {
     alpn: Arc<Mutex<Vec<Option<String>>>>,
 }
 
-/// An HTTPS upstream (HTTP/1.1 or HTTP/2, as ALPN says) answering JSON: the version and
-/// the headers it got.
-async fn https_upstream(pki: &Pki) -> TlsUpstream {
+/// A TLS listener on 127.0.0.1:0 that records each connection's ALPN protocol and hands the
+/// stream to `serve`, in a task of its own.
+async fn tls_upstream<F, Fut>(pki: &Pki, serve: F) -> TlsUpstream
+where
+    F: Fn(tokio_rustls::server::TlsStream<tokio::net::TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(pki.server.clone());
     let alpn = Arc::new(Mutex::new(Vec::new()));
     let log = alpn.clone();
+    let serve = Arc::new(serve);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
             let log = log.clone();
+            let serve = serve.clone();
             tokio::spawn(async move {
                 let Ok(stream) = acceptor.accept(stream).await else {
                     return;
@@ -420,26 +425,35 @@ async fn https_upstream(pki: &Pki) -> TlsUpstream {
                     .alpn_protocol()
                     .map(|p| String::from_utf8_lossy(p).into_owned());
                 log.lock().unwrap().push(protocol);
-                let service = service_fn(|request: Request<Incoming>| async move {
-                    let headers: serde_json::Map<String, serde_json::Value> = request
-                        .headers()
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
-                        .collect();
-                    let json = serde_json::json!({
-                        "version": format!("{:?}", request.version()),
-                        "path": request.uri().path(),
-                        "headers": headers,
-                    });
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(json.to_string()))))
-                });
-                let _ = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                serve(stream).await;
             });
         }
     });
     TlsUpstream { addr, alpn }
+}
+
+/// An HTTPS upstream (HTTP/1.1 or HTTP/2, as ALPN says) answering JSON: the version and
+/// the headers it got.
+async fn https_upstream(pki: &Pki) -> TlsUpstream {
+    tls_upstream(pki, |stream| async move {
+        let service = service_fn(|request: Request<Incoming>| async move {
+            let headers: serde_json::Map<String, serde_json::Value> = request
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+                .collect();
+            let json = serde_json::json!({
+                "version": format!("{:?}", request.version()),
+                "path": request.uri().path(),
+                "headers": headers,
+            });
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(json.to_string()))))
+        });
+        let _ = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), service)
+            .await;
+    })
+    .await
 }
 
 /// tokengate with a config of the test's own (`upstream` and `upstream_ca` are the
@@ -468,15 +482,8 @@ impl TlsGate {
         yaml.push_str(&routes());
         let config = Config::parse(&yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
-        let store = SledStore::open(&config.store_path).unwrap();
-        let app = App::new(config, Arc::new(store), Arc::new(ManualClock::new(T0)));
-        app.warm().await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (shutdown, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(tokengate::server::run(listener, app.clone(), async {
-            let _ = rx.await;
-        }));
+        let app = common::app_for(config, Arc::new(ManualClock::new(T0))).await;
+        let (addr, shutdown, server) = common::serve(&app).await;
         TlsGate {
             addr,
             app,
@@ -587,40 +594,20 @@ async fn http2_over_tls_to_the_upstream() {
 
 /// A WebSocket upstream over TLS that answers every text message with `echo: TEXT`.
 async fn wss_upstream(pki: &Pki) -> TlsUpstream {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server.clone());
-    let alpn = Arc::new(Mutex::new(Vec::new()));
-    let log = alpn.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            let log = log.clone();
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
+    tls_upstream(pki, |stream| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+            return;
+        };
+        while let Some(Ok(message)) = ws.next().await {
+            if let Message::Text(text) = message {
+                let reply = format!("echo: {text}");
+                if ws.send(Message::Text(reply.into())).await.is_err() {
                     return;
-                };
-                let protocol = stream
-                    .get_ref()
-                    .1
-                    .alpn_protocol()
-                    .map(|p| String::from_utf8_lossy(p).into_owned());
-                log.lock().unwrap().push(protocol);
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = ws.next().await {
-                    if let Message::Text(text) = message {
-                        let reply = format!("echo: {text}");
-                        if ws.send(Message::Text(reply.into())).await.is_err() {
-                            return;
-                        }
-                    }
                 }
-            });
+            }
         }
-    });
-    TlsUpstream { addr, alpn }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

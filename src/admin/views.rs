@@ -38,11 +38,15 @@ pub struct PasswordBody {
     pub password: Option<String>,
 }
 
+/// One page of a listing: its items, and the key to ask for the next page with (`after`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct UserPage {
-    pub data: Vec<UserView>,
-    pub next: Option<String>,
+pub struct Page<T, K> {
+    pub data: Vec<T>,
+    pub next: Option<K>,
 }
+
+/// Users, by name.
+pub type UserPage = Page<UserView, String>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RemovedUserView {
@@ -107,11 +111,8 @@ pub struct UpdatedTokenView {
     pub dropped_abilities: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TokenPage {
-    pub data: Vec<TokenView>,
-    pub next: Option<u64>,
-}
+/// Tokens, by id.
+pub type TokenPage = Page<TokenView, u64>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SessionView {

@@ -19,6 +19,7 @@ use tokengate::store::SledStore;
 use tokengate::tokens::CreateToken;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// 2026-01-01T00:00:00Z, the harness clock's start.
 pub const T0: i64 = 1_767_225_600;
@@ -71,6 +72,35 @@ routes:
   - path: /upload
 "#;
 
+/// An App over a sled store at `config.store_path`, its token cache warmed.
+pub async fn app_for(config: Config, clock: Arc<ManualClock>) -> Arc<App> {
+    let store = SledStore::open(&config.store_path).unwrap();
+    let app = App::new(config, Arc::new(store), clock);
+    app.warm().await.unwrap();
+    app
+}
+
+/// Serves `app` as the proxy on 127.0.0.1:0: its address, the sender that shuts it down, and
+/// the server's task.
+pub async fn serve(app: &Arc<App>) -> (SocketAddr, oneshot::Sender<()>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(tokengate::server::run(listener, app.clone(), async {
+        let _ = rx.await;
+    }));
+    (addr, tx, server)
+}
+
+/// A free loopback port (for a process that binds it itself).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 impl Gate {
     pub async fn start(body: &str) -> Gate {
         let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
@@ -81,16 +111,9 @@ impl Gate {
     pub async fn start_with_upstream(upstream: SocketAddr, echo: Echo, body: &str) -> Gate {
         let dir = tempfile::tempdir().unwrap();
         let config = config_for(upstream, &dir.path().join("store"), body);
-        let store = SledStore::open(&config.store_path).unwrap();
         let clock = Arc::new(ManualClock::new(T0));
-        let app = App::new(config, Arc::new(store), clock.clone());
-        app.warm().await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(tokengate::server::run(listener, app.clone(), async {
-            let _ = rx.await;
-        }));
+        let app = app_for(config, clock.clone()).await;
+        let (addr, tx, server) = serve(&app).await;
         Gate {
             addr,
             app,
