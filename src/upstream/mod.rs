@@ -13,6 +13,12 @@
 //!   closed.
 //!
 //! Upgrades (WebSocket) always go over an HTTP/1.1 connection of their own.
+//!
+//! Over plain HTTP/1.1, a request without a body (most API calls) takes the `lean` path:
+//! written and read on the request's task, with a pool of its own; the rest goes through
+//! hyper's client.
+
+mod lean;
 
 use crate::config::{Config, UpstreamTarget};
 use crate::error::Rejection;
@@ -47,6 +53,8 @@ pub struct Upstream {
     /// `Host` for requests that came without one (HTTP/1.0).
     host_value: HeaderValue,
     idle: Idle,
+    /// Idle connections of the `lean` path.
+    lean_idle: lean::Pool,
     response_timeout: Duration,
     /// The shared HTTP/2 connection, when the upstream speaks HTTP/2.
     http2: Option<Arc<Mutex<Shared>>>,
@@ -144,6 +152,7 @@ impl Upstream {
             }),
             host_value,
             idle: Arc::new(Mutex::new(Vec::new())),
+            lean_idle: Arc::new(Mutex::new(Vec::new())),
             response_timeout: config.timeouts.upstream_response,
             http2: config.upstream_http2.then(|| {
                 Arc::new(Mutex::new(Shared {
@@ -189,6 +198,9 @@ impl Upstream {
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
+        if self.dialer.tls.is_none() && lean::eligible(&request) {
+            return self.exchange_lean(request).await;
+        }
         self.rewrite(&mut request)?;
 
         let (mut sender, pooled) = match self.checkout().await {
@@ -210,11 +222,42 @@ impl Upstream {
             },
         };
         let (parts, body) = response.into_parts();
-        let body = UpstreamBody {
-            inner: body,
+        let body = UpstreamBody::Hyper {
+            body,
             pool: Some((sender, Arc::clone(&self.idle))),
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The `lean` exchange. The request line goes as it came (origin form; an HTTP/2
+    /// client's authority is its `Host`). A request an idle connection could not take (it
+    /// had closed) is retried once on a new connection if it is idempotent.
+    async fn exchange_lean(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<UpstreamBody>, Rejection> {
+        let (mut parts, _) = request.into_parts();
+        if !parts.headers.contains_key(HOST) {
+            parts.headers.insert(HOST, self.host_value.clone());
+        }
+        let conn = match lean::checkout(&self.lean_idle) {
+            Some(conn) => conn,
+            None => lean::Conn::new(self.dialer.dial().await?),
+        };
+        let sent = match lean::exchange(conn, &parts, &self.lean_idle).await {
+            Err(lean::ExchangeError::Unsent) if parts.method.is_idempotent() => {
+                let conn = lean::Conn::new(self.dialer.dial().await?);
+                lean::exchange(conn, &parts, &self.lean_idle).await
+            }
+            sent => sent,
+        };
+        match sent {
+            Ok(response) => Ok(response.map(UpstreamBody::Lean)),
+            Err(e) => {
+                tracing::warn!(upstream = %self.dialer.target, error = %e, "upstream request failed");
+                Err(Rejection::UpstreamBroken)
+            }
+        }
     }
 
     async fn exchange_http2(
@@ -242,10 +285,7 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         // The client may speak HTTP/1.1; its connection sets the version it writes.
         parts.version = Version::HTTP_11;
-        let body = UpstreamBody {
-            inner: body,
-            pool: None,
-        };
+        let body = UpstreamBody::Hyper { body, pool: None };
         Ok(Response::from_parts(parts, body))
     }
 
@@ -529,38 +569,53 @@ impl Dialer {
 /// An upstream response body, streamed frame by frame (trailers included). Over HTTP/1.1,
 /// when it has been read to the end its connection goes back to the pool; a body dropped
 /// half-read takes its connection with it.
-pub struct UpstreamBody {
-    inner: Incoming,
-    /// HTTP/1.1: the connection and the pool it returns to.
-    pool: Option<(Sender, Idle)>,
+pub enum UpstreamBody {
+    /// From hyper's client; over HTTP/1.1 with the connection and the pool it returns to.
+    Hyper {
+        body: Incoming,
+        pool: Option<(Sender, Idle)>,
+    },
+    Lean(lean::LeanBody),
 }
 
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            Self::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Self::Lean(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self {
+            Self::Hyper { body, .. } => body.is_end_stream(),
+            Self::Lean(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self {
+            Self::Hyper { body, .. } => body.size_hint(),
+            Self::Lean(body) => body.size_hint(),
+        }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        if !self.inner.is_end_stream() {
+        let Self::Hyper { body, pool } = self else {
+            return;
+        };
+        if !body.is_end_stream() {
             return;
         }
-        if let Some((sender, idle)) = self.pool.take() {
+        if let Some((sender, idle)) = pool.take() {
             let mut idle = lock(&idle);
             if idle.len() < MAX_IDLE {
                 idle.push(sender);

@@ -1,0 +1,567 @@
+//! The lean HTTP/1.1 exchange: the common proxied request (no body, no upgrade, plain TCP)
+//! written and read on the request's own task, with no connection task between.
+//!
+//! hyper's client drives each connection from a task of its own and hands requests,
+//! responses and body chunks across channels: three task wake-ups and as many channel
+//! hops per request, a third of tokengate's CPU per request (docs/performance.md). Here
+//! the request task writes the head, `httparse` (hyper's own parser) reads the response
+//! head, and `LeanBody` streams the body straight from the socket. Everything else (request
+//! bodies, `Expect`, upgrades, TLS, HTTP/2) still goes through hyper.
+//!
+//! Framing follows RFC 9112 §6.3 and refuses what it does not know: a response to `HEAD`
+//! and a 1xx/204/304 have no body; `Transfer-Encoding` ending in `chunked` is decoded (and
+//! `Content-Length` beside it ignored, the connection then closed); one `Content-Length`
+//! value, repeated or not, is the length; without either, the body runs to the end of the
+//! connection. Conflicting or malformed framing is a 502. A connection is reused only when
+//! its body was read exactly to its end, nothing came after it, and the upstream did not
+//! ask to close.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{request, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
+use hyper::body::{Body, Frame};
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// Response heads larger than this are refused (hyper's client allows ~400 KB; nginx 4–8 KB).
+const MAX_HEAD: usize = 64 * 1024;
+/// Headers a response may carry (as hyper's client), and how many fit the first attempt.
+const MAX_HEADERS: usize = 100;
+const FEW_HEADERS: usize = 24;
+/// Read in pieces of this size.
+const READ_SIZE: usize = 8 * 1024;
+
+pub(super) type Pool = Arc<Mutex<Vec<Conn>>>;
+
+/// Why an exchange failed. `Unsent`: nothing of the response arrived and the connection
+/// was pooled, so an idempotent request may be retried on a fresh one.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("the pooled connection had closed")]
+    Unsent,
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("invalid response: {0}")]
+    Invalid(&'static str),
+}
+
+/// An upstream connection and what has been read from it but not yet used.
+pub(super) struct Conn {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+    pooled: bool,
+}
+
+impl Conn {
+    pub(super) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            read: BytesMut::new(),
+            write: Vec::with_capacity(512),
+            pooled: false,
+        }
+    }
+
+    /// Whether an idle connection still looks usable: nothing arrived on it since its last
+    /// response (neither bytes nor the end of the connection). Costs a system call only
+    /// when the socket became readable while idle.
+    fn still_idle(&self) -> bool {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+/// A pooled connection that still looks usable, if there is one.
+pub(super) fn checkout(pool: &Pool) -> Option<Conn> {
+    loop {
+        let mut conn = super::lock(pool).pop()?;
+        if conn.still_idle() {
+            conn.pooled = true;
+            return Some(conn);
+        }
+    }
+}
+
+/// Whether `lean` can carry this request: no body to stream, nothing to negotiate.
+pub(super) fn eligible<B: Body>(request: &http::Request<B>) -> bool {
+    request.body().is_end_stream() && !request.headers().contains_key(http::header::EXPECT)
+}
+
+/// Writes the request head on `conn` and reads the response head. The response's body
+/// streams from the connection afterwards (`LeanBody`).
+pub(super) async fn exchange(
+    mut conn: Conn,
+    parts: &request::Parts,
+    pool: &Pool,
+) -> Result<Response<LeanBody>, ExchangeError> {
+    encode_head(parts, &mut conn.write);
+    if let Err(e) = conn.stream.write_all(&conn.write).await {
+        return Err(if conn.pooled {
+            ExchangeError::Unsent
+        } else {
+            e.into()
+        });
+    }
+    loop {
+        match parse_head(&mut conn.read, &parts.method)? {
+            Some(Head::Final(response, framing)) => {
+                return Ok(response.map(|()| LeanBody::new(conn, framing, pool)));
+            }
+            Some(Head::Informational) => continue,
+            None => {}
+        }
+        if conn.read.len() >= MAX_HEAD {
+            return Err(ExchangeError::Invalid("response head too large"));
+        }
+        let got = read_more(&mut conn).await?;
+        if got == 0 {
+            let nothing_yet = conn.read.is_empty();
+            return Err(if conn.pooled && nothing_yet {
+                ExchangeError::Unsent
+            } else {
+                io::Error::from(io::ErrorKind::UnexpectedEof).into()
+            });
+        }
+    }
+}
+
+async fn read_more(conn: &mut Conn) -> io::Result<usize> {
+    std::future::poll_fn(|cx| poll_read_more(&mut conn.stream, &mut conn.read, cx)).await
+}
+
+fn poll_read_more(
+    stream: &mut TcpStream,
+    read: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    read.reserve(READ_SIZE);
+    tokio_util::io::poll_read_buf(Pin::new(stream), cx, read)
+}
+
+/// The request line and headers, as HTTP/1.1. A method that may carry a body says it has
+/// none, as hyper's client does (some servers refuse a `POST` without a length).
+fn encode_head(parts: &request::Parts, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless_method = matches!(
+        parts.method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
+    );
+    if !bodiless_method && !parts.headers.contains_key(CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: 0\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A parsed response head.
+enum Head {
+    /// The response, and how its body is framed.
+    Final(Response<()>, Framing),
+    /// A 1xx before the response (`100 Continue`, `103 Early Hints`): skipped.
+    Informational,
+}
+
+/// How a response body ends, and whether its connection can serve another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Framing {
+    state: State,
+    keep_alive: bool,
+}
+
+/// Where the body decoder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// This many bytes of a `Content-Length` body are still to come.
+    Length(u64),
+    /// A chunk-size line is next.
+    ChunkSize,
+    /// This many bytes of the current chunk are still to come.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// The trailer section after the last chunk.
+    Trailers,
+    /// The body ends when the upstream closes the connection.
+    UntilClose,
+    Done,
+}
+
+/// Parses a response head from the front of `read`, removing it. `None`: incomplete.
+fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, ExchangeError> {
+    let Some(scan) = scan(read)? else {
+        return Ok(None);
+    };
+    if scan.status.is_informational() {
+        if scan.status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ExchangeError::Invalid("upgrade nobody asked for"));
+        }
+        read.advance(scan.len);
+        return Ok(Some(Head::Informational));
+    }
+    // The header values share the head's bytes (as in hyper: no copy of a value).
+    let head = read.split_to(scan.len).freeze();
+    let mut headers = HeaderMap::with_capacity(scan.spans.len());
+    for (name, value) in scan.spans {
+        let name = HeaderName::from_bytes(&head[name])
+            .map_err(|_| ExchangeError::Invalid("bad header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
+            .map_err(|_| ExchangeError::Invalid("bad header value"))?;
+        headers.append(name, value);
+    }
+    let framing = framing(&headers, scan.status, method, scan.http10)?;
+    let mut response = Response::new(());
+    *response.status_mut() = scan.status;
+    *response.version_mut() = Version::HTTP_11;
+    *response.headers_mut() = headers;
+    Ok(Some(Head::Final(response, framing)))
+}
+
+/// A complete response head as `httparse` found it: its length, status, version, and
+/// where each header's name and value lie.
+struct Scan {
+    len: usize,
+    status: StatusCode,
+    http10: bool,
+    spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+const TOO_MANY: &str = "too many headers";
+
+fn scan(buf: &[u8]) -> Result<Option<Scan>, ExchangeError> {
+    // Most heads fit the small table, kept small as it is initialised on every parse.
+    let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
+    match scan_with(buf, &mut slots) {
+        Err(ExchangeError::Invalid(TOO_MANY)) => {
+            let mut slots = vec![httparse::EMPTY_HEADER; MAX_HEADERS];
+            scan_with(buf, &mut slots)
+        }
+        scanned => scanned,
+    }
+}
+
+fn scan_with<'b>(
+    buf: &'b [u8],
+    slots: &mut [httparse::Header<'b>],
+) -> Result<Option<Scan>, ExchangeError> {
+    let mut response = httparse::Response::new(slots);
+    let len = match response.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Invalid(TOO_MANY)),
+        Err(_) => return Err(ExchangeError::Invalid("malformed head")),
+    };
+    let status = response
+        .code
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .ok_or(ExchangeError::Invalid("bad status"))?;
+    let base = buf.as_ptr() as usize;
+    let span = |part: &[u8]| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    let spans = response
+        .headers
+        .iter()
+        .map(|h| (span(h.name.as_bytes()), span(h.value)))
+        .collect();
+    Ok(Some(Scan {
+        len,
+        status,
+        http10: response.version == Some(0),
+        spans,
+    }))
+}
+
+/// How the body of a response with these headers ends (RFC 9112 §6.3).
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    method: &Method,
+    http10: bool,
+) -> Result<Framing, ExchangeError> {
+    let mut keep_alive = !http10;
+    for token in list(headers, &CONNECTION) {
+        if token.eq_ignore_ascii_case(b"close") {
+            keep_alive = false;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+            keep_alive = true;
+        }
+    }
+    let state = if *method == Method::HEAD
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        State::Length(0)
+    } else if headers.contains_key(TRANSFER_ENCODING) {
+        let codings: Vec<&[u8]> = list(headers, &TRANSFER_ENCODING).collect();
+        let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
+        if codings.iter().rev().skip(1).any(chunked) {
+            return Err(ExchangeError::Invalid("chunked before another coding"));
+        }
+        // A length beside a transfer coding is ignored, and the connection not trusted again.
+        if headers.contains_key(CONTENT_LENGTH) {
+            keep_alive = false;
+        }
+        if codings.last().is_some_and(chunked) {
+            State::ChunkSize
+        } else {
+            keep_alive = false;
+            State::UntilClose
+        }
+    } else if let Some(length) = content_length(headers)? {
+        State::Length(length)
+    } else {
+        keep_alive = false;
+        State::UntilClose
+    };
+    Ok(Framing { state, keep_alive })
+}
+
+/// The comma-separated elements of every `name` header, trimmed, empty ones skipped.
+fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    headers
+        .get_all(name)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// The `Content-Length`, if any: every value (and every element of a list) must be the
+/// same number, else the response is refused.
+fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
+    let mut length = None;
+    for element in list(headers, &CONTENT_LENGTH) {
+        let parsed = std::str::from_utf8(element)
+            .ok()
+            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or(ExchangeError::Invalid("bad content-length"))?;
+        if length.is_some_and(|l| l != parsed) {
+            return Err(ExchangeError::Invalid("conflicting content-length"));
+        }
+        length = Some(parsed);
+    }
+    if length.is_none() && headers.contains_key(CONTENT_LENGTH) {
+        return Err(ExchangeError::Invalid("bad content-length"));
+    }
+    Ok(length)
+}
+
+/// What decoding found in the bytes read so far.
+#[derive(Debug)]
+enum Step {
+    Frame(Frame<Bytes>),
+    NeedMore,
+    Done,
+}
+
+/// Decodes the next frame of a body from `read`, consuming what it uses. Pure: the body
+/// reads from the socket only when this asks for more.
+fn step(state: &mut State, read: &mut BytesMut) -> Result<Step, ExchangeError> {
+    loop {
+        match *state {
+            State::Length(0) | State::Done => {
+                *state = State::Done;
+                return Ok(Step::Done);
+            }
+            State::Length(left) | State::ChunkData(left) => {
+                if read.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                let n = left.min(read.len() as u64);
+                let rest = left - n;
+                *state = match *state {
+                    State::ChunkData(_) if rest == 0 => State::ChunkEnd,
+                    State::ChunkData(_) => State::ChunkData(rest),
+                    _ => State::Length(rest),
+                };
+                let data = read.split_to(n as usize).freeze();
+                return Ok(Step::Frame(Frame::data(data)));
+            }
+            State::UntilClose => {
+                if read.is_empty() {
+                    return Ok(Step::NeedMore);
+                }
+                return Ok(Step::Frame(Frame::data(read.split().freeze())));
+            }
+            State::ChunkSize => match httparse::parse_chunk_size(read) {
+                Ok(httparse::Status::Complete((used, size))) => {
+                    read.advance(used);
+                    *state = if size == 0 {
+                        State::Trailers
+                    } else {
+                        State::ChunkData(size)
+                    };
+                }
+                Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {
+                    return Ok(Step::NeedMore)
+                }
+                _ => return Err(ExchangeError::Invalid("bad chunk size")),
+            },
+            State::ChunkEnd => {
+                if read.len() < 2 {
+                    return Ok(Step::NeedMore);
+                }
+                if &read[..2] != b"\r\n" {
+                    return Err(ExchangeError::Invalid("chunk longer than its size"));
+                }
+                read.advance(2);
+                *state = State::ChunkSize;
+            }
+            State::Trailers => {
+                if read.starts_with(b"\r\n") {
+                    read.advance(2);
+                    *state = State::Done;
+                    return Ok(Step::Done);
+                }
+                let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
+                match httparse::parse_headers(read, &mut slots) {
+                    Ok(httparse::Status::Complete((used, fields))) => {
+                        let mut trailers = HeaderMap::with_capacity(fields.len());
+                        for field in fields.iter() {
+                            let name = HeaderName::from_bytes(field.name.as_bytes())
+                                .map_err(|_| ExchangeError::Invalid("bad trailer name"))?;
+                            let value = HeaderValue::from_bytes(field.value)
+                                .map_err(|_| ExchangeError::Invalid("bad trailer value"))?;
+                            trailers.append(name, value);
+                        }
+                        read.advance(used);
+                        *state = State::Done;
+                        return Ok(Step::Frame(Frame::trailers(trailers)));
+                    }
+                    Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {
+                        return Ok(Step::NeedMore)
+                    }
+                    _ => return Err(ExchangeError::Invalid("bad trailers")),
+                }
+            }
+        }
+    }
+}
+
+/// A response body read straight from its upstream connection. The connection goes back
+/// to the pool when the body has been read to its end (or had none); a body dropped
+/// half-read closes it.
+pub struct LeanBody {
+    conn: Option<Conn>,
+    framing: Framing,
+    pool: Pool,
+}
+
+impl LeanBody {
+    fn new(conn: Conn, framing: Framing, pool: &Pool) -> Self {
+        Self {
+            conn: Some(conn),
+            framing,
+            pool: Arc::clone(pool),
+        }
+    }
+
+    /// The body has ended: its connection returns to the pool if it may serve again and
+    /// nothing arrived beyond the body.
+    fn finish(&mut self) {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if self.framing.keep_alive && conn.read.is_empty() {
+            conn.pooled = false;
+            let mut idle = super::lock(&self.pool);
+            if idle.len() < super::MAX_IDLE {
+                idle.push(conn);
+            }
+        }
+    }
+}
+
+impl Body for LeanBody {
+    type Data = Bytes;
+    type Error = ExchangeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match step(&mut this.framing.state, &mut conn.read) {
+                Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
+                Ok(Step::Done) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Ok(Step::NeedMore) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+            }
+            match poll_read_more(&mut conn.stream, &mut conn.read, cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) if this.framing.state == State::UntilClose => {
+                    this.framing.state = State::Done;
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Ok(0)) => {
+                    this.conn = None;
+                    let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+                    return Poll::Ready(Some(Err(eof.into())));
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.framing.state, State::Length(0) | State::Done)
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self.framing.state {
+            State::Length(left) => hyper::body::SizeHint::with_exact(left),
+            State::Done => hyper::body::SizeHint::with_exact(0),
+            _ => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+impl Drop for LeanBody {
+    fn drop(&mut self) {
+        // A body with nothing left (a 204, a HEAD, or one read to its last byte) is not
+        // always polled to its end.
+        if self.is_end_stream() {
+            self.finish();
+        }
+    }
+}
