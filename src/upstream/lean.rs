@@ -33,8 +33,10 @@ const MAX_HEAD: usize = 64 * 1024;
 /// Headers a response may carry (as hyper's client), and how many fit the first attempt.
 const MAX_HEADERS: usize = 100;
 const FEW_HEADERS: usize = 24;
-/// Read in pieces of this size.
+/// Room made for each read: heads and small bodies fit the smallest; a long body is read
+/// in larger pieces (fewer system calls), up to the largest.
 const READ_SIZE: usize = 8 * 1024;
+const MAX_READ_SIZE: usize = 256 * 1024;
 
 pub(super) type Pool = Arc<Mutex<Vec<Conn>>>;
 
@@ -115,6 +117,7 @@ pub(super) async fn exchange(
             e.into()
         });
     }
+    let mut answered = false;
     loop {
         match parse_head(&mut conn.read, &parts.method)? {
             Some(Head::Final(response, framing)) => {
@@ -126,28 +129,30 @@ pub(super) async fn exchange(
         if conn.read.len() >= MAX_HEAD {
             return Err(ExchangeError::Invalid("response head too large"));
         }
-        let got = read_more(&mut conn).await?;
-        if got == 0 {
-            let nothing_yet = conn.read.is_empty();
-            return Err(if conn.pooled && nothing_yet {
-                ExchangeError::Unsent
-            } else {
-                io::Error::from(io::ErrorKind::UnexpectedEof).into()
-            });
+        let read = read_more(&mut conn).await;
+        // A pooled connection that ends (or is reset) before a byte of the answer most
+        // likely closed while idle: the request may not have been processed.
+        match read {
+            Ok(0) | Err(_) if conn.pooled && !answered => return Err(ExchangeError::Unsent),
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+            Ok(_) => answered = true,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 async fn read_more(conn: &mut Conn) -> io::Result<usize> {
-    std::future::poll_fn(|cx| poll_read_more(&mut conn.stream, &mut conn.read, cx)).await
+    std::future::poll_fn(|cx| poll_read_more(&mut conn.stream, &mut conn.read, READ_SIZE, cx)).await
 }
 
+/// Reads what the socket has into `read`, with room for at least `room` bytes.
 fn poll_read_more(
     stream: &mut TcpStream,
     read: &mut BytesMut,
+    room: usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    read.reserve(READ_SIZE);
+    read.reserve(room);
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, read)
 }
 
@@ -231,7 +236,7 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Exch
             .map_err(|_| ExchangeError::Invalid("bad header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(&headers, scan.status, method, scan.http10)?;
+    let framing = framing(&mut headers, scan.status, method, scan.http10)?;
     let mut response = Response::new(());
     *response.status_mut() = scan.status;
     *response.version_mut() = Version::HTTP_11;
@@ -295,9 +300,10 @@ fn scan_with<'b>(
     }))
 }
 
-/// How the body of a response with these headers ends (RFC 9112 §6.3).
+/// How the body of a response with these headers ends (RFC 9112 §6.3). A `Content-Length`
+/// beside a transfer coding is removed, as a proxy must before forwarding.
 fn framing(
-    headers: &HeaderMap,
+    headers: &mut HeaderMap,
     status: StatusCode,
     method: &Method,
     http10: bool,
@@ -321,11 +327,12 @@ fn framing(
         if codings.iter().rev().skip(1).any(chunked) {
             return Err(ExchangeError::Invalid("chunked before another coding"));
         }
+        let is_chunked = codings.last().is_some_and(chunked);
         // A length beside a transfer coding is ignored, and the connection not trusted again.
-        if headers.contains_key(CONTENT_LENGTH) {
+        if headers.remove(CONTENT_LENGTH).is_some() {
             keep_alive = false;
         }
-        if codings.last().is_some_and(chunked) {
+        if is_chunked {
             State::ChunkSize
         } else {
             keep_alive = false;
@@ -522,7 +529,12 @@ impl Body for LeanBody {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            match poll_read_more(&mut conn.stream, &mut conn.read, cx) {
+            let room = match this.framing.state {
+                State::Length(left) => usize::try_from(left).unwrap_or(MAX_READ_SIZE),
+                _ => MAX_READ_SIZE / 4,
+            };
+            let room = room.clamp(READ_SIZE, MAX_READ_SIZE);
+            match poll_read_more(&mut conn.stream, &mut conn.read, room, cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) if this.framing.state == State::UntilClose => {
                     this.framing.state = State::Done;
@@ -562,6 +574,284 @@ impl Drop for LeanBody {
         // always polled to its end.
         if self.is_end_stream() {
             self.finish();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn head_of(response: &str, method: Method) -> Result<Option<Head>, ExchangeError> {
+        parse_head(&mut BytesMut::from(response), &method)
+    }
+
+    fn framing_of(response: &str, method: Method) -> Result<Framing, ExchangeError> {
+        match head_of(response, method)? {
+            Some(Head::Final(_, framing)) => Ok(framing),
+            _ => panic!("not a final response: {response:?}"),
+        }
+    }
+
+    fn framed(state: State, keep_alive: bool) -> Framing {
+        Framing { state, keep_alive }
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let cases: &[(&str, Method, Framing)] = &[
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                framed(State::Length(5), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                framed(State::Length(5), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+                Method::HEAD,
+                framed(State::Length(0), true),
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                framed(State::Length(0), true),
+            ),
+            (
+                "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                framed(State::Length(0), true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Method::GET,
+                framed(State::ChunkSize, true),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
+                Method::GET,
+                framed(State::ChunkSize, true),
+            ),
+            // A length beside a transfer coding: the coding wins, the connection is not reused.
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                Method::GET,
+                framed(State::ChunkSize, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
+                Method::GET,
+                framed(State::UntilClose, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\n\r\n",
+                Method::GET,
+                framed(State::UntilClose, false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                framed(State::Length(1), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                framed(State::Length(1), false),
+            ),
+            (
+                "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                framed(State::Length(1), true),
+            ),
+        ];
+        for (response, method, expected) in cases {
+            assert_eq!(
+                framing_of(response, method.clone()).unwrap(),
+                *expected,
+                "{response:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_or_malformed_heads_are_refused() {
+        for response in [
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: five\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "HTTP/1.1 2000 OK\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nX: a\rb\r\n\r\n",
+            "SSH-2.0-OpenSSH\r\n\r\n",
+        ] {
+            assert!(
+                matches!(
+                    head_of(response, Method::GET),
+                    Err(ExchangeError::Invalid(_))
+                ),
+                "{response:?} was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn heads_parse_whole_and_incomplete() {
+        assert!(head_of("HTTP/1.1 200 OK\r\nContent-Le", Method::GET)
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            head_of(
+                "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+                Method::GET
+            ),
+            Ok(Some(Head::Informational))
+        ));
+        let mut read = BytesMut::from(
+            "HTTP/1.1 404 Not Found\r\nX-A: 1\r\nx-a: 2\r\nContent-Length: 2\r\n\r\nhi",
+        );
+        let Ok(Some(Head::Final(response, framing))) = parse_head(&mut read, &Method::GET) else {
+            panic!("no response");
+        };
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let values: Vec<_> = response.headers().get_all("x-a").iter().collect();
+        assert_eq!(values, ["1", "2"]);
+        assert_eq!(framing.state, State::Length(2));
+        assert_eq!(&read[..], b"hi", "the body stays in the buffer");
+        // More headers than the small table holds: parsed with the large one.
+        let many: String = (0..60).map(|i| format!("X-{i}: {i}\r\n")).collect();
+        let response = format!("HTTP/1.1 200 OK\r\n{many}Content-Length: 0\r\n\r\n");
+        let Ok(Some(Head::Final(response, _))) = head_of(&response, Method::GET) else {
+            panic!("60 headers refused");
+        };
+        assert_eq!(response.headers().len(), 61);
+        let too_many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: {i}\r\n"))
+            .collect();
+        let response = format!("HTTP/1.1 200 OK\r\n{too_many}\r\n");
+        assert!(head_of(&response, Method::GET).is_err());
+    }
+
+    #[test]
+    fn request_heads_are_http_1_1() {
+        let request = http::Request::builder()
+            .method(Method::POST)
+            .uri("/a/b?c=d")
+            .header("host", "app")
+            .header("x-token-abilities", "read")
+            .body(())
+            .unwrap();
+        let mut out = Vec::new();
+        encode_head(&request.into_parts().0, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /a/b?c=d HTTP/1.1\r\nhost: app\r\nx-token-abilities: read\r\ncontent-length: 0\r\n\r\n"
+        );
+        let get = http::Request::get("/").body(()).unwrap();
+        let mut out = Vec::new();
+        encode_head(&get.into_parts().0, &mut out);
+        assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
+    }
+
+    /// Decodes a whole body given in pieces, as the socket would deliver them.
+    fn decode(
+        mut state: State,
+        pieces: &[&[u8]],
+    ) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), ExchangeError> {
+        let mut read = BytesMut::new();
+        let (mut body, mut trailers) = (Vec::new(), None);
+        let mut pieces = pieces.iter();
+        loop {
+            match step(&mut state, &mut read)? {
+                Step::Frame(frame) => match frame.into_data() {
+                    Ok(data) => {
+                        assert!(!data.is_empty(), "empty data frame");
+                        body.extend_from_slice(&data);
+                    }
+                    Err(frame) => trailers = frame.into_trailers().ok(),
+                },
+                Step::Done => return Ok((body, trailers, read)),
+                Step::NeedMore => match pieces.next() {
+                    Some(piece) => read.extend_from_slice(piece),
+                    None => return Err(ExchangeError::Invalid("ran out")),
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_with_extensions_and_trailers() {
+        let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\nNEXT";
+        let (body, trailers, rest) = decode(State::ChunkSize, &[wire]).unwrap();
+        assert_eq!(body, b"hello world");
+        assert_eq!(trailers.unwrap()["x-sum"], "42");
+        assert_eq!(
+            &rest[..],
+            b"NEXT",
+            "bytes after the body are left for the caller"
+        );
+        let (body, trailers, _) = decode(State::ChunkSize, &[b"0\r\n\r\n"]).unwrap();
+        assert!(body.is_empty() && trailers.is_none());
+        for bad in [
+            &b"5\r\nhelloXX0\r\n\r\n"[..],
+            b"zz\r\n",
+            b"ffffffffffffffffff\r\n",
+        ] {
+            assert!(decode(State::ChunkSize, &[bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn length_bodies_stop_at_their_length() {
+        let (body, _, rest) = decode(State::Length(5), &[b"hel", b"loEXTRA"]).unwrap();
+        assert_eq!(body, b"hello");
+        assert_eq!(&rest[..], b"EXTRA");
+        let (body, _, _) = decode(State::Length(0), &[]).unwrap();
+        assert!(body.is_empty());
+    }
+
+    fn chunked(chunks: &[Vec<u8>]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+            wire.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+            wire.extend_from_slice(chunk);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        wire
+    }
+
+    proptest! {
+        /// However the bytes are split across reads, the decoded body is what was encoded,
+        /// and nothing after the body is consumed.
+        #[test]
+        fn chunked_decoding_is_independent_of_read_boundaries(
+            chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..40), 0..8),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut wire = chunked(&chunks);
+            wire.extend_from_slice(b"HTTP/1.1");
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(wire.len())).collect();
+            points.sort_unstable();
+            points.dedup();
+            let mut pieces = Vec::new();
+            let mut start = 0;
+            for p in points.into_iter().chain([wire.len()]) {
+                pieces.push(&wire[start..p]);
+                start = p;
+            }
+            let (body, _, rest) = decode(State::ChunkSize, &pieces).unwrap();
+            prop_assert_eq!(body, chunks.concat());
+            // What was not yet read stays unread, so the leftover is a prefix of "HTTP/1.1".
+            prop_assert!(b"HTTP/1.1".starts_with(&rest));
         }
     }
 }
