@@ -48,6 +48,8 @@ struct Reply {
     piece: Option<usize>,
     /// The connection is closed once the reply is written.
     close: bool,
+    /// Closed for writing only, and the upstream then waits for tokengate to close its end.
+    half_close: bool,
 }
 
 /// Written and the connection kept open for the next request.
@@ -56,6 +58,7 @@ fn keep(bytes: &[u8]) -> Reply {
         bytes: bytes.to_vec(),
         piece: None,
         close: false,
+        half_close: false,
     }
 }
 
@@ -63,6 +66,16 @@ fn keep(bytes: &[u8]) -> Reply {
 fn close(bytes: &[u8]) -> Reply {
     Reply {
         close: true,
+        ..keep(bytes)
+    }
+}
+
+/// Written, then the connection closed for writing; the upstream counts when tokengate
+/// closes its end (`Raw::peer_closed_at_least`).
+fn half_close(bytes: &[u8]) -> Reply {
+    Reply {
+        close: true,
+        half_close: true,
         ..keep(bytes)
     }
 }
@@ -92,6 +105,8 @@ struct Raw {
     seen: Arc<Mutex<Vec<Seen>>>,
     replies: Arc<Mutex<VecDeque<Reply>>>,
     closed: watch::Receiver<usize>,
+    /// Half-closed connections (`half_close`) that tokengate then closed.
+    peer_closed: watch::Receiver<usize>,
 }
 
 const DEFAULT: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ndefault";
@@ -105,13 +120,18 @@ impl Raw {
         let replies = Arc::new(Mutex::new(VecDeque::new()));
         let (closed_tx, closed) = watch::channel(0usize);
         let closed_tx = Arc::new(closed_tx);
+        let (peer_tx, peer_closed) = watch::channel(0usize);
+        let peer_tx = Arc::new(peer_tx);
         let (count, log, queue) = (accepted.clone(), seen.clone(), replies.clone());
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let conn = count.fetch_add(1, Ordering::SeqCst) + 1;
                 let (log, queue, closed_tx) = (log.clone(), queue.clone(), closed_tx.clone());
+                let peer_tx = peer_tx.clone();
                 tokio::spawn(async move {
-                    serve_raw(stream, conn, log, queue).await;
+                    if serve_raw(stream, conn, log, queue).await {
+                        peer_tx.send_modify(|n| *n += 1);
+                    }
                     closed_tx.send_modify(|n| *n += 1);
                 });
             }
@@ -122,6 +142,7 @@ impl Raw {
             seen,
             replies,
             closed,
+            peer_closed,
         }
     }
 
@@ -142,6 +163,14 @@ impl Raw {
         self.seen().iter().map(|s| s.conn).collect()
     }
 
+    /// Waits until tokengate has closed `n` connections the upstream had half-closed.
+    async fn peer_closed_at_least(&self, n: usize) {
+        let mut closed = self.peer_closed.clone();
+        bounded(closed.wait_for(|c| *c >= n))
+            .await
+            .expect("the watch lives as long as the listener task");
+    }
+
     /// Waits until the upstream has closed (or lost) `n` connections.
     async fn closed_at_least(&self, n: usize) {
         let mut closed = self.closed.clone();
@@ -152,12 +181,13 @@ impl Raw {
 }
 
 /// Serves one connection of the raw upstream: reads heads, answers with queued replies.
+/// True when it half-closed the connection and tokengate then closed its end.
 async fn serve_raw(
     mut stream: TcpStream,
     conn: usize,
     log: Arc<Mutex<Vec<Seen>>>,
     queue: Arc<Mutex<VecDeque<Reply>>>,
-) {
+) -> bool {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -167,7 +197,7 @@ async fn serve_raw(
                 break at + 4;
             }
             match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
+                Ok(0) | Err(_) => return false,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         };
@@ -192,11 +222,14 @@ async fn serve_raw(
             }
         };
         if written.is_err() {
-            return;
+            return false;
         }
         if reply.close {
             let _ = stream.shutdown().await;
-            return;
+            if reply.half_close {
+                return matches!(stream.read(&mut chunk).await, Ok(0) | Err(_));
+            }
+            return false;
         }
     }
 }
@@ -716,6 +749,37 @@ async fn an_idle_connection_the_upstream_closed_is_replaced_without_a_502() {
     let third = s.send(Method::POST, "/public/3", &[]).await;
     assert_ok(&third, "third", "POST after the idle close");
     assert_eq!(s.raw.conns(), [1, 2, 3]);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_the_upstream_closed_is_let_go_even_when_not_reused() {
+    let s = Setup::start().await;
+    // Two connections: the slow answer keeps the first busy while the second serves (and
+    // is then half-closed by the upstream). The pool then holds the closed one as its
+    // oldest, and the next request takes the newest.
+    s.raw.queue([
+        trickle(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow", 4),
+        half_close(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfast"),
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nthird"),
+    ]);
+    let slow = s.get("/public/slow");
+    let fast = async {
+        bounded(async {
+            while s.raw.seen().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        s.get("/public/fast").await
+    };
+    let (slow, fast) = tokio::join!(slow, fast);
+    assert_ok(&slow, "slow", "slow");
+    assert_ok(&fast, "fast", "fast");
+    assert_ok(&s.get("/public/third").await, "third", "third");
+    assert_eq!(s.raw.conns(), [1, 2, 1]);
+    // Returning the first connection checked the oldest idle one and closed it.
+    s.raw.peer_closed_at_least(1).await;
     s.stop().await;
 }
 

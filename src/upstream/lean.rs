@@ -20,6 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{request, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame};
+use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
@@ -38,7 +39,10 @@ const FEW_HEADERS: usize = 24;
 const READ_SIZE: usize = 8 * 1024;
 const MAX_READ_SIZE: usize = 256 * 1024;
 
-pub(super) type Pool = Arc<Mutex<Vec<Conn>>>;
+/// Idle connections: the most recently used is taken first (its socket is warm), and the
+/// least recently used is checked as each connection comes back, so one the upstream
+/// closed while idle does not linger.
+pub(super) type Pool = Arc<Mutex<VecDeque<Conn>>>;
 
 /// Why an exchange failed. `Unsent`: nothing of the response arrived and the connection
 /// was pooled, so an idempotent request may be retried on a fresh one.
@@ -89,7 +93,7 @@ impl Conn {
 /// A pooled connection that still looks usable, if there is one.
 pub(super) fn checkout(pool: &Pool) -> Option<Conn> {
     loop {
-        let mut conn = super::lock(pool).pop()?;
+        let mut conn = super::lock(pool).pop_back()?;
         if conn.still_idle() {
             conn.pooled = true;
             return Some(conn);
@@ -497,8 +501,11 @@ impl LeanBody {
         if self.framing.keep_alive && conn.read.is_empty() {
             conn.pooled = false;
             let mut idle = super::lock(&self.pool);
+            if idle.front().is_some_and(|oldest| !oldest.still_idle()) {
+                idle.pop_front();
+            }
             if idle.len() < super::MAX_IDLE {
-                idle.push(conn);
+                idle.push_back(conn);
             }
         }
     }

@@ -30,6 +30,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -152,7 +153,7 @@ impl Upstream {
             }),
             host_value,
             idle: Arc::new(Mutex::new(Vec::new())),
-            lean_idle: Arc::new(Mutex::new(Vec::new())),
+            lean_idle: Arc::new(Mutex::new(VecDeque::new())),
             response_timeout: config.timeouts.upstream_response,
             http2: config.upstream_http2.then(|| {
                 Arc::new(Mutex::new(Shared {
