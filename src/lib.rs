@@ -13,7 +13,8 @@
 //!     tokens    verify the bearer token against the cache in front of the `store`
 //!     auth      does the principal satisfy the route? (401 / 403)
 //!     headers   strip hop-by-hop and client-sent identity headers, inject ours
-//!     upstream  stream the request to the app and its answer back
+//!     upstream  stream the request to the app and its answer back (`upstream::lean`
+//!               for bodiless HTTP/1.1 requests, hyper's client for the rest)
 //!   pages   tokengate's own endpoints under `/_tokengate/` (login, logout, csrf-cookie)
 //!   error   the single mapping of a refusal to a status and JSON body
 //! ```
