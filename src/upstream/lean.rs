@@ -500,6 +500,12 @@ impl LeanBody {
         };
         if self.framing.keep_alive && conn.read.is_empty() {
             conn.pooled = false;
+            // An idle connection keeps no more than a small buffer, whatever the last
+            // request head or body needed.
+            if conn.read.capacity() > 2 * READ_SIZE {
+                conn.read = BytesMut::new();
+            }
+            conn.write.shrink_to(READ_SIZE);
             let mut idle = super::lock(&self.pool);
             if idle.front().is_some_and(|oldest| !oldest.still_idle()) {
                 idle.pop_front();
