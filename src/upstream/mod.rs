@@ -254,10 +254,7 @@ impl Upstream {
         };
         match sent {
             Ok(response) => Ok(response.map(UpstreamBody::Lean)),
-            Err(e) => {
-                tracing::warn!(upstream = %self.dialer.target, error = %e, "upstream request failed");
-                Err(Rejection::UpstreamBroken)
-            }
+            Err(e) => Err(self.dialer.failed(&e)),
         }
     }
 
@@ -561,7 +558,7 @@ impl Dialer {
         })
     }
 
-    fn failed(&self, e: &hyper::Error) -> Rejection {
+    fn failed(&self, e: &dyn std::fmt::Display) -> Rejection {
         tracing::warn!(upstream = %self.target, error = %e, "upstream request failed");
         Rejection::UpstreamBroken
     }
