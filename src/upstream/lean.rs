@@ -843,6 +843,32 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever an upstream sends, reading it never panics: a head is parsed, refused
+        /// or waited for, and a body decoder (of any framing) consumes, refuses or waits.
+        #[test]
+        fn arbitrary_answers_never_panic(
+            prefix in prop::sample::select(vec![
+                "", "HTTP/1.1 200 OK\r\n", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                "HTTP/1.0 204 X\r\nContent-Length: 3\r\n\r\n",
+            ]),
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut wire = prefix.as_bytes().to_vec();
+            wire.extend_from_slice(&bytes);
+            let mut read = BytesMut::from(&wire[..]);
+            let _ = parse_head(&mut read, &Method::GET);
+            for state in [State::ChunkSize, State::Trailers, State::Length(7), State::UntilClose] {
+                let mut read = BytesMut::from(&bytes[..]);
+                let mut state = state;
+                for _ in 0..64 {
+                    match step(&mut state, &mut read) {
+                        Ok(Step::Frame(_)) => continue,
+                        _ => break,
+                    }
+                }
+            }
+        }
+
         /// However the bytes are split across reads, the decoded body is what was encoded,
         /// and nothing after the body is consumed.
         #[test]
