@@ -267,9 +267,15 @@ struct Setup {
 
 impl Setup {
     async fn start() -> Setup {
+        Setup::start_with("").await
+    }
+
+    /// `start`, with `extra` appended to the config.
+    async fn start_with(extra: &str) -> Setup {
         let raw = Raw::start().await;
         let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
-        let gate = Gate::start_with_upstream(raw.addr, echo, CONFIG).await;
+        let config = format!("{CONFIG}{extra}");
+        let gate = Gate::start_with_upstream(raw.addr, echo, &config).await;
         let client = Client::builder(TokioExecutor::new()).build_http();
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
@@ -780,6 +786,38 @@ async fn an_idle_connection_the_upstream_closed_is_let_go_even_when_not_reused()
     assert_eq!(s.raw.conns(), [1, 2, 1]);
     // Returning the first connection checked the oldest idle one and closed it.
     s.raw.peer_closed_at_least(1).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_response_timeout_holds_on_a_reused_connection_and_after_its_timer_fired_idle() {
+    let s = Setup::start_with("timeouts:\n  upstream_response_seconds: 0.3\n").await;
+    s.raw.queue([
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"),
+        // Silence: the request is read and never answered.
+        keep(b""),
+        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nafter"),
+    ]);
+    assert_ok(&s.get("/public/1").await, "first", "first");
+    // Idle past the timeout: the connection's timer fires while it sits in the pool, and
+    // the next request on it must start a fresh deadline rather than time out at once.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_ok(
+        &s.get("/public/2").await,
+        "second",
+        "after the timer fired idle",
+    );
+    let silent = s.get("/public/3").await;
+    assert_eq!(
+        silent.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{}",
+        silent.text()
+    );
+    assert_ok(&s.get("/public/4").await, "after", "after a timeout");
+    // One connection for the first three; the one that timed out is not reused.
+    assert_eq!(s.raw.conns(), [1, 1, 1, 2]);
     s.stop().await;
 }
 

@@ -21,13 +21,17 @@ use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{request, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io;
 use std::ops::Range;
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 
 /// Response heads larger than this are refused (hyper's client allows ~400 KB; nginx 4–8 KB).
 const MAX_HEAD: usize = 64 * 1024;
@@ -50,6 +54,8 @@ pub(super) type Pool = Arc<Mutex<VecDeque<Conn>>>;
 pub enum ExchangeError {
     #[error("the pooled connection had closed")]
     Unsent,
+    #[error("no response head within the response timeout")]
+    TimedOut,
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("invalid response: {0}")]
@@ -62,6 +68,11 @@ pub(super) struct Conn {
     read: BytesMut,
     write: Vec<u8>,
     pooled: bool,
+    /// The response timeout, one timer per connection for all its requests: moving a
+    /// registered deadline later is one atomic store in tokio, where a timer per request
+    /// is registered in and removed from the timer wheel each time. Out of its place (`None`)
+    /// only while an exchange polls it.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl Conn {
@@ -71,6 +82,7 @@ impl Conn {
             read: BytesMut::new(),
             write: Vec::with_capacity(512),
             pooled: false,
+            deadline: None,
         }
     }
 
@@ -106,13 +118,44 @@ pub(super) fn eligible<B: Body>(request: &http::Request<B>) -> bool {
     request.body().is_end_stream() && !request.headers().contains_key(http::header::EXPECT)
 }
 
-/// Writes the request head on `conn` and reads the response head. The response's body
-/// streams from the connection afterwards (`LeanBody`).
+/// Writes the request head on `conn` and reads the response head, within `timeout`. The
+/// response's body streams from the connection afterwards (`LeanBody`).
 pub(super) async fn exchange(
     mut conn: Conn,
     parts: &request::Parts,
     pool: &Pool,
+    timeout: Duration,
 ) -> Result<Response<LeanBody>, ExchangeError> {
+    let until = Instant::now() + timeout;
+    let mut deadline = match conn.deadline.take() {
+        Some(mut deadline) => {
+            deadline.as_mut().reset(until);
+            deadline
+        }
+        None => Box::pin(tokio::time::sleep_until(until)),
+    };
+    let head = {
+        let send = send(&mut conn, parts);
+        let mut send = pin!(send);
+        std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
+            Poll::Ready(head) => Poll::Ready(head),
+            Poll::Pending => match deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Err(ExchangeError::TimedOut)),
+                Poll::Pending => Poll::Pending,
+            },
+        })
+        .await
+    };
+    conn.deadline = Some(deadline);
+    let (response, framing) = head?;
+    Ok(response.map(|()| LeanBody::new(conn, framing, pool)))
+}
+
+/// Writes the request head and reads the response head.
+async fn send(
+    conn: &mut Conn,
+    parts: &request::Parts,
+) -> Result<(Response<()>, Framing), ExchangeError> {
     encode_head(parts, &mut conn.write);
     if let Err(e) = conn.stream.write_all(&conn.write).await {
         return Err(if conn.pooled {
@@ -124,16 +167,14 @@ pub(super) async fn exchange(
     let mut answered = false;
     loop {
         match parse_head(&mut conn.read, &parts.method)? {
-            Some(Head::Final(response, framing)) => {
-                return Ok(response.map(|()| LeanBody::new(conn, framing, pool)));
-            }
+            Some(Head::Final(response, framing)) => return Ok((response, framing)),
             Some(Head::Informational) => continue,
             None => {}
         }
         if conn.read.len() >= MAX_HEAD {
             return Err(ExchangeError::Invalid("response head too large"));
         }
-        let read = read_more(&mut conn).await;
+        let read = read_more(conn).await;
         // A pooled connection that ends (or is reset) before a byte of the answer most
         // likely closed while idle: the request may not have been processed.
         match read {

@@ -172,6 +172,10 @@ impl Upstream {
         request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         match &self.http2 {
+            // The lean exchange keeps the response timeout itself (a timer per connection).
+            None if self.dialer.tls.is_none() && lean::eligible(&request) => {
+                Box::pin(self.exchange_lean(request)).await
+            }
             // Boxed: an exchange's future is large, and this one is moved several times per
             // request as it is awaited through the layers above.
             None => self.timed(Box::pin(self.exchange(request))).await,
@@ -188,20 +192,19 @@ impl Upstream {
     ) -> Result<T, Rejection> {
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => {
-                tracing::warn!(upstream = %self.dialer.target, "upstream response timed out");
-                Err(Rejection::UpstreamTimeout)
-            }
+            Err(_) => Err(self.timed_out()),
         }
+    }
+
+    fn timed_out(&self) -> Rejection {
+        tracing::warn!(upstream = %self.dialer.target, "upstream response timed out");
+        Rejection::UpstreamTimeout
     }
 
     async fn exchange(
         &self,
         mut request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
-        if self.dialer.tls.is_none() && lean::eligible(&request) {
-            return self.exchange_lean(request).await;
-        }
         self.rewrite(&mut request)?;
 
         let (mut sender, pooled) = match self.checkout().await {
@@ -245,15 +248,17 @@ impl Upstream {
             Some(conn) => conn,
             None => lean::Conn::new(self.dialer.dial().await?),
         };
-        let sent = match lean::exchange(conn, &parts, &self.lean_idle).await {
+        let timeout = self.response_timeout;
+        let sent = match lean::exchange(conn, &parts, &self.lean_idle, timeout).await {
             Err(lean::ExchangeError::Unsent) if parts.method.is_idempotent() => {
                 let conn = lean::Conn::new(self.dialer.dial().await?);
-                lean::exchange(conn, &parts, &self.lean_idle).await
+                lean::exchange(conn, &parts, &self.lean_idle, timeout).await
             }
             sent => sent,
         };
         match sent {
             Ok(response) => Ok(response.map(UpstreamBody::Lean)),
+            Err(lean::ExchangeError::TimedOut) => Err(self.timed_out()),
             Err(e) => Err(self.dialer.failed(&e)),
         }
     }
