@@ -156,6 +156,8 @@ pub fn prepare_request(
     strip_authorization: bool,
 ) {
     let headers = &mut parts.headers;
+    // Room for what is added below (X-Forwarded-*, identity), so the map grows once.
+    headers.reserve(8);
     strip_hop_by_hop(headers);
     strip_identity(headers, config);
     if strip_authorization {
