@@ -362,6 +362,11 @@ impl Setup {
     }
 }
 
+/// Asserts that a request head the upstream received starts with `start`.
+fn assert_head_starts(seen: &Seen, start: &str) {
+    assert!(seen.head.starts_with(start), "{}", seen.head);
+}
+
 /// Asserts a complete 200 with `body`.
 fn assert_ok(got: &Got, body: &str, what: &str) {
     assert_eq!(got.status, StatusCode::OK, "{what}: {}", got.text());
@@ -570,16 +575,8 @@ async fn a_head_response_has_no_body_whatever_its_length_and_the_connection_stay
         "no desync: the same connection serves all three"
     );
     let seen = s.raw.seen();
-    assert!(
-        seen[0].head.starts_with("HEAD /public/file HTTP/1.1\r\n"),
-        "{}",
-        seen[0].head
-    );
-    assert!(
-        seen[2].head.starts_with("GET /public/file HTTP/1.1\r\n"),
-        "{}",
-        seen[2].head
-    );
+    assert_head_starts(&seen[0], "HEAD /public/file HTTP/1.1\r\n");
+    assert_head_starts(&seen[2], "GET /public/file HTTP/1.1\r\n");
     s.stop().await;
 }
 
@@ -846,21 +843,9 @@ async fn a_pooled_connection_closed_before_answering_is_retried_only_for_idempot
     assert_ok(&s.get("/public/4").await, "fourth", "after");
     assert_eq!(s.raw.conns(), [1, 1, 2, 2, 3]);
     let seen = s.raw.seen();
-    assert!(
-        seen[1].head.starts_with("GET /public/2 "),
-        "{}",
-        seen[1].head
-    );
-    assert!(
-        seen[2].head.starts_with("GET /public/2 "),
-        "{}",
-        seen[2].head
-    );
-    assert!(
-        seen[3].head.starts_with("POST /public/3 "),
-        "{}",
-        seen[3].head
-    );
+    assert_head_starts(&seen[1], "GET /public/2 ");
+    assert_head_starts(&seen[2], "GET /public/2 ");
+    assert_head_starts(&seen[3], "POST /public/3 ");
     s.stop().await;
 }
 
