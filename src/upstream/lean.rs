@@ -2,11 +2,11 @@
 //! written and read on the request's own task, with no connection task between.
 //!
 //! hyper's client drives each connection from a task of its own and hands requests,
-//! responses and body chunks across channels: three task wake-ups and as many channel
-//! hops per request, a third of tokengate's CPU per request (docs/performance.md). Here
-//! the request task writes the head, `httparse` (hyper's own parser) reads the response
-//! head, and `LeanBody` streams the body straight from the socket. Everything else (request
-//! bodies, `Expect`, upgrades, TLS, HTTP/2) still goes through hyper.
+//! responses and body chunks across channels, with the wake-ups that go with them; that
+//! task ran a third of tokengate's user-space instructions per request (docs/performance.md,
+//! item 19). Here the request task writes the head, `httparse` (hyper's own parser) reads
+//! the response head, and `LeanBody` streams the body straight from the socket. Everything
+//! else (request bodies, `Expect`, upgrades, TLS, HTTP/2) still goes through hyper.
 //!
 //! Framing follows RFC 9112 §6.3 and refuses what it does not know: a response to `HEAD`
 //! and a 1xx/204/304 have no body; `Transfer-Encoding` ending in `chunked` is decoded (and
