@@ -67,6 +67,8 @@ pub(super) struct Conn {
     stream: TcpStream,
     read: BytesMut,
     write: Vec<u8>,
+    /// It has served a request before (set when taken from the pool): it may have been
+    /// closed by the upstream while idle.
     pooled: bool,
     /// The response timeout, one timer per connection for all its requests: moving a
     /// registered deadline later is one atomic store in tokio, where a timer per request
@@ -540,7 +542,6 @@ impl LeanBody {
             return;
         };
         if self.framing.keep_alive && conn.read.is_empty() {
-            conn.pooled = false;
             // An idle connection keeps no more than a small buffer, whatever the last
             // request head or body needed.
             if conn.read.capacity() > 2 * READ_SIZE {

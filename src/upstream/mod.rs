@@ -25,7 +25,7 @@ use crate::error::Rejection;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
-use http::{HeaderValue, Request, Response, Version};
+use http::{HeaderMap, HeaderValue, Request, Response, Version};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -166,7 +166,8 @@ impl Upstream {
 
     /// Sends a request (headers already rewritten) to the upstream and waits for its
     /// response headers, at most `timeouts.upstream_response` (then 504). A request that a
-    /// connection could not take (it had just closed) is retried once on a new connection.
+    /// connection could not take (it had just closed) is retried once on a new connection
+    /// (on the lean path only an idempotent one: there it may have been written).
     pub async fn send(
         &self,
         request: Request<Incoming>,
@@ -241,9 +242,7 @@ impl Upstream {
         request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         let (mut parts, _) = request.into_parts();
-        if !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, self.host_value.clone());
-        }
+        self.ensure_host(&mut parts.headers);
         let conn = match lean::checkout(&self.lean_idle) {
             Some(conn) => conn,
             None => lean::Conn::new(self.dialer.dial().await?),
@@ -373,10 +372,16 @@ impl Upstream {
             .build()
             .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
         *request.version_mut() = Version::HTTP_11;
-        if !request.headers().contains_key(HOST) {
-            request.headers_mut().insert(HOST, self.host_value.clone());
-        }
+        self.ensure_host(request.headers_mut());
         Ok(())
+    }
+
+    /// HTTP/1.1 needs a `Host`: the upstream's, for a request that came without one
+    /// (HTTP/1.0; an HTTP/2 request's authority became its `Host` in `headers`).
+    fn ensure_host(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(HOST) {
+            headers.insert(HOST, self.host_value.clone());
+        }
     }
 
     /// Points a request at an HTTP/2 upstream: an absolute URI whose authority is the
