@@ -1,16 +1,22 @@
 //! Header rewriting between client and upstream: strip hop-by-hop headers and every
 //! client-sent identity header, set `X-Forwarded-*`, inject the identity of the principal.
+//! What tokengate adds is kept beside the request (`Added`) until the request is written.
 
 use crate::auth::Principal;
 use crate::config::Config;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request;
 use ipnet::IpNet;
+use smallvec::SmallVec;
 use std::net::{IpAddr, SocketAddr};
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+// The same names as statics, which `Added` can borrow for as long as it needs.
+static FORWARDED_FOR: HeaderName = X_FORWARDED_FOR;
+static FORWARDED_PROTO: HeaderName = X_FORWARDED_PROTO;
+static FORWARDED_HOST: HeaderName = X_FORWARDED_HOST;
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -126,20 +132,57 @@ pub fn keep_upgrade(headers: &mut HeaderMap, protocol: HeaderValue) {
     headers.insert(header::UPGRADE, protocol);
 }
 
-fn is_identity_header(name: &HeaderName, config: &Config) -> bool {
+/// The headers tokengate adds to a request for the upstream: `X-Forwarded-*` and the
+/// principal's identity. They travel beside the request instead of in its header map: the
+/// lean exchange writes them straight after the client's headers, which saves hashing each
+/// into the map and growing it on every request; the other paths insert them
+/// (`insert_into`). Every name here is gone from the client's headers first, so the upstream
+/// never sees a client's value beside tokengate's.
+#[derive(Debug, Default)]
+pub struct Added<'a> {
+    fields: SmallVec<[(&'a HeaderName, HeaderValue); 8]>,
+}
+
+impl<'a> Added<'a> {
+    fn push(&mut self, name: &'a HeaderName, value: HeaderValue) {
+        self.fields.push((name, value));
+    }
+
+    /// The headers, in the order they are sent.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.fields.iter().map(|(name, value)| (*name, value))
+    }
+
+    /// Puts the headers into a request's map, for the paths that send the map itself.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        for (name, value) in self.fields {
+            headers.insert(name.clone(), value);
+        }
+    }
+}
+
+/// A header only tokengate may set: the configured identity names, any `X-Token-*` or
+/// `X-Auth-*`, and `X-Forwarded-*` unless a trusted proxy sent it.
+fn is_claim(name: &HeaderName, config: &Config, trusted: bool) -> bool {
     let n = name.as_str();
-    n.starts_with("x-token-") || n.starts_with("x-auth-") || config.headers.all().contains(&name)
+    n.starts_with("x-token-")
+        || n.starts_with("x-auth-")
+        || config.headers.all().contains(&name)
+        || (!trusted
+            && n.starts_with("x-forwarded-")
+            && [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST].contains(&name))
 }
 
 /// Removes every client-sent identity header: the configured names and any `X-Token-*` or
-/// `X-Auth-*`. Allocates only when the client sent one.
-pub fn strip_identity(headers: &mut HeaderMap, config: &Config) {
-    if !headers.keys().any(|name| is_identity_header(name, config)) {
+/// `X-Auth-*`, and the `X-Forwarded-*` tokengate sets unless the peer is a trusted proxy.
+/// Allocates only when the client sent one.
+pub fn strip_claims(headers: &mut HeaderMap, config: &Config, trusted: bool) {
+    if !headers.keys().any(|name| is_claim(name, config, trusted)) {
         return;
     }
     let forged: Vec<HeaderName> = headers
         .keys()
-        .filter(|name| is_identity_header(name, config))
+        .filter(|name| is_claim(name, config, trusted))
         .cloned()
         .collect();
     for name in forged {
@@ -147,19 +190,17 @@ pub fn strip_identity(headers: &mut HeaderMap, config: &Config) {
     }
 }
 
-/// Rewrites a request's headers for the upstream.
-pub fn prepare_request(
+/// Rewrites a request's headers for the upstream, and returns what tokengate adds to them.
+pub fn prepare_request<'a>(
     parts: &mut request::Parts,
-    config: &Config,
+    config: &'a Config,
     principal: Option<&Principal>,
     conn: &ConnInfo,
     strip_authorization: bool,
-) {
+) -> Added<'a> {
     let headers = &mut parts.headers;
-    // Room for what is added below (X-Forwarded-*, identity), so the map grows once.
-    headers.reserve(8);
     strip_hop_by_hop(headers);
-    strip_identity(headers, config);
+    strip_claims(headers, config, conn.trusted);
     if strip_authorization {
         headers.remove(header::AUTHORIZATION);
     }
@@ -174,7 +215,8 @@ pub fn prepare_request(
             headers.insert(header::HOST, host);
         }
     }
-    forwarded(headers, conn);
+    let mut added = Added::default();
+    forwarded(headers, conn, &mut added);
 
     if !config.sessions.forward_cookie && headers.contains_key(header::COOKIE) {
         strip_cookies(headers, &tokengate_cookies(config));
@@ -184,18 +226,19 @@ pub fn prepare_request(
     match principal {
         Some(Principal::Token(token)) => {
             let values = token.identity_values();
-            headers.insert(names.abilities.clone(), values.abilities);
-            headers.insert(names.user.clone(), values.user);
-            headers.insert(names.token_id.clone(), values.token_id);
-            headers.insert(names.method.clone(), METHOD_TOKEN);
+            added.push(&names.abilities, values.abilities);
+            added.push(&names.user, values.user);
+            added.push(&names.token_id, values.token_id);
+            added.push(&names.method, METHOD_TOKEN);
         }
         Some(Principal::Session(session)) => {
-            headers.insert(names.abilities.clone(), ALL_ABILITIES);
-            headers.insert(names.user.clone(), session.user_value());
-            headers.insert(names.method.clone(), METHOD_SESSION);
+            added.push(&names.abilities, ALL_ABILITIES);
+            added.push(&names.user, session.user_value());
+            added.push(&names.method, METHOD_SESSION);
         }
         None => {}
     }
+    added
 }
 
 /// The cookies tokengate sets, which the upstream does not get unless
@@ -303,31 +346,29 @@ pub fn own_origin<'a>(parts: &'a request::Parts, conn: &'a ConnInfo) -> (&'a str
 }
 
 /// `X-Forwarded-For/Proto/Host`: from a trusted proxy extended or kept; otherwise set from
-/// what tokengate itself sees, so a client cannot forge them.
-fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo) {
+/// what tokengate itself sees (`strip_claims` removed the client's), so a client cannot
+/// forge them.
+fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo, added: &mut Added<'_>) {
     let chain = if conn.trusted {
         headers
-            .get(X_FORWARDED_FOR)
+            .remove(X_FORWARDED_FOR)
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok())
     } else {
         None
     };
-    headers.insert(
-        X_FORWARDED_FOR,
+    added.push(
+        &FORWARDED_FOR,
         chain.unwrap_or_else(|| conn.peer_ip.clone()),
     );
     if !(conn.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        headers.insert(X_FORWARDED_PROTO, conn.proto.clone());
+        added.push(&FORWARDED_PROTO, conn.proto.clone());
     }
     if !(conn.trusted && headers.contains_key(X_FORWARDED_HOST)) {
-        match headers.get(header::HOST).cloned() {
-            Some(host) => {
-                headers.insert(X_FORWARDED_HOST, host);
-            }
-            None => {
-                headers.remove(X_FORWARDED_HOST);
-            }
+        // A trusted proxy's `X-Forwarded-Host` stands; otherwise the one `Host` names.
+        if let Some(host) = headers.get(header::HOST) {
+            added.push(&FORWARDED_HOST, host.clone());
         }
     }
 }
@@ -370,7 +411,8 @@ mod tests {
             ("authorization", "Bearer 1|x"),
             ("accept", "*/*"),
         ]);
-        prepare_request(&mut p, &cfg, None, &conn, true);
+        let added = prepare_request(&mut p, &cfg, None, &conn, true);
+        added.insert_into(&mut p.headers);
         let h = &p.headers;
         for gone in [
             "connection",
@@ -409,7 +451,11 @@ mod tests {
             ("x-forwarded-host", "app.example"),
             ("x-forwarded-proto", "https"),
         ]);
-        prepare_request(&mut p, &cfg, None, &conn, false);
+        let added = prepare_request(&mut p, &cfg, None, &conn, false);
+        // The trusted proxy's own `X-Forwarded-Host/Proto` stand; the chain is extended.
+        let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["x-forwarded-for"]);
+        added.insert_into(&mut p.headers);
         assert_eq!(p.headers["x-forwarded-for"], "203.0.113.9, 10.1.2.3");
         assert_eq!(p.headers["x-forwarded-host"], "app.example");
         assert_eq!(p.headers["x-forwarded-proto"], "https");

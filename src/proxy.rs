@@ -221,7 +221,7 @@ async fn forward(
     // upstream's business unless the config says so.
     let strip_authorization = principal.is_some() && !config.forward_authorization;
     let upgrade = headers::upgrade_request(&parts.headers);
-    headers::prepare_request(
+    let added = headers::prepare_request(
         &mut parts,
         config,
         principal.as_ref(),
@@ -232,10 +232,10 @@ async fn forward(
     trace.decision = Some(Decision::Allowed);
     if let Some(protocol) = upgrade {
         // Boxed: an upgrade is rare, and its future large.
-        return Box::pin(tunnel(upstream, metrics, parts, body, protocol)).await;
+        return Box::pin(tunnel(upstream, metrics, parts, added, body, protocol)).await;
     }
     let sent = Instant::now();
-    let mut response = match upstream.send(Request::from_parts(parts, body)).await {
+    let mut response = match upstream.send(Request::from_parts(parts, body), added).await {
         Ok(response) => response,
         Err(rejection) => {
             metrics.upstream_error(upstream_error_kind(&rejection));
@@ -321,10 +321,12 @@ async fn tunnel(
     upstream: &Upstream,
     metrics: &WorkerMetrics,
     mut parts: request::Parts,
+    added: headers::Added<'_>,
     body: Incoming,
     protocol: http::HeaderValue,
 ) -> Result<Response<Body>, Rejection> {
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    added.insert_into(&mut parts.headers);
     headers::keep_upgrade(&mut parts.headers, protocol);
     let sent = Instant::now();
     let mut response = upstream

@@ -16,6 +16,7 @@
 //! its body was read exactly to its end, nothing came after it, and the upstream did not
 //! ask to close.
 
+use crate::headers::Added;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{request, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
@@ -125,6 +126,7 @@ pub(super) fn eligible<B: Body>(request: &http::Request<B>) -> bool {
 pub(super) async fn exchange(
     mut conn: Conn,
     parts: &request::Parts,
+    added: &Added<'_>,
     pool: &Pool,
     timeout: Duration,
 ) -> Result<Response<LeanBody>, ExchangeError> {
@@ -137,7 +139,7 @@ pub(super) async fn exchange(
         None => Box::pin(tokio::time::sleep_until(until)),
     };
     let head = {
-        let send = send(&mut conn, parts);
+        let send = send(&mut conn, parts, added);
         let mut send = pin!(send);
         std::future::poll_fn(|cx| match send.as_mut().poll(cx) {
             Poll::Ready(head) => Poll::Ready(head),
@@ -157,8 +159,9 @@ pub(super) async fn exchange(
 async fn send(
     conn: &mut Conn,
     parts: &request::Parts,
+    added: &Added<'_>,
 ) -> Result<(Response<()>, Framing), ExchangeError> {
-    encode_head(parts, &mut conn.write);
+    encode_head(parts, added, &mut conn.write);
     if let Err(e) = conn.stream.write_all(&conn.write).await {
         return Err(if conn.pooled {
             ExchangeError::Unsent
@@ -203,16 +206,17 @@ fn poll_read_more(
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, read)
 }
 
-/// The request line and headers, as HTTP/1.1. A method that may carry a body says it has
-/// none, as hyper's client does (some servers refuse a `POST` without a length).
-fn encode_head(parts: &request::Parts, out: &mut Vec<u8>) {
+/// The request line and headers (the client's, then tokengate's), as HTTP/1.1. A method
+/// that may carry a body says it has none, as hyper's client does (some servers refuse a
+/// `POST` without a length).
+fn encode_head(parts: &request::Parts, added: &Added<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in parts.headers.iter().chain(added.iter()) {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -804,15 +808,23 @@ mod tests {
             .header("x-token-abilities", "read")
             .body(())
             .unwrap();
+        let config =
+            crate::config::Config::parse("upstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n")
+                .unwrap();
+        let conn = crate::headers::ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &[], false);
+        let mut parts = request.into_parts().0;
+        // The client's identity header is stripped, tokengate's own follow the client's.
+        let added = crate::headers::prepare_request(&mut parts, &config, None, &conn, false);
         let mut out = Vec::new();
-        encode_head(&request.into_parts().0, &mut out);
+        encode_head(&parts, &added, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /a/b?c=d HTTP/1.1\r\nhost: app\r\nx-token-abilities: read\r\ncontent-length: 0\r\n\r\n"
+            "POST /a/b?c=d HTTP/1.1\r\nhost: app\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-proto: http\r\nx-forwarded-host: app\r\ncontent-length: 0\r\n\r\n"
         );
         let get = http::Request::get("/").body(()).unwrap();
         let mut out = Vec::new();
-        encode_head(&get.into_parts().0, &mut out);
+        encode_head(&get.into_parts().0, &Added::default(), &mut out);
         assert_eq!(out, b"GET / HTTP/1.1\r\n\r\n");
     }
 

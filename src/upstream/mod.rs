@@ -22,6 +22,7 @@ mod lean;
 
 use crate::config::{Config, UpstreamTarget};
 use crate::error::Rejection;
+use crate::headers::Added;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -170,13 +171,23 @@ impl Upstream {
     /// (on the lean path only an idempotent one: there it may have been written).
     pub async fn send(
         &self,
+        mut request: Request<Incoming>,
+        added: Added<'_>,
+    ) -> Result<Response<UpstreamBody>, Rejection> {
+        if !(self.http2.is_none() && self.dialer.tls.is_none() && lean::eligible(&request)) {
+            added.insert_into(request.headers_mut());
+            return self.send_hyper(request).await;
+        }
+        // The lean exchange keeps the response timeout itself (a timer per connection).
+        Box::pin(self.exchange_lean(request, &added)).await
+    }
+
+    /// `send` through hyper's client.
+    async fn send_hyper(
+        &self,
         request: Request<Incoming>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         match &self.http2 {
-            // The lean exchange keeps the response timeout itself (a timer per connection).
-            None if self.dialer.tls.is_none() && lean::eligible(&request) => {
-                Box::pin(self.exchange_lean(request)).await
-            }
             // Boxed: an exchange's future is large, and this one is moved several times per
             // request as it is awaited through the layers above.
             None => self.timed(Box::pin(self.exchange(request))).await,
@@ -240,6 +251,7 @@ impl Upstream {
     async fn exchange_lean(
         &self,
         request: Request<Incoming>,
+        added: &Added<'_>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         let (mut parts, _) = request.into_parts();
         self.ensure_host(&mut parts.headers);
@@ -248,10 +260,10 @@ impl Upstream {
             None => lean::Conn::new(self.dialer.dial().await?),
         };
         let timeout = self.response_timeout;
-        let sent = match lean::exchange(conn, &parts, &self.lean_idle, timeout).await {
+        let sent = match lean::exchange(conn, &parts, added, &self.lean_idle, timeout).await {
             Err(lean::ExchangeError::Unsent) if parts.method.is_idempotent() => {
                 let conn = lean::Conn::new(self.dialer.dial().await?);
-                lean::exchange(conn, &parts, &self.lean_idle, timeout).await
+                lean::exchange(conn, &parts, added, &self.lean_idle, timeout).await
             }
             sent => sent,
         };
