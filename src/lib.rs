@@ -5,7 +5,8 @@
 //! How a request flows through the modules:
 //!
 //! ```text
-//! server    accept loop, one task per connection, HTTP/1.1 + HTTP/2 (hyper-util auto)
+//! server    accept loop, one task per connection, HTTP/1.1 + HTTP/2 (hyper-util auto);
+//!           `watchdog` closes a connection with no request in progress for too long
 //!   proxy   the pipeline, the one place that knows the order of the steps:
 //!     path      check the path, decode its segments (400 on anything ambiguous)
 //!     routes    match the compiled route table, first match wins (403 when none)
@@ -48,3 +49,4 @@ pub mod tls;
 pub mod tokens;
 pub mod upstream;
 pub mod users;
+pub mod watchdog;

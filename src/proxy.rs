@@ -23,6 +23,7 @@ use crate::pages;
 use crate::path;
 use crate::routes::{AuthMode, Route};
 use crate::upstream::{Upstream, UpstreamBody};
+use crate::watchdog::{InFlight, Watched};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE};
 use http::{request, Request, Response};
@@ -45,29 +46,33 @@ struct Trace {
 }
 
 /// What a request runs with: the app, the worker's snapshot of the config, its upstream and
-/// metrics, and the connection the request came on.
+/// metrics, and the connection the request came on, on which it is now in progress.
 pub struct Context {
     pub app: Arc<App>,
     pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<WorkerMetrics>,
     pub conn: Arc<ConnInfo>,
+    pub in_flight: InFlight,
 }
 
-/// Handles one request: forwards it, or answers with the refusal. The future is hyper's
-/// service future as is (never an error): wrapping it in another `async` block would make
-/// the compiler lay it out twice, and hyper moves it once per request.
+/// Handles one request: forwards it, or answers with the refusal. The request stays in
+/// progress on its connection until the response body is done (`Watched`). The future is
+/// hyper's service future as is (never an error): wrapping it in another `async` block
+/// would make the compiler lay it out twice, and hyper moves it once per request.
 pub async fn handle(
     context: Context,
     request: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Result<Response<Watched<Body>>, Infallible> {
     let Context {
         app,
         config,
         upstream,
         metrics,
         conn,
-    } = &context;
+        in_flight,
+    } = context;
+    let (app, config, upstream, metrics, conn) = (&app, &config, &upstream, &metrics, &conn);
     let started = Instant::now();
     let _in_flight = metrics.in_flight();
     // `config` is this request's snapshot: a reload meanwhile does not change its rules.
@@ -108,7 +113,7 @@ pub async fn handle(
             took,
         );
     }
-    Ok(response)
+    Ok(response.map(|body| Watched::new(body, in_flight)))
 }
 
 /// The `upstream_errors_total` kind of an upstream failure.

@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::headers::ConnInfo;
 use crate::proxy;
 use crate::upstream::Upstream;
+use crate::watchdog::{self, Activity};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,14 +30,11 @@ const BACKLOG: u32 = 4096;
 
 fn builder(config: &Config) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // hyper runs one timer while an HTTP/1 connection waits for a request head, whether it
-    // sits idle between keep-alive requests or a client sends its head slowly: it closes
-    // the connection after the smaller of the two timeouts.
-    let head_timeout = config.timeouts.client_header.min(config.timeouts.idle);
     builder
         .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(head_timeout)
+        // The connection's watchdog bounds the wait for a request head, not a timer per
+        // request (`watchdog`).
+        .header_read_timeout(None)
         // One `write` of head and body copied together, rather than `writev` of the pieces:
         // cheaper for the small messages most APIs exchange (docs/performance.md).
         .writev(false)
@@ -98,12 +96,17 @@ async fn run_limited(
         let tls = config.tls.as_ref().map(|t| Arc::clone(&t.server));
         let conn = Arc::new(ConnInfo::new(peer, &config.trusted_proxies, tls.is_some()));
         let handshake_timeout = config.timeouts.client_header;
+        // One bound for a slow request head and an idle keep-alive connection alike: both
+        // are a connection with no request in progress.
+        let idle_limit = config.timeouts.client_header.min(config.timeouts.idle);
         let builder = current.builder(&app);
         let app = Arc::clone(&app);
         let current = Arc::clone(&current);
         let metrics = Arc::clone(&metrics);
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let activity = Arc::new(Activity::default());
+            let requests = Arc::clone(&activity);
             let service = service_fn(move |request| {
                 let (config, upstream) = current.for_request(&app);
                 let context = proxy::Context {
@@ -112,37 +115,48 @@ async fn run_limited(
                     upstream,
                     metrics: Arc::clone(&metrics),
                     conn: Arc::clone(&conn),
+                    in_flight: requests.begin(),
                 };
                 proxy::handle(context, request)
             });
-            let served = match tls {
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
+            let serve = async {
+                match tls {
+                    None => {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
+                    Some(tls) => {
+                        // The handshake runs here, in the connection's own task, under a
+                        // timeout: a slow or broken client holds up no one else.
+                        let accepted = tokio::time::timeout(
+                            handshake_timeout,
+                            tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+                        )
+                        .await;
+                        let stream = match accepted {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                                return Ok(());
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return Ok(());
+                            }
+                        };
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                        watcher.watch(connection).await
+                    }
                 }
-                Some(tls) => {
-                    // The handshake runs here, in the connection's own task, under a
-                    // timeout: a slow or broken client holds up no one else.
-                    let accepted = tokio::time::timeout(
-                        handshake_timeout,
-                        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
-                    )
-                    .await;
-                    let stream = match accepted {
-                        Ok(Ok(stream)) => stream,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
+            };
+            let served = tokio::select! {
+                served = serve => served,
+                () = watchdog::idle(&activity, idle_limit) => {
+                    // Dropping the connection closes it, as hyper's own header timeout does.
+                    tracing::debug!(%peer, "closing a connection with no request in progress");
+                    Ok(())
                 }
             };
             if let Err(e) = served {
@@ -214,10 +228,11 @@ impl Current {
     }
 }
 
-/// Keeps a timer pending on this worker's runtime at all times. Every request arms a
-/// header-read timeout; when no earlier timer is pending, tokio wakes its own driver through
-/// an eventfd write to re-plan its sleep, a syscall on the hot path. A tick every second
-/// means a 30-second timeout is never the earliest, so no request pays for that wake-up.
+/// Keeps a timer pending on this worker's runtime at all times. Requests arm timers (the
+/// upstream response timeout); when no earlier timer is pending, tokio wakes its own driver
+/// through an eventfd write to re-plan its sleep, a syscall on the hot path. A tick every
+/// second means a 30-second timeout is never the earliest, so no request pays for that
+/// wake-up.
 async fn keep_timer_armed() {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {

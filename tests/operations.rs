@@ -1,6 +1,6 @@
 //! Timeouts and limits over real sockets: upstream connect (502) and response (504)
-//! timeouts, the slowloris guard, the idle keep-alive timeout, the request head size (431)
-//! and the connection limit.
+//! timeouts, the slowloris guard, the idle keep-alive timeout (and a busy connection
+//! outliving it), the request head size (431) and the connection limit.
 
 mod common;
 
@@ -138,6 +138,32 @@ async fn an_idle_keep_alive_connection_is_closed() {
     let (rest, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(closed, "idle connection closed");
     assert!(rest.is_empty() || rest.len() < 4096);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_in_steady_use_outlives_the_idle_timeout() {
+    // The timeout bounds the quiet time between requests, not a connection's age.
+    let gate = Gate::start(&with("timeouts:\n  idle_seconds: 0.5\n")).await;
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_millis(2000) {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 200"),
+            "request {answered} on the connection: {}",
+            String::from_utf8_lossy(&buf[..n])
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    assert!(answered >= 5);
     gate.stop().await;
 }
 

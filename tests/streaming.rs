@@ -142,6 +142,37 @@ async fn a_20_mb_upload_streams_to_the_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_streaming_longer_than_the_idle_timeout_is_not_cut() {
+    // A connection with a response still streaming is busy, not idle.
+    let upstream = stream_upstream().await;
+    let echo = tokengate::echo::Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let config =
+        format!("{STANDARD}timeouts:\n  client_header_seconds: 0.3\n  idle_seconds: 0.3\n");
+    let gate = Gate::start_with_upstream(upstream.addr, echo, &config).await;
+    let token = gate.token("u", &["read"]).await;
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(gate.url("/slow"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    // Five idle timeouts pass while the upstream holds the rest back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    upstream.release.notify_one();
+    let rest = tokio::time::timeout(Duration::from_secs(10), body.collect())
+        .await
+        .expect("the rest arrives")
+        .expect("the connection was not closed under the response");
+    assert_eq!(rest.to_bytes(), "second");
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_chunked_answer_streams_back() {
     let upstream = stream_upstream().await;
     let gate = gate_in_front_of(&upstream).await;
