@@ -106,6 +106,32 @@ async fn websockets_are_authenticated_then_proxied_both_ways() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_websocket_outlives_the_idle_timeout() {
+    // Once upgraded, the connection is the tunnel's: the idle watchdog no longer applies.
+    let upstream = websocket_echo().await;
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let config = format!("{}timeouts:\n  idle_seconds: 0.3\n", config());
+    let gate = Gate::start_with_upstream(upstream, echo, &config).await;
+    let reader = gate.token("u", &["read"]).await;
+    let mut request = format!("ws://{}/ws/chat", gate.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    ws.send(Message::Text("still there".into())).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        .await
+        .expect("a reply")
+        .expect("the tunnel is open")
+        .unwrap();
+    assert_eq!(reply, Message::Text("read: still there".into()));
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_sent_events_stream_without_buffering() {
     // The upstream sends one event, then waits until the test has seen it before the next.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
