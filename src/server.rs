@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{oneshot, watch, Semaphore};
 
 /// Threads per worker for blocking store reads (cache misses).
 const MAX_BLOCKING_THREADS: usize = 4;
@@ -104,9 +104,13 @@ async fn run_limited(
         let current = Arc::clone(&current);
         let metrics = Arc::clone(&metrics);
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            let activity = Arc::new(Activity::default());
-            let requests = Arc::clone(&activity);
+        let activity = Arc::new(Activity::default());
+        let requests = Arc::clone(&activity);
+        // The watchdog runs beside the connection's task, not in it: polled with the
+        // connection, its timer would be polled at every wake-up of every request.
+        let (alive, ended) = oneshot::channel::<()>();
+        let connection = tokio::spawn(async move {
+            let _alive = alive;
             let service = service_fn(move |request| {
                 let (config, upstream) = current.for_request(&app);
                 let context = proxy::Context {
@@ -119,44 +123,34 @@ async fn run_limited(
                 };
                 proxy::handle(context, request)
             });
-            let serve = async {
-                match tls {
-                    None => {
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(connection).await
-                    }
-                    Some(tls) => {
-                        // The handshake runs here, in the connection's own task, under a
-                        // timeout: a slow or broken client holds up no one else.
-                        let accepted = tokio::time::timeout(
-                            handshake_timeout,
-                            tokio_rustls::TlsAcceptor::from(tls).accept(stream),
-                        )
-                        .await;
-                        let stream = match accepted {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return Ok(());
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return Ok(());
-                            }
-                        };
-                        let connection =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(connection).await
-                    }
+            let served = match tls {
+                None => {
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
                 }
-            };
-            let served = tokio::select! {
-                served = serve => served,
-                () = watchdog::idle(&activity, idle_limit) => {
-                    // Dropping the connection closes it, as hyper's own header timeout does.
-                    tracing::debug!(%peer, "closing a connection with no request in progress");
-                    Ok(())
+                Some(tls) => {
+                    // The handshake runs here, in the connection's own task, under a
+                    // timeout: a slow or broken client holds up no one else.
+                    let accepted = tokio::time::timeout(
+                        handshake_timeout,
+                        tokio_rustls::TlsAcceptor::from(tls).accept(stream),
+                    )
+                    .await;
+                    let stream = match accepted {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
                 }
             };
             if let Err(e) = served {
@@ -164,6 +158,13 @@ async fn run_limited(
             }
             drop(permit);
         });
+        tokio::spawn(watchdog::guard(
+            activity,
+            idle_limit,
+            ended,
+            connection.abort_handle(),
+            peer,
+        ));
     }
     drop(listener);
     tokio::select! {

@@ -10,11 +10,14 @@
 
 use bytes::Buf;
 use hyper::body::{Body, Frame, SizeHint};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 /// Checks per period: a connection is closed between one and 1¼ periods after its last
 /// request ended (exactly one period after it opened, if none came).
@@ -50,9 +53,29 @@ impl Drop for InFlight {
     }
 }
 
+/// Watches a connection's task: aborts it, which drops and so closes the connection (without
+/// a response, as hyper's own header timeout did), once it has gone a whole `period` with no
+/// request in progress; ends when the task ends (`ended`: its sender is dropped with the
+/// task).
+pub async fn guard(
+    activity: Arc<Activity>,
+    period: Duration,
+    ended: oneshot::Receiver<()>,
+    connection: AbortHandle,
+    peer: SocketAddr,
+) {
+    tokio::select! {
+        _ = ended => {}
+        () = idle(&activity, period) => {
+            tracing::debug!(%peer, "closing a connection with no request in progress");
+            connection.abort();
+        }
+    }
+}
+
 /// Resolves once the connection has gone a whole `period` with no request in progress and
-/// none started: the caller then closes it.
-pub async fn idle(activity: &Activity, period: Duration) {
+/// none started.
+async fn idle(activity: &Activity, period: Duration) {
     let step = period / CHECKS;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -143,5 +166,36 @@ mod tests {
         watching.await.unwrap();
         let quiet = ended.elapsed();
         assert!(quiet >= period && quiet <= period * 5 / 4, "{quiet:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_guard_aborts_an_idle_connection_and_ends_with_a_closed_one() {
+        let period = Duration::from_secs(4);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let activity = Arc::new(Activity::default());
+
+        let connection = tokio::spawn(std::future::pending::<()>());
+        let (_alive, ended) = oneshot::channel();
+        let started = tokio::time::Instant::now();
+        guard(
+            Arc::clone(&activity),
+            period,
+            ended,
+            connection.abort_handle(),
+            peer,
+        )
+        .await;
+        assert_eq!(started.elapsed(), period);
+        assert!(connection.await.unwrap_err().is_cancelled());
+
+        // A connection that ends by itself takes its guard with it at once.
+        let connection = tokio::spawn(std::future::pending::<()>());
+        let (alive, ended) = oneshot::channel::<()>();
+        drop(alive);
+        let started = tokio::time::Instant::now();
+        guard(activity, period, ended, connection.abort_handle(), peer).await;
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert!(!connection.is_finished());
+        connection.abort();
     }
 }
