@@ -96,6 +96,19 @@ async fn gate_in_front_of(upstream: &StreamUpstream) -> Gate {
     Gate::start_with_upstream(upstream.addr, echo, STANDARD).await
 }
 
+/// `GET /slow` through the gate: its 200's body, still streaming.
+async fn get_slow(gate: &Gate, token: &str) -> Incoming {
+    let client: Client<_, http_body_util::Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let request = Request::get(gate.url("/slow"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body()
+}
+
 /// Waits (bounded) until `check` holds.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     for _ in 0..1000 {
@@ -150,15 +163,7 @@ async fn an_answer_streaming_longer_than_the_idle_timeout_is_not_cut() {
         format!("{STANDARD}timeouts:\n  client_header_seconds: 0.3\n  idle_seconds: 0.3\n");
     let gate = Gate::start_with_upstream(upstream.addr, echo, &config).await;
     let token = gate.token("u", &["read"]).await;
-    let client: Client<_, http_body_util::Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(gate.url("/slow"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    let mut body = get_slow(&gate, &token).await;
     let first = body.frame().await.unwrap().unwrap();
     assert_eq!(first.into_data().unwrap(), "first");
     // Five idle timeouts pass while the upstream holds the rest back.
@@ -177,15 +182,7 @@ async fn a_slow_chunked_answer_streams_back() {
     let upstream = stream_upstream().await;
     let gate = gate_in_front_of(&upstream).await;
     let token = gate.token("u", &["read"]).await;
-    let client: Client<_, http_body_util::Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build_http();
-    let request = Request::get(gate.url("/slow"))
-        .header("authorization", format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())
-        .unwrap();
-    let response = client.request(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let mut body = response.into_body();
+    let mut body = get_slow(&gate, &token).await;
     // The upstream has sent only "first" and waits: we must get it now.
     let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
         .await

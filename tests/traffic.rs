@@ -113,12 +113,7 @@ async fn a_quiet_websocket_outlives_the_idle_timeout() {
     let config = format!("{}timeouts:\n  idle_seconds: 0.3\n", config());
     let gate = Gate::start_with_upstream(upstream, echo, &config).await;
     let reader = gate.token("u", &["read"]).await;
-    let mut request = format!("ws://{}/ws/chat", gate.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+    let request = common::ws_request(gate.addr, "/ws/chat", &reader);
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1200)).await;
     ws.send(Message::Text("still there".into())).await.unwrap();

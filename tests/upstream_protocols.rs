@@ -29,7 +29,6 @@ use tokengate::config::Config;
 use tokengate::tokens::CreateToken;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 const GRPC_PATH: &str = "/pkg.Service/Method";
@@ -617,12 +616,7 @@ async fn websockets_reach_an_http2_tls_upstream_over_http1() {
     let url = format!("https://{}", upstream.addr);
     let gate = TlsGate::start(&url, Some(&pki.ca_pem), "upstream_http2: true\n").await;
     let reader = gate.token("u", &["read"]).await;
-    let mut request = format!("ws://{}/ws/chat", gate.addr)
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {reader}").parse().unwrap());
+    let request = common::ws_request(gate.addr, "/ws/chat", &reader);
     let (mut ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
     ws.send(Message::Text("hello".into())).await.unwrap();

@@ -289,3 +289,17 @@ pub fn assert_forbidden(answer: &Answer, what: &str) {
         "{what}"
     );
 }
+
+/// A WebSocket handshake request to `ws://addr/path` carrying a bearer token.
+pub fn ws_request(
+    addr: SocketAddr,
+    path: &str,
+    token: &str,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{addr}{path}").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
