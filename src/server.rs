@@ -10,18 +10,19 @@ use crate::config::Config;
 use crate::headers::ConnInfo;
 use crate::proxy;
 use crate::upstream::Upstream;
-use crate::watchdog::{self, Activity};
+use crate::watchdog::{Activity, Guard};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{oneshot, watch, Semaphore};
+use tokio_util::either::Either;
 
 /// Threads per worker for blocking store reads (cache misses).
 const MAX_BLOCKING_THREADS: usize = 4;
@@ -63,7 +64,10 @@ async fn run_limited(
 ) {
     let current = Arc::new(Current::new(&app));
     let metrics = Arc::new(app.metrics.worker());
-    let graceful = GracefulShutdown::new();
+    // Graceful shutdown as hyper-util's `GracefulShutdown` does it (drain each connection,
+    // wait for all under a grace period), but told to each connection by its watchdog:
+    // hyper-util's watcher polls a `watch` receiver at every wake-up of every connection.
+    let (stop, stopping) = watch::channel(false);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -103,12 +107,13 @@ async fn run_limited(
         let app = Arc::clone(&app);
         let current = Arc::clone(&current);
         let metrics = Arc::clone(&metrics);
-        let watcher = graceful.watcher();
         let activity = Arc::new(Activity::default());
         let requests = Arc::clone(&activity);
         // The watchdog runs beside the connection's task, not in it: polled with the
-        // connection, its timer would be polled at every wake-up of every request.
+        // connection, its timer would be polled at every wake-up of every request. It also
+        // passes on the drain signal, so the connection polls only a `oneshot` for it.
         let (alive, ended) = oneshot::channel::<()>();
+        let (drain, mut drained) = oneshot::channel::<()>();
         let connection = tokio::spawn(async move {
             let _alive = alive;
             let service = service_fn(move |request| {
@@ -123,12 +128,8 @@ async fn run_limited(
                 };
                 proxy::handle(context, request)
             });
-            let served = match tls {
-                None => {
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
-                }
+            let stream = match tls {
+                None => Either::Left(stream),
                 Some(tls) => {
                     // The handshake runs here, in the connection's own task, under a
                     // timeout: a slow or broken client holds up no one else.
@@ -137,8 +138,8 @@ async fn run_limited(
                         tokio_rustls::TlsAcceptor::from(tls).accept(stream),
                     )
                     .await;
-                    let stream = match accepted {
-                        Ok(Ok(stream)) => stream,
+                    match accepted {
+                        Ok(Ok(stream)) => Either::Right(stream),
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -147,10 +148,18 @@ async fn run_limited(
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }
-                    };
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
+                    }
+                }
+            };
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            let mut connection = pin!(connection);
+            let served = tokio::select! {
+                biased;
+                served = connection.as_mut() => served,
+                Ok(()) = &mut drained => {
+                    // Finish the requests in progress, close when idle (HTTP/2: GOAWAY).
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
                 }
             };
             if let Err(e) = served {
@@ -158,17 +167,24 @@ async fn run_limited(
             }
             drop(permit);
         });
-        tokio::spawn(watchdog::guard(
+        let guard = Guard {
             activity,
-            idle_limit,
-            ended,
-            connection.abort_handle(),
+            period: idle_limit,
             peer,
-        ));
+            ended,
+            connection: connection.abort_handle(),
+            stopping: stopping.clone(),
+            drain,
+        };
+        tokio::spawn(guard.run());
     }
     drop(listener);
+    // Every open connection's watchdog holds a receiver of `stopping` until its connection
+    // ends: once the last is gone, every connection has finished.
+    drop(stopping);
+    let _ = stop.send(true);
     tokio::select! {
-        () = graceful.shutdown() => {}
+        () = stop.closed() => {}
         () = tokio::time::sleep(app.config().shutdown_grace) => {
             tracing::warn!("shutdown grace period over; closing remaining connections");
         }

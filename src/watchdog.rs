@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 /// Checks per period: a connection is closed between one and 1¼ periods after its last
@@ -53,22 +53,47 @@ impl Drop for InFlight {
     }
 }
 
-/// Watches a connection's task: aborts it, which drops and so closes the connection (without
-/// a response, as hyper's own header timeout did), once it has gone a whole `period` with no
-/// request in progress; ends when the task ends (`ended`: its sender is dropped with the
-/// task).
-pub async fn guard(
-    activity: Arc<Activity>,
-    period: Duration,
-    ended: oneshot::Receiver<()>,
-    connection: AbortHandle,
-    peer: SocketAddr,
-) {
-    tokio::select! {
-        _ = ended => {}
-        () = idle(&activity, period) => {
-            tracing::debug!(%peer, "closing a connection with no request in progress");
-            connection.abort();
+/// What a connection's watchdog needs: the connection's requests and task, and the
+/// server's shutdown signal to pass on.
+pub struct Guard {
+    pub activity: Arc<Activity>,
+    /// How long the connection may go without a request in progress.
+    pub period: Duration,
+    pub peer: SocketAddr,
+    /// Its sender is dropped with the connection's task.
+    pub ended: oneshot::Receiver<()>,
+    pub connection: AbortHandle,
+    /// Becomes `true` when the server shuts down. Held until the connection ends: the
+    /// server waits until no receiver is left.
+    pub stopping: watch::Receiver<bool>,
+    /// Tells the connection to finish its requests and close.
+    pub drain: oneshot::Sender<()>,
+}
+
+impl Guard {
+    /// Watches the connection until its task ends: aborts the task, which drops and so
+    /// closes the connection (without a response, as hyper's own header timeout did), once
+    /// it has gone a whole `period` with no request in progress; passes the shutdown on.
+    pub async fn run(self) {
+        let Guard {
+            activity,
+            period,
+            peer,
+            mut ended,
+            connection,
+            mut stopping,
+            drain,
+        } = self;
+        tokio::select! {
+            _ = &mut ended => {}
+            () = idle(&activity, period) => {
+                tracing::debug!(%peer, "closing a connection with no request in progress");
+                connection.abort();
+            }
+            () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
+                let _ = drain.send(());
+                let _ = ended.await;
+            }
         }
     }
 }
@@ -139,6 +164,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::task::JoinHandle;
+
+    const PERIOD: Duration = Duration::from_secs(4);
 
     #[tokio::test(start_paused = true)]
     async fn closes_after_a_quiet_period_and_never_while_a_request_is_in_progress() {
@@ -168,34 +196,66 @@ mod tests {
         assert!(quiet >= period && quiet <= period * 5 / 4, "{quiet:?}");
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn the_guard_aborts_an_idle_connection_and_ends_with_a_closed_one() {
-        let period = Duration::from_secs(4);
-        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let activity = Arc::new(Activity::default());
-
+    /// A guard for a task that never ends by itself; `alive` ends it when dropped.
+    fn guard(
+        activity: &Arc<Activity>,
+        stopping: watch::Receiver<bool>,
+    ) -> (
+        Guard,
+        JoinHandle<()>,
+        oneshot::Sender<()>,
+        oneshot::Receiver<()>,
+    ) {
         let connection = tokio::spawn(std::future::pending::<()>());
-        let (_alive, ended) = oneshot::channel();
-        let started = tokio::time::Instant::now();
-        guard(
-            Arc::clone(&activity),
-            period,
+        let (alive, ended) = oneshot::channel();
+        let (drain, drained) = oneshot::channel();
+        let guard = Guard {
+            activity: Arc::clone(activity),
+            period: PERIOD,
+            peer: "127.0.0.1:1".parse().unwrap(),
             ended,
-            connection.abort_handle(),
-            peer,
-        )
-        .await;
-        assert_eq!(started.elapsed(), period);
+            connection: connection.abort_handle(),
+            stopping,
+            drain,
+        };
+        (guard, connection, alive, drained)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_guard_aborts_an_idle_connection_drains_on_shutdown_and_ends_with_it() {
+        let activity = Arc::new(Activity::default());
+        let (stop, stopping) = watch::channel(false);
+
+        let (idle_one, connection, _alive, _) = guard(&activity, stopping.clone());
+        let started = tokio::time::Instant::now();
+        idle_one.run().await;
+        assert_eq!(started.elapsed(), PERIOD);
         assert!(connection.await.unwrap_err().is_cancelled());
 
         // A connection that ends by itself takes its guard with it at once.
-        let connection = tokio::spawn(std::future::pending::<()>());
-        let (alive, ended) = oneshot::channel::<()>();
+        let (closed, connection, alive, _) = guard(&activity, stopping.clone());
         drop(alive);
         let started = tokio::time::Instant::now();
-        guard(activity, period, ended, connection.abort_handle(), peer).await;
+        closed.run().await;
         assert_eq!(started.elapsed(), Duration::ZERO);
         assert!(!connection.is_finished());
+        connection.abort();
+
+        // On shutdown the connection is told to drain, and the guard keeps its receiver of
+        // the signal until the connection ends, so the server waits for it.
+        let (draining, connection, alive, drained) = guard(&activity, stopping);
+        let _request = activity.begin();
+        let guarding = tokio::spawn(draining.run());
+        stop.send(true).unwrap();
+        drained.await.expect("told to drain");
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(
+            !guarding.is_finished(),
+            "the guard ended before its connection"
+        );
+        drop(alive);
+        guarding.await.unwrap();
+        stop.closed().await;
         connection.abort();
     }
 }

@@ -504,6 +504,7 @@ async fn a_revocation_racing_cache_fills_never_leaves_the_token_valid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_cleanly() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let gate = Gate::start(STANDARD).await;
     let token = gate.token("u", &["read"]).await;
     assert_eq!(
@@ -513,9 +514,22 @@ async fn shutdown_finishes_cleanly() {
             .status,
         StatusCode::OK
     );
+    // A keep-alive connection left idle is closed at once, not held for the 30 s grace.
+    let mut idle = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     tokio::time::timeout(Duration::from_secs(10), gate.stop())
         .await
-        .expect("server stops");
+        .expect("server stops before the grace period ends");
+    let closed = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection is closed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
