@@ -172,9 +172,9 @@ impl<'a> Added<'a> {
     }
 
     /// Puts the headers into a request's map, for the paths that send the map itself.
-    pub fn insert_into(self, headers: &mut HeaderMap) {
-        for (name, value) in self.fields {
-            headers.insert(name.clone(), value);
+    pub fn insert_into(&self, headers: &mut HeaderMap) {
+        for (name, value) in self.iter() {
+            headers.insert(name.clone(), value.clone());
         }
     }
 }

@@ -237,10 +237,13 @@ async fn forward(
     trace.decision = Some(Decision::Allowed);
     if let Some(protocol) = upgrade {
         // Boxed: an upgrade is rare, and its future large.
-        return Box::pin(tunnel(upstream, metrics, parts, added, body, protocol)).await;
+        return Box::pin(tunnel(upstream, metrics, parts, &added, body, protocol)).await;
     }
     let sent = Instant::now();
-    let mut response = match upstream.send(Request::from_parts(parts, body), added).await {
+    let mut response = match upstream
+        .send(Request::from_parts(parts, body), &added)
+        .await
+    {
         Ok(response) => response,
         Err(rejection) => {
             metrics.upstream_error(upstream_error_kind(&rejection));
@@ -326,7 +329,7 @@ async fn tunnel(
     upstream: &Upstream,
     metrics: &WorkerMetrics,
     mut parts: request::Parts,
-    added: headers::Added<'_>,
+    added: &headers::Added<'_>,
     body: Incoming,
     protocol: http::HeaderValue,
 ) -> Result<Response<Body>, Rejection> {

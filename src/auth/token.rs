@@ -133,19 +133,19 @@ impl<'a> Presented<'a> {
 /// The credential of an `Authorization: Bearer …` value (scheme case-insensitive), if any.
 pub fn bearer(authorization: &[u8]) -> Option<&str> {
     const SCHEME: &[u8] = b"bearer ";
-    if authorization.len() <= SCHEME.len()
-        || !authorization[..SCHEME.len()].eq_ignore_ascii_case(SCHEME)
-    {
+    let (scheme, rest) = authorization.split_at_checked(SCHEME.len())?;
+    if !scheme.eq_ignore_ascii_case(SCHEME) {
         return None;
     }
-    let token = std::str::from_utf8(&authorization[SCHEME.len()..])
-        .ok()?
-        .trim_matches(' ');
-    // A token is printable ASCII without spaces; anything else is not one of ours.
-    if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
+    let start = rest.iter().position(|&b| b != b' ')?;
+    let end = rest.iter().rposition(|&b| b != b' ')? + 1;
+    let token = &rest[start..end];
+    // A token is printable ASCII without spaces; anything else is not one of ours. On the
+    // bytes, in one pass: printable ASCII is valid UTF-8.
+    if !token.iter().all(u8::is_ascii_graphic) {
         return None;
     }
-    Some(token)
+    std::str::from_utf8(token).ok()
 }
 
 #[cfg(test)]

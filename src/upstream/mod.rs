@@ -172,14 +172,14 @@ impl Upstream {
     pub async fn send(
         &self,
         mut request: Request<Incoming>,
-        added: Added<'_>,
+        added: &Added<'_>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         if !(self.http2.is_none() && self.dialer.tls.is_none() && lean::eligible(&request)) {
             added.insert_into(request.headers_mut());
             return self.send_hyper(request).await;
         }
         // The lean exchange keeps the response timeout itself (a timer per connection).
-        Box::pin(self.exchange_lean(request, &added)).await
+        Box::pin(self.exchange_lean(request, added)).await
     }
 
     /// `send` through hyper's client.
