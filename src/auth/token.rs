@@ -62,9 +62,18 @@ impl TokenHash {
         u64::from_le_bytes(first)
     }
 
-    /// Constant-time equality: the hash is a secret's stand-in.
+    /// Constant-time equality: the hash is a secret's stand-in. Compared as four words with
+    /// `subtle` (every word, whatever the first differing one): a quarter of the steps of a
+    /// byte-wise comparison, on the path of every request.
     pub fn ct_eq(&self, other: &TokenHash) -> bool {
-        self.0.ct_eq(&other.0).into()
+        let words = |hash: &[u8; 32]| -> [u64; 4] {
+            std::array::from_fn(|i| {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(&hash[i * 8..i * 8 + 8]);
+                u64::from_le_bytes(word)
+            })
+        };
+        words(&self.0).ct_eq(&words(&other.0)).into()
     }
 }
 
@@ -198,6 +207,12 @@ mod tests {
         assert_eq!(TokenHash::from_hex(&h.to_hex()), Some(h));
         assert!(h.ct_eq(&TokenHash::of("tg_secret")));
         assert!(!h.ct_eq(&TokenHash::of("tg_secreT")));
+        // A difference in any byte, first word to last, is seen.
+        for i in 0..32 {
+            let mut other = h.0;
+            other[i] ^= 0x01;
+            assert!(!h.ct_eq(&TokenHash(other)), "byte {i}");
+        }
         assert_eq!(TokenHash::from_hex("zz"), None);
         assert_eq!(TokenHash::from_hex(&"g".repeat(64)), None);
     }
