@@ -10,13 +10,10 @@ use ipnet::IpNet;
 use smallvec::SmallVec;
 use std::net::{IpAddr, SocketAddr};
 
-pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-// The same names as statics, which `Added` can borrow for as long as it needs.
-static FORWARDED_FOR: HeaderName = X_FORWARDED_FOR;
-static FORWARDED_PROTO: HeaderName = X_FORWARDED_PROTO;
-static FORWARDED_HOST: HeaderName = X_FORWARDED_HOST;
+// Statics rather than consts: `Added` borrows them for as long as it needs.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -224,17 +221,21 @@ pub fn prepare_request<'a>(
     }
 
     // HTTP/2 carries the host in the URI; the upstream speaks HTTP/1.1 and needs `Host`.
-    if !headers.contains_key(header::HOST) {
-        if let Some(host) = parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, host);
+    let host = match headers.get(header::HOST) {
+        Some(host) => Some(host.clone()),
+        None => {
+            let host = parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+            if let Some(host) = &host {
+                headers.insert(header::HOST, host.clone());
+            }
+            host
         }
-    }
+    };
     let mut added = Added::default();
-    forwarded(headers, conn, &mut added);
+    forwarded(headers, conn, host, &mut added);
 
     if !config.sessions.forward_cookie && headers.contains_key(header::COOKIE) {
         strip_cookies(headers, &tokengate_cookies(config));
@@ -329,7 +330,7 @@ pub fn client_ip(headers: &HeaderMap, conn: &ConnInfo, trusted: &[IpNet]) -> IpA
         return conn.peer.ip();
     }
     let mut nearest = conn.peer.ip();
-    for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
         let Ok(text) = value.to_str() else { break };
         for hop in text.rsplit(',') {
             let Ok(ip) = hop.trim().parse::<IpAddr>() else {
@@ -349,7 +350,7 @@ pub fn client_ip(headers: &HeaderMap, conn: &ConnInfo, trusted: &[IpNet]) -> IpA
 pub fn own_origin<'a>(parts: &'a request::Parts, conn: &'a ConnInfo) -> (&'a str, Option<&'a str>) {
     let forwarded = conn
         .trusted
-        .then(|| parts.headers.get(X_FORWARDED_PROTO))
+        .then(|| parts.headers.get(&X_FORWARDED_PROTO))
         .flatten()
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(',').next())
@@ -366,10 +367,15 @@ pub fn own_origin<'a>(parts: &'a request::Parts, conn: &'a ConnInfo) -> (&'a str
 /// `X-Forwarded-For/Proto/Host`: from a trusted proxy extended or kept; otherwise set from
 /// what tokengate itself sees (`strip_claims` removed the client's), so a client cannot
 /// forge them.
-fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo, added: &mut Added<'_>) {
+fn forwarded(
+    headers: &mut HeaderMap,
+    conn: &ConnInfo,
+    host: Option<HeaderValue>,
+    added: &mut Added<'_>,
+) {
     let chain = if conn.trusted {
         headers
-            .remove(X_FORWARDED_FOR)
+            .remove(&X_FORWARDED_FOR)
             .as_ref()
             .and_then(|v| v.to_str().ok())
             .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok())
@@ -377,16 +383,16 @@ fn forwarded(headers: &mut HeaderMap, conn: &ConnInfo, added: &mut Added<'_>) {
         None
     };
     added.push(
-        &FORWARDED_FOR,
+        &X_FORWARDED_FOR,
         chain.unwrap_or_else(|| conn.peer_ip.clone()),
     );
-    if !(conn.trusted && headers.contains_key(X_FORWARDED_PROTO)) {
-        added.push(&FORWARDED_PROTO, conn.proto.clone());
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
+        added.push(&X_FORWARDED_PROTO, conn.proto.clone());
     }
-    if !(conn.trusted && headers.contains_key(X_FORWARDED_HOST)) {
+    if !(conn.trusted && headers.contains_key(&X_FORWARDED_HOST)) {
         // A trusted proxy's `X-Forwarded-Host` stands; otherwise the one `Host` names.
-        if let Some(host) = headers.get(header::HOST) {
-            added.push(&FORWARDED_HOST, host.clone());
+        if let Some(host) = host {
+            added.push(&X_FORWARDED_HOST, host);
         }
     }
 }
@@ -466,7 +472,7 @@ mod tests {
         for name in [
             header::HOST,
             header::ACCEPT,
-            X_FORWARDED_FOR,
+            X_FORWARDED_FOR.clone(),
             header::TRAILER,
         ] {
             assert_eq!(

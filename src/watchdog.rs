@@ -8,7 +8,6 @@
 //! and cancelled around every request head (hyper's `header_read_timeout`: ~1,300
 //! instructions per request, docs/performance.md). A request costs two counter updates.
 
-use bytes::Buf;
 use hyper::body::{Body, Frame, SizeHint};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -138,10 +137,7 @@ impl<B> Watched<B> {
     }
 }
 
-impl<B: Body + Unpin> Body for Watched<B>
-where
-    B::Data: Buf,
-{
+impl<B: Body + Unpin> Body for Watched<B> {
     type Data = B::Data;
     type Error = B::Error;
 
