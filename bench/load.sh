@@ -10,6 +10,7 @@
 #   TG_BIN=target/release/tokengate   binary to measure (default; built if missing)
 #   TG_ROUTE_COUNT=N                  non-matching routes before the benchmarked one (default 0)
 #   TG_TOKENS=N                       extra tokens in the store, bulk-imported (default 0)
+#   CLOSE=1                           a new client connection per request (wrk -H 'Connection: close')
 #   KEEP=1                            keep the work folder
 # Ports: 127.0.0.1:19080 (upstream) 19081 (nginx) 19083 (tokengate)
 set -euo pipefail
@@ -73,7 +74,10 @@ cpu_ticks() { # pids... -> "user system" clock ticks, summed
 run_wrk() { # name url header pids -> "rps p99_ms user_us sys_us" (CPU per request of pids; - without)
   local out u0 s0 u1 s1
   read -r u0 s0 < <(cpu_ticks $4)
-  if [ -n "$3" ]; then out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "$3" "$2"); else out=$(wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "$2"); fi
+  local args=(-t1 -c"$CONNS" -d"${SECS}s" --latency)
+  [ -n "$3" ] && args+=(-H "$3")
+  [ "${CLOSE:-0}" = 1 ] && args+=(-H "Connection: close")
+  out=$(wrk "${args[@]}" "$2")
   read -r u1 s1 < <(cpu_ticks $4)
   if echo "$out" | grep -q 'Non-2xx'; then echo "$1: non-2xx answers" >&2; echo "$out" >&2; exit 1; fi
   echo "$out" | awk -v du=$((u1 - u0)) -v ds=$((s1 - s0)) -v hz="$(getconf CLK_TCK)" -v pids="$4" '
@@ -91,13 +95,13 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 rss=$(awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$TG_PID/status")
 
-python3 - "$WORK/results" "$rss" "$ROUNDS" "$SECS" "$CONNS" <<'PY'
+python3 - "$WORK/results" "$rss" "$ROUNDS" "$SECS" "$CONNS" "${CLOSE:-0}" <<'PY'
 import statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
     name, rps, p99, user, system = line.split()
     rows.setdefault(name, []).append((float(rps), float(p99), user, system))
-print(f"rounds={sys.argv[3]} seconds={sys.argv[4]} connections={sys.argv[5]}")
+print(f"rounds={sys.argv[3]} seconds={sys.argv[4]} connections={sys.argv[5]}{' (Connection: close)' if sys.argv[6] == '1' else ''}")
 print(f"{'target':<10} {'req/s med':>10} {'min':>9} {'max':>9} {'p99 ms med':>11} {'min':>6} {'max':>6}"
       f" {'CPU us/req: user':>17} {'sys':>6}")
 med = {}

@@ -22,7 +22,7 @@ use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, Worker
 use crate::pages;
 use crate::path;
 use crate::routes::{AuthMode, Route};
-use crate::upstream::{Upstream, UpstreamBody};
+use crate::upstream::{Dedicated, Upstream, UpstreamBody};
 use crate::watchdog::{InFlight, Watched};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE};
@@ -46,13 +46,15 @@ struct Trace {
 }
 
 /// What a request runs with: the app, the worker's snapshot of the config, its upstream and
-/// metrics, and the connection the request came on, on which it is now in progress.
+/// metrics, and the connection the request came on (with the upstream connections
+/// dedicated to it), on which it is now in progress.
 pub struct Context {
     pub app: Arc<App>,
     pub config: Arc<Config>,
     pub upstream: Arc<Upstream>,
     pub metrics: Arc<WorkerMetrics>,
     pub conn: Arc<ConnInfo>,
+    pub dedicated: Arc<Dedicated>,
     pub in_flight: InFlight,
 }
 
@@ -70,6 +72,7 @@ pub async fn handle(
         upstream,
         metrics,
         conn,
+        dedicated,
         in_flight,
     } = context;
     let (app, config, upstream, metrics, conn) = (&app, &config, &upstream, &metrics, &conn);
@@ -89,7 +92,12 @@ pub async fn handle(
         // Boxed, as the other cold paths: kept out of the request future's size.
         Box::pin(pages::handle(app, request, conn)).await
     } else {
-        match forward(app, config, upstream, metrics, request, conn, &mut trace).await {
+        let link = Link {
+            upstream,
+            dedicated: &dedicated,
+            metrics,
+        };
+        match forward(app, config, link, request, conn, &mut trace).await {
             Ok(response) => response,
             Err(rejection) => {
                 trace.decision = trace.decision.or(decision_of(&rejection));
@@ -179,11 +187,19 @@ fn log_access(
     );
 }
 
+/// The way to the upstream for one request: the worker's upstream, the upstream
+/// connections dedicated to the request's client connection, and the metrics to count in.
+#[derive(Clone, Copy)]
+struct Link<'a> {
+    upstream: &'a Upstream,
+    dedicated: &'a Arc<Dedicated>,
+    metrics: &'a WorkerMetrics,
+}
+
 async fn forward(
     app: &App,
     config: &Config,
-    upstream: &Upstream,
-    metrics: &WorkerMetrics,
+    link: Link<'_>,
     request: Request<Incoming>,
     conn: &ConnInfo,
     trace: &mut Trace,
@@ -235,13 +251,18 @@ async fn forward(
     );
 
     trace.decision = Some(Decision::Allowed);
+    let Link {
+        upstream,
+        dedicated,
+        metrics,
+    } = link;
     if let Some(protocol) = upgrade {
         // Boxed: an upgrade is rare, and its future large.
         return Box::pin(tunnel(upstream, metrics, parts, &added, body, protocol)).await;
     }
     let sent = Instant::now();
     let mut response = match upstream
-        .send(Request::from_parts(parts, body), &added)
+        .send(Request::from_parts(parts, body), &added, dedicated)
         .await
     {
         Ok(response) => response,

@@ -9,7 +9,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::headers::ConnInfo;
 use crate::proxy;
-use crate::upstream::Upstream;
+use crate::upstream::{Dedicated, Upstream};
 use crate::watchdog::{Activity, Guard};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -109,6 +109,8 @@ async fn run_limited(
         let metrics = Arc::clone(&metrics);
         let activity = Arc::new(Activity::default());
         let requests = Arc::clone(&activity);
+        // The upstream connections this client connection's requests use, closed with it.
+        let dedicated = Dedicated::new();
         // The watchdog runs beside the connection's task, not in it: polled with the
         // connection, its timer would be polled at every wake-up of every request. It also
         // passes on the drain signal, so the connection polls only a `oneshot` for it.
@@ -124,6 +126,7 @@ async fn run_limited(
                     upstream,
                     metrics: Arc::clone(&metrics),
                     conn: Arc::clone(&conn),
+                    dedicated: Arc::clone(&dedicated),
                     in_flight: requests.begin(),
                 };
                 proxy::handle(context, request)

@@ -16,18 +16,18 @@
 //! its body was read exactly to its end, nothing came after it, and the upstream did not
 //! ask to close.
 
+use super::pool::Home;
 use crate::headers::Added;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{request, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::ops::Range;
 use std::pin::pin;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -44,15 +44,10 @@ const FEW_HEADERS: usize = 24;
 const READ_SIZE: usize = 8 * 1024;
 const MAX_READ_SIZE: usize = 256 * 1024;
 
-/// Idle connections: the most recently used is taken first (its socket is warm), and the
-/// least recently used is checked as each connection comes back, so one the upstream
-/// closed while idle does not linger.
-pub(super) type Pool = Arc<Mutex<VecDeque<Conn>>>;
-
 /// Why an exchange failed. `Unsent`: nothing of the response arrived and the connection
 /// was pooled, so an idempotent request may be retried on a fresh one.
 #[derive(Debug, thiserror::Error)]
-pub enum ExchangeError {
+pub(super) enum ExchangeError {
     #[error("the pooled connection had closed")]
     Unsent,
     #[error("no response head within the response timeout")]
@@ -89,30 +84,21 @@ impl Conn {
         }
     }
 
-    /// Whether an idle connection still looks usable: nothing arrived on it since its last
-    /// response (neither bytes nor the end of the connection). Costs a system call only
-    /// when the socket became readable while idle.
-    fn still_idle(&self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.stream.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            Poll::Ready(Ok(())) => {
-                let mut probe = [0u8; 1];
-                matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-            }
-        }
+    /// Whether an idle connection is still usable: nothing arrived on it since its last
+    /// response, neither bytes nor the end of the connection. A real read probe (a peek on
+    /// the socket), not tokio's readiness flag, which lags until its driver next runs: bytes
+    /// already in the kernel's buffer are always seen.
+    pub(super) fn still_idle(&mut self) -> bool {
+        let mut probe = [MaybeUninit::<u8>::uninit(); 1];
+        let peeked = socket2::SockRef::from(&self.stream).peek(&mut probe);
+        matches!(peeked, Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
-}
 
-/// A pooled connection that still looks usable, if there is one.
-pub(super) fn checkout(pool: &Pool) -> Option<Conn> {
-    loop {
-        let mut conn = super::lock(pool).pop_back()?;
-        if conn.still_idle() {
-            conn.pooled = true;
-            return Some(conn);
-        }
+    /// Marks a connection taken from a client's slot: it served a request before, so the
+    /// upstream may have closed it while it was idle.
+    pub(super) fn reused(mut self) -> Self {
+        self.pooled = true;
+        self
     }
 }
 
@@ -127,9 +113,8 @@ pub(super) async fn exchange(
     mut conn: Conn,
     parts: &request::Parts,
     added: &Added<'_>,
-    pool: &Pool,
     timeout: Duration,
-) -> Result<Response<LeanBody>, ExchangeError> {
+) -> Result<Response<(Conn, Framing)>, ExchangeError> {
     let until = Instant::now() + timeout;
     let mut deadline = match conn.deadline.take() {
         Some(mut deadline) => {
@@ -152,7 +137,7 @@ pub(super) async fn exchange(
     };
     conn.deadline = Some(deadline);
     let (response, framing) = head?;
-    Ok(response.map(|()| LeanBody::new(conn, framing, pool)))
+    Ok(response.map(|()| (conn, framing)))
 }
 
 /// Writes the request head and reads the response head.
@@ -371,6 +356,9 @@ fn framing(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
+        if super::framing::invites_stray_bytes(method, status, headers) {
+            keep_alive = false;
+        }
         State::Length(0)
     } else if headers.contains_key(TRANSFER_ENCODING) {
         let codings: Vec<&[u8]> = list(headers, &TRANSFER_ENCODING).collect();
@@ -522,27 +510,27 @@ fn step(state: &mut State, read: &mut BytesMut) -> Result<Step, ExchangeError> {
 }
 
 /// A response body read straight from its upstream connection. The connection goes back
-/// to the pool when the body has been read to its end (or had none); a body dropped
-/// half-read closes it.
-pub struct LeanBody {
+/// to its client connection's slot when the body has been read to its end (or had none); a
+/// body dropped half-read closes it.
+pub(super) struct LeanBody {
     conn: Option<Conn>,
     framing: Framing,
-    pool: Pool,
+    home: Option<Home>,
 }
 
 impl LeanBody {
-    fn new(conn: Conn, framing: Framing, pool: &Pool) -> Self {
+    pub(super) fn new(conn: Conn, framing: Framing, home: Home) -> Self {
         Self {
             conn: Some(conn),
             framing,
-            pool: Arc::clone(pool),
+            home: Some(home),
         }
     }
 
-    /// The body has ended: its connection returns to the pool if it may serve again and
-    /// nothing arrived beyond the body.
+    /// The body has ended: its connection is kept for the client's next request if it may
+    /// serve again and nothing arrived beyond the body.
     fn finish(&mut self) {
-        let Some(mut conn) = self.conn.take() else {
+        let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
         if self.framing.keep_alive && conn.read.is_empty() {
@@ -552,13 +540,7 @@ impl LeanBody {
                 conn.read = BytesMut::new();
             }
             conn.write.shrink_to(READ_SIZE);
-            let mut idle = super::lock(&self.pool);
-            if idle.front().is_some_and(|oldest| !oldest.still_idle()) {
-                idle.pop_front();
-            }
-            if idle.len() < super::MAX_IDLE {
-                idle.push_back(conn);
-            }
+            home.put(conn, |dedicated| &dedicated.lean);
         }
     }
 }
@@ -670,18 +652,30 @@ mod tests {
                 Method::GET,
                 framed(State::Length(5), true),
             ),
+            // Bodiless answers that announce a body: no body, and the connection is not
+            // reused (a sloppy upstream sends that body after all).
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
                 Method::HEAD,
-                framed(State::Length(0), true),
+                framed(State::Length(0), false),
             ),
             (
                 "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
                 Method::GET,
-                framed(State::Length(0), true),
+                framed(State::Length(0), false),
             ),
             (
                 "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
+                Method::GET,
+                framed(State::Length(0), false),
+            ),
+            (
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                Method::HEAD,
+                framed(State::Length(0), true),
+            ),
+            (
+                "HTTP/1.1 204 No Content\r\n\r\n",
                 Method::GET,
                 framed(State::Length(0), true),
             ),

@@ -5,9 +5,10 @@
 //! runtime and a request never hops threads. Towards an `https://` upstream every
 //! connection is TLS (`config.upstream_tls`, server name the upstream's host).
 //!
-//! - HTTP/1.1 (the default): a keep-alive pool. A connection returns to the pool when the
-//!   response body has been fully read (see `UpstreamBody`), so a pooled connection is
-//!   always free for the next request.
+//! - HTTP/1.1 (the default): keep-alive connections, each dedicated to the client
+//!   connection it served (`pool`). A connection is kept when the response body has been
+//!   fully read (see `UpstreamBody`) and its framing leaves nothing in doubt (`framing`), so
+//!   a kept connection is always free for that client's next request.
 //! - HTTP/2 with prior knowledge (`upstream_http2`; h2c, or h2 over TLS), for gRPC: one
 //!   shared, multiplexed connection per worker, opened on first use and again after it
 //!   closed.
@@ -18,7 +19,11 @@
 //! written and read on the request's task, with a pool of its own; the rest goes through
 //! hyper's client.
 
+mod framing;
 mod lean;
+mod pool;
+
+pub use pool::Dedicated;
 
 use crate::config::{Config, UpstreamTarget};
 use crate::error::Rejection;
@@ -31,7 +36,6 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,20 +47,15 @@ use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-/// Idle connections kept per worker; more are closed when they come back.
-const MAX_IDLE: usize = 1024;
-
 type Sender = http1::SendRequest<Incoming>;
-type Idle = Arc<Mutex<Vec<Sender>>>;
 type Http2Sender = http2::SendRequest<Incoming>;
 
 pub struct Upstream {
     dialer: Arc<Dialer>,
     /// `Host` for requests that came without one (HTTP/1.0).
     host_value: HeaderValue,
-    idle: Idle,
-    /// Idle connections of the `lean` path.
-    lean_idle: lean::Pool,
+    /// What this upstream's idle connections, kept by client connections, count against.
+    owner: Arc<pool::Owner>,
     response_timeout: Duration,
     /// The shared HTTP/2 connection, when the upstream speaks HTTP/2.
     http2: Option<Arc<Mutex<Shared>>>,
@@ -153,8 +152,7 @@ impl Upstream {
                 tls,
             }),
             host_value,
-            idle: Arc::new(Mutex::new(Vec::new())),
-            lean_idle: Arc::new(Mutex::new(VecDeque::new())),
+            owner: Arc::default(),
             response_timeout: config.timeouts.upstream_response,
             http2: config.upstream_http2.then(|| {
                 Arc::new(Mutex::new(Shared {
@@ -169,28 +167,35 @@ impl Upstream {
     /// response headers, at most `timeouts.upstream_response` (then 504). A request that a
     /// connection could not take (it had just closed) is retried once on a new connection
     /// (on the lean path only an idempotent one: there it may have been written).
+    /// HTTP/1.1 connections are taken from and returned to `dedicated`, the client
+    /// connection's own.
     pub async fn send(
         &self,
         mut request: Request<Incoming>,
         added: &Added<'_>,
+        dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         if !(self.http2.is_none() && self.dialer.tls.is_none() && lean::eligible(&request)) {
             added.insert_into(request.headers_mut());
-            return self.send_hyper(request).await;
+            return self.send_hyper(request, dedicated).await;
         }
         // The lean exchange keeps the response timeout itself (a timer per connection).
-        Box::pin(self.exchange_lean(request, added)).await
+        Box::pin(self.exchange_lean(request, added, dedicated)).await
     }
 
     /// `send` through hyper's client.
     async fn send_hyper(
         &self,
         request: Request<Incoming>,
+        dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         match &self.http2 {
             // Boxed: an exchange's future is large, and this one is moved several times per
             // request as it is awaited through the layers above.
-            None => self.timed(Box::pin(self.exchange(request))).await,
+            None => {
+                self.timed(Box::pin(self.exchange(request, dedicated)))
+                    .await
+            }
             Some(shared) => {
                 self.timed(Box::pin(self.exchange_http2(shared, request)))
                     .await
@@ -216,10 +221,12 @@ impl Upstream {
     async fn exchange(
         &self,
         mut request: Request<Incoming>,
+        dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         self.rewrite(&mut request)?;
+        let method = request.method().clone();
 
-        let (mut sender, pooled) = match self.checkout().await {
+        let (mut sender, pooled) = match self.checkout(dedicated).await {
             Some(sender) => (sender, true),
             None => (Box::pin(self.dialer.connect_http1()).await?, false),
         };
@@ -238,10 +245,11 @@ impl Upstream {
             },
         };
         let (parts, body) = response.into_parts();
-        let body = UpstreamBody::Hyper {
+        let keep = !framing::invites_stray_bytes(&method, parts.status, &parts.headers);
+        let body = UpstreamBody(Kind::Hyper {
             body,
-            pool: Some((sender, Arc::clone(&self.idle))),
-        };
+            keep: keep.then(|| (sender, self.home(dedicated))),
+        });
         Ok(Response::from_parts(parts, body))
     }
 
@@ -252,23 +260,30 @@ impl Upstream {
         &self,
         request: Request<Incoming>,
         added: &Added<'_>,
+        dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         let (mut parts, _) = request.into_parts();
         self.ensure_host(&mut parts.headers);
-        let conn = match lean::checkout(&self.lean_idle) {
-            Some(conn) => conn,
+        let conn = match dedicated.lean.take(&self.owner, lean::Conn::still_idle) {
+            Some(conn) => conn.reused(),
             None => lean::Conn::new(self.dialer.dial().await?),
         };
         let timeout = self.response_timeout;
-        let sent = match lean::exchange(conn, &parts, added, &self.lean_idle, timeout).await {
+        let sent = match lean::exchange(conn, &parts, added, timeout).await {
             Err(lean::ExchangeError::Unsent) if parts.method.is_idempotent() => {
                 let conn = lean::Conn::new(self.dialer.dial().await?);
-                lean::exchange(conn, &parts, added, &self.lean_idle, timeout).await
+                lean::exchange(conn, &parts, added, timeout).await
             }
             sent => sent,
         };
         match sent {
-            Ok(response) => Ok(response.map(UpstreamBody::Lean)),
+            Ok(response) => Ok(response.map(|(conn, framing)| {
+                UpstreamBody(Kind::Lean(lean::LeanBody::new(
+                    conn,
+                    framing,
+                    self.home(dedicated),
+                )))
+            })),
             Err(lean::ExchangeError::TimedOut) => Err(self.timed_out()),
             Err(e) => Err(self.dialer.failed(&e)),
         }
@@ -299,7 +314,7 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         // The client may speak HTTP/1.1; its connection sets the version it writes.
         parts.version = Version::HTTP_11;
-        let body = UpstreamBody::Hyper { body, pool: None };
+        let body = UpstreamBody(Kind::Hyper { body, keep: None });
         Ok(Response::from_parts(parts, body))
     }
 
@@ -431,13 +446,18 @@ impl Upstream {
         Ok(())
     }
 
-    /// A pooled connection ready for a request, if there is one.
-    async fn checkout(&self) -> Option<Sender> {
+    /// Where a connection used for a request of `dedicated`'s client connection goes back.
+    fn home(&self, dedicated: &Arc<Dedicated>) -> pool::Home {
+        pool::Home {
+            dedicated: Arc::clone(dedicated),
+            owner: Arc::clone(&self.owner),
+        }
+    }
+
+    /// A connection of this client connection's ready for a request, if there is one.
+    async fn checkout(&self, dedicated: &Dedicated) -> Option<Sender> {
         loop {
-            let mut sender = lock(&self.idle).pop()?;
-            if sender.is_closed() {
-                continue;
-            }
+            let mut sender = dedicated.hyper.take(&self.owner, |s| !s.is_closed())?;
             if sender.ready().await.is_ok() {
                 return Some(sender);
             }
@@ -587,13 +607,15 @@ impl Dialer {
 }
 
 /// An upstream response body, streamed frame by frame (trailers included). Over HTTP/1.1,
-/// when it has been read to the end its connection goes back to the pool; a body dropped
-/// half-read takes its connection with it.
-pub enum UpstreamBody {
-    /// From hyper's client; over HTTP/1.1 with the connection and the pool it returns to.
+/// when it has been read to the end its connection goes back to its client connection's
+/// slot; a body dropped half-read takes its connection with it.
+pub struct UpstreamBody(Kind);
+
+enum Kind {
+    /// From hyper's client; over HTTP/1.1 with the connection to keep, if it may be kept.
     Hyper {
         body: Incoming,
-        pool: Option<(Sender, Idle)>,
+        keep: Option<(Sender, pool::Home)>,
     },
     Lean(lean::LeanBody),
 }
@@ -606,40 +628,37 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            Self::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
-            Self::Lean(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        match &mut self.get_mut().0 {
+            Kind::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Lean(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            Self::Hyper { body, .. } => body.is_end_stream(),
-            Self::Lean(body) => body.is_end_stream(),
+        match &self.0 {
+            Kind::Hyper { body, .. } => body.is_end_stream(),
+            Kind::Lean(body) => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            Self::Hyper { body, .. } => body.size_hint(),
-            Self::Lean(body) => body.size_hint(),
+        match &self.0 {
+            Kind::Hyper { body, .. } => body.size_hint(),
+            Kind::Lean(body) => body.size_hint(),
         }
     }
 }
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let Self::Hyper { body, pool } = self else {
+        let Kind::Hyper { body, keep } = &mut self.0 else {
             return;
         };
         if !body.is_end_stream() {
             return;
         }
-        if let Some((sender, idle)) = pool.take() {
-            let mut idle = lock(&idle);
-            if idle.len() < MAX_IDLE {
-                idle.push(sender);
-            }
+        if let Some((sender, home)) = keep.take() {
+            home.put(sender, |dedicated| &dedicated.hyper);
         }
     }
 }
