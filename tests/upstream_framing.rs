@@ -8,11 +8,13 @@ mod common;
 
 use bytes::Bytes;
 use common::{Echo, Gate};
-use http::{HeaderMap, Method, Request, StatusCode};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -260,9 +262,54 @@ impl Got {
 struct Setup {
     raw: Raw,
     gate: Gate,
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: OneConnection,
     /// HTTP/2 with prior knowledge, which carries trailers whatever the headers say.
     h2: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// One HTTP/1.1 client connection to tokengate, opened again only after tokengate closed
+/// it. A test's requests go one after the other on it, so they share the upstream
+/// connections dedicated to it (a pooling client may open a second connection at any time).
+struct OneConnection {
+    addr: SocketAddr,
+    sender: tokio::sync::Mutex<Option<http1::SendRequest<Full<Bytes>>>>,
+}
+
+impl OneConnection {
+    fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            sender: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    async fn request(&self, request: Request<Full<Bytes>>) -> hyper::Result<Response<Incoming>> {
+        let mut slot = self.sender.lock().await;
+        if let Some(sender) = slot.as_mut() {
+            if sender.ready().await.is_err() {
+                *slot = None;
+            }
+        }
+        if slot.is_none() {
+            let stream = TcpStream::connect(self.addr)
+                .await
+                .expect("tokengate accepts");
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            *slot = Some(sender);
+        }
+        slot.as_mut()
+            .expect("connected")
+            .send_request(request)
+            .await
+    }
+}
+
+/// Where a test request goes: the test's one HTTP/1.1 connection, a pooling client (a new
+/// client connection, or HTTP/2).
+enum Via<'a> {
+    One(&'a OneConnection),
+    Pool(&'a Client<HttpConnector, Full<Bytes>>),
 }
 
 impl Setup {
@@ -276,7 +323,7 @@ impl Setup {
         let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
         let config = format!("{CONFIG}{extra}");
         let gate = Gate::start_with_upstream(raw.addr, echo, &config).await;
-        let client = Client::builder(TokioExecutor::new()).build_http();
+        let client = OneConnection::new(gate.addr);
         let h2 = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build_http();
@@ -303,31 +350,63 @@ impl Setup {
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Got, String> {
-        self.exchange(&self.client, method, path, headers).await
+        self.exchange(Via::One(&self.client), method, path, headers)
+            .await
     }
 
     /// `send` from an HTTP/2 client.
     async fn send_h2(&self, method: Method, path: &str, headers: &[(&str, &str)]) -> Got {
-        self.exchange(&self.h2, method, path, headers)
+        self.exchange(Via::Pool(&self.h2), method, path, headers)
+            .await
+            .unwrap_or_else(|e| panic!("request to {path} failed: {e}"))
+    }
+
+    /// `send` with a body, which goes through hyper's client, not the lean path, on a client
+    /// connection of its own: refused before its body was read, its connection is closed.
+    async fn send_body(&self, method: Method, path: &str, body: &'static str) -> Got {
+        let client = Client::builder(TokioExecutor::new()).build_http();
+        let body = Bytes::from_static(body.as_bytes());
+        self.exchange_body(Via::Pool(&client), method, path, &[], body)
             .await
             .unwrap_or_else(|e| panic!("request to {path} failed: {e}"))
     }
 
     async fn exchange(
         &self,
-        client: &Client<HttpConnector, Full<Bytes>>,
+        client: Via<'_>,
         method: Method,
         path: &str,
         headers: &[(&str, &str)],
     ) -> Result<Got, String> {
-        let mut builder = Request::builder().method(method).uri(self.gate.url(path));
+        self.exchange_body(client, method, path, headers, Bytes::new())
+            .await
+    }
+
+    async fn exchange_body(
+        &self,
+        client: Via<'_>,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Got, String> {
+        let mut builder = Request::builder().method(method);
+        builder = match client {
+            Via::One(_) => builder.uri(path).header("host", self.gate.addr.to_string()),
+            Via::Pool(_) => builder.uri(self.gate.url(path)),
+        };
         for (name, value) in headers {
             builder = builder.header(*name, *value);
         }
-        let request = builder.body(Full::new(Bytes::new())).unwrap();
-        let response = bounded(client.request(request))
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        let request = builder.body(Full::new(body)).unwrap();
+        let response = match client {
+            Via::One(one) => bounded(one.request(request))
+                .await
+                .map_err(|e| format!("{e:?}"))?,
+            Via::Pool(pool) => bounded(pool.request(request))
+                .await
+                .map_err(|e| format!("{e:?}"))?,
+        };
         let (parts, mut body) = response.into_parts();
         let mut data = Vec::new();
         let mut trailers = None;
@@ -639,9 +718,9 @@ async fn interim_responses_before_the_final_one_are_skipped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_framing_is_refused_with_502_and_nothing_of_the_upstream() {
+async fn malformed_framing_is_refused_with_502_and_nothing_of_the_upstream_on_both_paths() {
     let s = Setup::start().await;
-    let cases: [(&str, &[u8]); 9] = [
+    let cases: [(&str, &[u8]); 12] = [
         (
             "conflicting lengths",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
@@ -676,18 +755,34 @@ async fn malformed_framing_is_refused_with_502_and_nothing_of_the_upstream() {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\
               HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
         ),
+        (
+            "chunked before identity (hyper passed the chunk bytes on as the body)",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, identity\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a transfer coding in an HTTP/1.0 answer (RFC 9112 section 6.1)",
+            b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "an empty element in a length list",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\nhello",
+        ),
     ];
+    // Each on the lean path (no request body) and on hyper's (a request body); the
+    // connection is closed after each: a refused response is never reused.
     for (what, bytes) in cases {
-        // The connection is closed after each: a refused response is never reused.
         s.raw.queue([keep(bytes)]);
         assert_refused(&s.get("/public/x").await, what);
+        s.raw.queue([keep(bytes)]);
+        let got = s.send_body(Method::POST, "/public/x", "body").await;
+        assert_refused(&got, &format!("{what} (hyper's path)"));
     }
     s.raw
         .queue([keep(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")]);
     assert_ok(&s.get("/public/x").await, "fine", "after the refusals");
     assert_eq!(
         s.raw.accepted(),
-        cases.len() + 1,
+        2 * cases.len() + 1,
         "no refused connection was used again: {:?}",
         s.raw.conns()
     );
@@ -986,10 +1081,21 @@ async fn a_truncated_body_is_never_passed_off_as_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_framing_that_breaks_after_the_head_cuts_the_response() {
     let s = Setup::start().await;
-    let cases: [(&str, &[u8], &str); 3] = [
+    let cases: [(&str, &[u8], &str); 5] = [
         (
             "bad chunk size",
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+            "",
+        ),
+        // httparse's chunk size parser took these; hyper's client, and now the lean path, not.
+        (
+            "a size line without a size",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\nhello\r\n0\r\n\r\n",
+            "",
+        ),
+        (
+            "an extension with a bare LF",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;a\nb\r\nhello\r\n0\r\n\r\n",
             "",
         ),
         (
@@ -1025,7 +1131,7 @@ async fn chunked_framing_that_breaks_after_the_head_cuts_the_response() {
     assert_ok(&s.get("/public/x").await, "fine", "after the broken bodies");
     assert_eq!(
         s.raw.conns(),
-        [1, 2, 3, 4],
+        [1, 2, 3, 4, 5, 6],
         "no broken connection was used again"
     );
     s.stop().await;

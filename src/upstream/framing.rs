@@ -1,8 +1,158 @@
-//! Framing rules that both upstream paths (`lean` and hyper's client) apply to a response,
-//! so that the same answer gets the same verdict whichever path carried it.
+//! The framing rules of an upstream's answer, the one set both upstream paths apply: the
+//! lean path reads its answers with them (`lean`, `chunked`), and hyper's client, which
+//! reads its own, has its verdict checked by them (`check`). RFC 9112 §6.3, as hyper's
+//! client reads it, and stricter where hyper would pass on something ambiguous. The
+//! differential test (`upstream::differential`) holds the two paths to the same verdict.
+//!
+//! - No body: an answer to `HEAD`, a 1xx, 204 or 304, whatever it announces (and its
+//!   connection is not reused if it announces one, `invites_stray_bytes`).
+//! - `Transfer-Encoding` ending in `chunked`: chunked, and a `Content-Length` beside it is
+//!   removed (the connection then not reused). Another final coding: the body runs to the
+//!   end of the connection. Refused (502): `chunked` before another coding, a coding in an
+//!   HTTP/1.0 answer (RFC 9112 §6.1), a value that is not visible ASCII.
+//! - Else `Content-Length`: every value, and every element of a list, the same number of
+//!   plain digits; anything else is refused.
+//! - Else the body runs to the end of the connection.
+//! - Kept alive: HTTP/1.1 unless a `Connection` line says `close` (which no later line
+//!   undoes); HTTP/1.0 only with `Connection: keep-alive`.
+//! - A `101` is refused: tokengate asks for upgrades on connections of their own only.
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, Method, StatusCode};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::{response, HeaderMap, HeaderValue, Method, StatusCode, Version};
+
+/// How a response body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Length {
+    /// Exactly this many bytes.
+    Known(u64),
+    Chunked,
+    /// At the end of the connection.
+    UntilClose,
+}
+
+/// How a response body ends, and whether its connection may serve another request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Framing {
+    pub(super) length: Length,
+    pub(super) keep_alive: bool,
+}
+
+/// The framing of a final answer (not a 1xx other than 101) to a request with `method`.
+/// A `Content-Length` beside a transfer coding is removed from `headers`, as a proxy must
+/// before forwarding.
+pub(super) fn framing(
+    headers: &mut HeaderMap,
+    status: StatusCode,
+    method: &Method,
+    http10: bool,
+) -> Result<Framing, &'static str> {
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Err("upgrade nobody asked for");
+    }
+    let mut keep_alive = keep_alive(headers, http10);
+    let bodiless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let length = if bodiless {
+        if invites_stray_bytes(method, status, headers) {
+            keep_alive = false;
+        }
+        Length::Known(0)
+    } else if headers.contains_key(TRANSFER_ENCODING) {
+        if http10 {
+            return Err("transfer coding in an HTTP/1.0 answer");
+        }
+        let chunked = chunked_last(headers)?;
+        // A length beside a transfer coding is ignored, and the connection not trusted again.
+        if headers.remove(CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        if chunked {
+            Length::Chunked
+        } else {
+            keep_alive = false;
+            Length::UntilClose
+        }
+    } else if headers.contains_key(CONTENT_LENGTH) {
+        Length::Known(content_length(headers).ok_or("bad or conflicting content-length")?)
+    } else {
+        keep_alive = false;
+        Length::UntilClose
+    };
+    Ok(Framing { length, keep_alive })
+}
+
+/// Checks an answer hyper's client read (to a request that asked for no upgrade) against
+/// the same rules, and says whether its connection may be kept. hyper passes on a `101`,
+/// a `chunked` before another coding (as raw bytes), a length beside a coding and a
+/// custom reason phrase; the lean path does not.
+pub(super) fn check(method: &Method, parts: &mut response::Parts) -> Result<bool, &'static str> {
+    let http10 = parts.version == Version::HTTP_10;
+    let framing = framing(&mut parts.headers, parts.status, method, http10)?;
+    // The client gets the status's own reason phrase, as from the lean path.
+    parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+    Ok(framing.keep_alive)
+}
+
+/// Whether the connection stays open after this answer, as hyper's client decides it.
+fn keep_alive(headers: &HeaderMap, http10: bool) -> bool {
+    let mut keep_alive = !http10;
+    let mut closed = false;
+    for value in headers.get_all(CONNECTION) {
+        if closed || has_token(value, "close") {
+            closed = true;
+            keep_alive = false;
+        } else if !keep_alive {
+            keep_alive = has_token(value, "keep-alive");
+        }
+    }
+    keep_alive
+}
+
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .to_str()
+        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+}
+
+/// Whether the last transfer coding is `chunked` (the last element of the last line, as
+/// hyper reads it); refused when `chunked` comes before another coding or a value is not
+/// visible ASCII (where hyper and the lean path could read it differently).
+fn chunked_last(headers: &HeaderMap) -> Result<bool, &'static str> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let value = value
+            .to_str()
+            .map_err(|_| "transfer-encoding is not visible ASCII")?;
+        codings.extend(value.split(',').map(str::trim));
+    }
+    let chunked = |c: &&str| c.eq_ignore_ascii_case("chunked");
+    match codings.split_last() {
+        Some((last, before)) if !before.iter().any(chunked) => Ok(chunked(last)),
+        _ => Err("chunked before another coding"),
+    }
+}
+
+/// The `Content-Length`, as hyper reads it: every line visible ASCII, every element of
+/// every line plain digits, all the same number.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut length = None;
+    for value in headers.get_all(CONTENT_LENGTH) {
+        for element in value.to_str().ok()?.split(',') {
+            let element = element.trim();
+            if element.is_empty() || !element.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            let n = element.parse::<u64>().ok()?;
+            if length.is_some_and(|l| l != n) {
+                return None;
+            }
+            length = Some(n);
+        }
+    }
+    length
+}
 
 /// Whether an answer that cannot have a body (to `HEAD`; a 1xx, 204 or 304) announces one
 /// anyway, with a `Transfer-Encoding` or a non-zero `Content-Length`. It is passed on

@@ -8,18 +8,17 @@
 //! the response head, and `LeanBody` streams the body straight from the socket. Everything
 //! else (request bodies, `Expect`, upgrades, TLS, HTTP/2) still goes through hyper.
 //!
-//! Framing follows RFC 9112 §6.3 and refuses what it does not know: a response to `HEAD`
-//! and a 1xx/204/304 have no body; `Transfer-Encoding` ending in `chunked` is decoded (and
-//! `Content-Length` beside it ignored, the connection then closed); one `Content-Length`
-//! value, repeated or not, is the length; without either, the body runs to the end of the
-//! connection. Conflicting or malformed framing is a 502. A connection is reused only when
-//! its body was read exactly to its end, nothing came after it, and the upstream did not
-//! ask to close.
+//! The answer is read by the rules of `framing` (the head) and `chunked` (the body), the
+//! same as hyper's client applies, so either path gives the same verdict on the same bytes.
+//! A connection is reused only when its body was read exactly to its end, nothing came
+//! after it, and the framing allows it.
 
+use super::chunked::{Chunked, Decoded};
+use super::framing::{self, Framing, Length};
 use super::pool::Home;
 use crate::headers::Added;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::CONTENT_LENGTH;
 use http::{request, HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame};
 use std::future::Future;
@@ -35,7 +34,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// Response heads larger than this are refused (hyper's client allows ~400 KB; nginx 4–8 KB).
-const MAX_HEAD: usize = 64 * 1024;
+pub(super) const MAX_HEAD: usize = 64 * 1024;
 /// Headers a response may carry (as hyper's client), and how many fit the first attempt.
 const MAX_HEADERS: usize = 100;
 const FEW_HEADERS: usize = 24;
@@ -191,9 +190,10 @@ fn poll_read_more(
     tokio_util::io::poll_read_buf(Pin::new(stream), cx, read)
 }
 
-/// The request line and headers (the client's, then tokengate's), as HTTP/1.1. A method
-/// that may carry a body says it has none, as hyper's client does (some servers refuse a
-/// `POST` without a length).
+/// The request line and headers (the client's, then tokengate's), as HTTP/1.1. The
+/// request has no body, and its head says so itself rather than passing on the client's
+/// `Content-Length`: a method that may carry a body gets `content-length: 0`, as from
+/// hyper's client (some servers refuse a `POST` without a length), the others none.
 fn encode_head(parts: &request::Parts, added: &Added<'_>, out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -202,6 +202,9 @@ fn encode_head(parts: &request::Parts, added: &Added<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in parts.headers.iter().chain(added.iter()) {
+        if name == CONTENT_LENGTH {
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -211,54 +214,50 @@ fn encode_head(parts: &request::Parts, added: &Added<'_>, out: &mut Vec<u8>) {
         parts.method,
         Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS | Method::TRACE
     );
-    if !bodiless_method && !parts.headers.contains_key(CONTENT_LENGTH) {
+    if !bodiless_method {
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
 }
 
 /// A parsed response head.
-enum Head {
+pub(super) enum Head {
     /// The response, and how its body is framed.
     Final(Response<()>, Framing),
     /// A 1xx before the response (`100 Continue`, `103 Early Hints`): skipped.
     Informational,
 }
 
-/// How a response body ends, and whether its connection can serve another request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Framing {
-    state: State,
-    keep_alive: bool,
-}
-
 /// Where the body decoder stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+#[derive(Debug)]
+pub(super) enum Decoder {
     /// This many bytes of a `Content-Length` body are still to come.
     Length(u64),
-    /// A chunk-size line is next.
-    ChunkSize,
-    /// This many bytes of the current chunk are still to come.
-    ChunkData(u64),
-    /// The CRLF after a chunk's data.
-    ChunkEnd,
-    /// The trailer section after the last chunk.
-    Trailers,
+    Chunked(Chunked),
     /// The body ends when the upstream closes the connection.
     UntilClose,
     Done,
 }
 
+impl Decoder {
+    pub(super) fn new(length: Length) -> Self {
+        match length {
+            Length::Known(n) => Decoder::Length(n),
+            Length::Chunked => Decoder::Chunked(Chunked::new()),
+            Length::UntilClose => Decoder::UntilClose,
+        }
+    }
+}
+
 /// Parses a response head from the front of `read`, removing it. `None`: incomplete.
-fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, ExchangeError> {
+pub(super) fn parse_head(
+    read: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<Head>, ExchangeError> {
     let Some(scan) = scan(read)? else {
         return Ok(None);
     };
-    if scan.status.is_informational() {
-        if scan.status == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ExchangeError::Invalid("upgrade nobody asked for"));
-        }
+    if scan.status.is_informational() && scan.status != StatusCode::SWITCHING_PROTOCOLS {
         read.advance(scan.len);
         return Ok(Some(Head::Informational));
     }
@@ -272,7 +271,8 @@ fn parse_head(read: &mut BytesMut, method: &Method) -> Result<Option<Head>, Exch
             .map_err(|_| ExchangeError::Invalid("bad header value"))?;
         headers.append(name, value);
     }
-    let framing = framing(&mut headers, scan.status, method, scan.http10)?;
+    let framing = framing::framing(&mut headers, scan.status, method, scan.http10)
+        .map_err(ExchangeError::Invalid)?;
     let mut response = Response::new(());
     *response.status_mut() = scan.status;
     *response.version_mut() = Version::HTTP_11;
@@ -336,90 +336,9 @@ fn scan_with<'b>(
     }))
 }
 
-/// How the body of a response with these headers ends (RFC 9112 §6.3). A `Content-Length`
-/// beside a transfer coding is removed, as a proxy must before forwarding.
-fn framing(
-    headers: &mut HeaderMap,
-    status: StatusCode,
-    method: &Method,
-    http10: bool,
-) -> Result<Framing, ExchangeError> {
-    let mut keep_alive = !http10;
-    for token in list(headers, &CONNECTION) {
-        if token.eq_ignore_ascii_case(b"close") {
-            keep_alive = false;
-        } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-            keep_alive = true;
-        }
-    }
-    let state = if *method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        if super::framing::invites_stray_bytes(method, status, headers) {
-            keep_alive = false;
-        }
-        State::Length(0)
-    } else if headers.contains_key(TRANSFER_ENCODING) {
-        let codings: Vec<&[u8]> = list(headers, &TRANSFER_ENCODING).collect();
-        let chunked = |c: &&[u8]| c.eq_ignore_ascii_case(b"chunked");
-        if codings.iter().rev().skip(1).any(chunked) {
-            return Err(ExchangeError::Invalid("chunked before another coding"));
-        }
-        let is_chunked = codings.last().is_some_and(chunked);
-        // A length beside a transfer coding is ignored, and the connection not trusted again.
-        if headers.remove(CONTENT_LENGTH).is_some() {
-            keep_alive = false;
-        }
-        if is_chunked {
-            State::ChunkSize
-        } else {
-            keep_alive = false;
-            State::UntilClose
-        }
-    } else if let Some(length) = content_length(headers)? {
-        State::Length(length)
-    } else {
-        keep_alive = false;
-        State::UntilClose
-    };
-    Ok(Framing { state, keep_alive })
-}
-
-/// The comma-separated elements of every `name` header, trimmed, empty ones skipped.
-fn list<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
-    headers
-        .get_all(name)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-/// The `Content-Length`, if any: every value (and every element of a list) must be the
-/// same number, else the response is refused.
-fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ExchangeError> {
-    let mut length = None;
-    for element in list(headers, &CONTENT_LENGTH) {
-        let parsed = std::str::from_utf8(element)
-            .ok()
-            .filter(|s| s.bytes().all(|b| b.is_ascii_digit()))
-            .and_then(|s| s.parse::<u64>().ok())
-            .ok_or(ExchangeError::Invalid("bad content-length"))?;
-        if length.is_some_and(|l| l != parsed) {
-            return Err(ExchangeError::Invalid("conflicting content-length"));
-        }
-        length = Some(parsed);
-    }
-    if length.is_none() && headers.contains_key(CONTENT_LENGTH) {
-        return Err(ExchangeError::Invalid("bad content-length"));
-    }
-    Ok(length)
-}
-
 /// What decoding found in the bytes read so far.
 #[derive(Debug)]
-enum Step {
+pub(super) enum Step {
     Frame(Frame<Bytes>),
     NeedMore,
     Done,
@@ -427,85 +346,39 @@ enum Step {
 
 /// Decodes the next frame of a body from `read`, consuming what it uses. Pure: the body
 /// reads from the socket only when this asks for more.
-fn step(state: &mut State, read: &mut BytesMut) -> Result<Step, ExchangeError> {
-    loop {
-        match *state {
-            State::Length(0) | State::Done => {
-                *state = State::Done;
-                return Ok(Step::Done);
-            }
-            State::Length(left) | State::ChunkData(left) => {
-                if read.is_empty() {
-                    return Ok(Step::NeedMore);
-                }
-                let n = left.min(read.len() as u64);
-                let rest = left - n;
-                *state = match *state {
-                    State::ChunkData(_) if rest == 0 => State::ChunkEnd,
-                    State::ChunkData(_) => State::ChunkData(rest),
-                    _ => State::Length(rest),
-                };
-                let data = read.split_to(n as usize).freeze();
-                return Ok(Step::Frame(Frame::data(data)));
-            }
-            State::UntilClose => {
-                if read.is_empty() {
-                    return Ok(Step::NeedMore);
-                }
-                return Ok(Step::Frame(Frame::data(read.split().freeze())));
-            }
-            State::ChunkSize => match httparse::parse_chunk_size(read) {
-                Ok(httparse::Status::Complete((used, size))) => {
-                    read.advance(used);
-                    *state = if size == 0 {
-                        State::Trailers
-                    } else {
-                        State::ChunkData(size)
-                    };
-                }
-                Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {
-                    return Ok(Step::NeedMore)
-                }
-                _ => return Err(ExchangeError::Invalid("bad chunk size")),
-            },
-            State::ChunkEnd => {
-                if read.len() < 2 {
-                    return Ok(Step::NeedMore);
-                }
-                if &read[..2] != b"\r\n" {
-                    return Err(ExchangeError::Invalid("chunk longer than its size"));
-                }
-                read.advance(2);
-                *state = State::ChunkSize;
-            }
-            State::Trailers => {
-                if read.starts_with(b"\r\n") {
-                    read.advance(2);
-                    *state = State::Done;
-                    return Ok(Step::Done);
-                }
-                let mut slots = [httparse::EMPTY_HEADER; FEW_HEADERS];
-                match httparse::parse_headers(read, &mut slots) {
-                    Ok(httparse::Status::Complete((used, fields))) => {
-                        let mut trailers = HeaderMap::with_capacity(fields.len());
-                        for field in fields.iter() {
-                            let name = HeaderName::from_bytes(field.name.as_bytes())
-                                .map_err(|_| ExchangeError::Invalid("bad trailer name"))?;
-                            let value = HeaderValue::from_bytes(field.value)
-                                .map_err(|_| ExchangeError::Invalid("bad trailer value"))?;
-                            trailers.append(name, value);
-                        }
-                        read.advance(used);
-                        *state = State::Done;
-                        return Ok(Step::Frame(Frame::trailers(trailers)));
-                    }
-                    Ok(httparse::Status::Partial) if read.len() < MAX_HEAD => {
-                        return Ok(Step::NeedMore)
-                    }
-                    _ => return Err(ExchangeError::Invalid("bad trailers")),
-                }
-            }
+pub(super) fn step(decoder: &mut Decoder, read: &mut BytesMut) -> Result<Step, ExchangeError> {
+    match decoder {
+        Decoder::Length(0) | Decoder::Done => {
+            *decoder = Decoder::Done;
+            Ok(Step::Done)
         }
+        Decoder::Length(left) => {
+            if read.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            let n = usize::try_from(*left).map_or(read.len(), |left| left.min(read.len()));
+            *left -= n as u64;
+            Ok(Step::Frame(Frame::data(read.split_to(n).freeze())))
+        }
+        Decoder::UntilClose => {
+            if read.is_empty() {
+                return Ok(Step::NeedMore);
+            }
+            Ok(Step::Frame(Frame::data(read.split().freeze())))
+        }
+        Decoder::Chunked(chunked) => match chunked.decode(read).map_err(ExchangeError::Invalid)? {
+            Decoded::Data(data) => Ok(Step::Frame(Frame::data(data))),
+            Decoded::Trailers(trailers) => {
+                // The trailers end the body: a client that has them may not ask for more.
+                *decoder = Decoder::Done;
+                Ok(Step::Frame(Frame::trailers(trailers)))
+            }
+            Decoded::NeedMore => Ok(Step::NeedMore),
+            Decoded::Done => {
+                *decoder = Decoder::Done;
+                Ok(Step::Done)
+            }
+        },
     }
 }
 
@@ -514,7 +387,8 @@ fn step(state: &mut State, read: &mut BytesMut) -> Result<Step, ExchangeError> {
 /// body dropped half-read closes it.
 pub(super) struct LeanBody {
     conn: Option<Conn>,
-    framing: Framing,
+    decoder: Decoder,
+    keep_alive: bool,
     home: Option<Home>,
 }
 
@@ -522,7 +396,8 @@ impl LeanBody {
     pub(super) fn new(conn: Conn, framing: Framing, home: Home) -> Self {
         Self {
             conn: Some(conn),
-            framing,
+            decoder: Decoder::new(framing.length),
+            keep_alive: framing.keep_alive,
             home: Some(home),
         }
     }
@@ -533,7 +408,7 @@ impl LeanBody {
         let (Some(mut conn), Some(home)) = (self.conn.take(), self.home.take()) else {
             return;
         };
-        if self.framing.keep_alive && conn.read.is_empty() {
+        if self.keep_alive && conn.read.is_empty() {
             // An idle connection keeps no more than a small buffer, whatever the last
             // request head or body needed.
             if conn.read.capacity() > 2 * READ_SIZE {
@@ -558,7 +433,7 @@ impl Body for LeanBody {
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
-            match step(&mut this.framing.state, &mut conn.read) {
+            match step(&mut this.decoder, &mut conn.read) {
                 Ok(Step::Frame(frame)) => return Poll::Ready(Some(Ok(frame))),
                 Ok(Step::Done) => {
                     this.finish();
@@ -570,15 +445,15 @@ impl Body for LeanBody {
                     return Poll::Ready(Some(Err(e)));
                 }
             }
-            let room = match this.framing.state {
-                State::Length(left) => usize::try_from(left).unwrap_or(MAX_READ_SIZE),
+            let room = match this.decoder {
+                Decoder::Length(left) => usize::try_from(left).unwrap_or(MAX_READ_SIZE),
                 _ => MAX_READ_SIZE / 4,
             };
             let room = room.clamp(READ_SIZE, MAX_READ_SIZE);
             match poll_read_more(&mut conn.stream, &mut conn.read, room, cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) if this.framing.state == State::UntilClose => {
-                    this.framing.state = State::Done;
+                Poll::Ready(Ok(0)) if matches!(this.decoder, Decoder::UntilClose) => {
+                    this.decoder = Decoder::Done;
                     this.conn = None;
                     return Poll::Ready(None);
                 }
@@ -597,13 +472,13 @@ impl Body for LeanBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self.framing.state, State::Length(0) | State::Done)
+        matches!(self.decoder, Decoder::Length(0) | Decoder::Done)
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
-        match self.framing.state {
-            State::Length(left) => hyper::body::SizeHint::with_exact(left),
-            State::Done => hyper::body::SizeHint::with_exact(0),
+        match self.decoder {
+            Decoder::Length(left) => hyper::body::SizeHint::with_exact(left),
+            Decoder::Done => hyper::body::SizeHint::with_exact(0),
             _ => hyper::body::SizeHint::default(),
         }
     }
@@ -635,8 +510,8 @@ mod tests {
         }
     }
 
-    fn framed(state: State, keep_alive: bool) -> Framing {
-        Framing { state, keep_alive }
+    fn framed(length: Length, keep_alive: bool) -> Framing {
+        Framing { length, keep_alive }
     }
 
     #[test]
@@ -645,80 +520,86 @@ mod tests {
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
                 Method::GET,
-                framed(State::Length(5), true),
+                framed(Length::Known(5), true),
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\nContent-Length: 5\r\n\r\n",
                 Method::GET,
-                framed(State::Length(5), true),
+                framed(Length::Known(5), true),
             ),
             // Bodiless answers that announce a body: no body, and the connection is not
             // reused (a sloppy upstream sends that body after all).
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
                 Method::HEAD,
-                framed(State::Length(0), false),
+                framed(Length::Known(0), false),
             ),
             (
                 "HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
                 Method::GET,
-                framed(State::Length(0), false),
+                framed(Length::Known(0), false),
             ),
             (
                 "HTTP/1.1 304 Not Modified\r\nContent-Length: 5\r\n\r\n",
                 Method::GET,
-                framed(State::Length(0), false),
+                framed(Length::Known(0), false),
             ),
             (
                 "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
                 Method::HEAD,
-                framed(State::Length(0), true),
+                framed(Length::Known(0), true),
             ),
             (
                 "HTTP/1.1 204 No Content\r\n\r\n",
                 Method::GET,
-                framed(State::Length(0), true),
+                framed(Length::Known(0), true),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                 Method::GET,
-                framed(State::ChunkSize, true),
+                framed(Length::Chunked, true),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n",
                 Method::GET,
-                framed(State::ChunkSize, true),
+                framed(Length::Chunked, true),
             ),
             // A length beside a transfer coding: the coding wins, the connection is not reused.
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 Method::GET,
-                framed(State::ChunkSize, false),
+                framed(Length::Chunked, false),
             ),
             (
                 "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
                 Method::GET,
-                framed(State::UntilClose, false),
+                framed(Length::UntilClose, false),
             ),
             (
                 "HTTP/1.1 200 OK\r\n\r\n",
                 Method::GET,
-                framed(State::UntilClose, false),
+                framed(Length::UntilClose, false),
             ),
             (
                 "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
                 Method::GET,
-                framed(State::Length(1), false),
+                framed(Length::Known(1), false),
             ),
             (
                 "HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n",
                 Method::GET,
-                framed(State::Length(1), false),
+                framed(Length::Known(1), false),
             ),
             (
                 "HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 1\r\n\r\n",
                 Method::GET,
-                framed(State::Length(1), true),
+                framed(Length::Known(1), true),
+            ),
+            // A `close` is not undone by a later `keep-alive` (as in hyper's client).
+            (
+                "HTTP/1.0 200 OK\r\nConnection: close\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\n",
+                Method::GET,
+                framed(Length::Known(1), false),
             ),
         ];
         for (response, method, expected) in cases {
@@ -740,6 +621,10 @@ mod tests {
             "HTTP/1.1 200 OK\r\nContent-Length: \r\n\r\n",
             "HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999999\r\n\r\n",
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n\r\n",
+            "HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nContent-Length: 5,\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
             "HTTP/1.1 2000 OK\r\n\r\n",
             "HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n",
@@ -777,7 +662,7 @@ mod tests {
         assert_eq!(response.status(), StatusCode::NOT_FOUND);
         let values: Vec<_> = response.headers().get_all("x-a").iter().collect();
         assert_eq!(values, ["1", "2"]);
-        assert_eq!(framing.state, State::Length(2));
+        assert_eq!(framing.length, Length::Known(2));
         assert_eq!(&read[..], b"hi", "the body stays in the buffer");
         // More headers than the small table holds: parsed with the large one.
         let many: String = (0..60).map(|i| format!("X-{i}: {i}\r\n")).collect();
@@ -808,7 +693,7 @@ mod tests {
         let conn = crate::headers::ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &[], false);
         let mut parts = request.into_parts().0;
         // The client's identity header is stripped, tokengate's own follow the client's.
-        let added = crate::headers::prepare_request(&mut parts, &config, None, &conn, false);
+        let added = crate::headers::prepare_request(&mut parts, &config, None, &conn);
         let mut out = Vec::new();
         encode_head(&parts, &added, &mut out);
         assert_eq!(
@@ -824,9 +709,10 @@ mod tests {
 
     /// Decodes a whole body given in pieces, as the socket would deliver them.
     fn decode(
-        mut state: State,
+        length: Length,
         pieces: &[&[u8]],
     ) -> Result<(Vec<u8>, Option<HeaderMap>, BytesMut), ExchangeError> {
+        let mut state = Decoder::new(length);
         let mut read = BytesMut::new();
         let (mut body, mut trailers) = (Vec::new(), None);
         let mut pieces = pieces.iter();
@@ -851,7 +737,7 @@ mod tests {
     #[test]
     fn chunked_bodies_decode_with_extensions_and_trailers() {
         let wire = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 42\r\n\r\nNEXT";
-        let (body, trailers, rest) = decode(State::ChunkSize, &[wire]).unwrap();
+        let (body, trailers, rest) = decode(Length::Chunked, &[wire]).unwrap();
         assert_eq!(body, b"hello world");
         assert_eq!(trailers.unwrap()["x-sum"], "42");
         assert_eq!(
@@ -859,23 +745,23 @@ mod tests {
             b"NEXT",
             "bytes after the body are left for the caller"
         );
-        let (body, trailers, _) = decode(State::ChunkSize, &[b"0\r\n\r\n"]).unwrap();
+        let (body, trailers, _) = decode(Length::Chunked, &[b"0\r\n\r\n"]).unwrap();
         assert!(body.is_empty() && trailers.is_none());
         for bad in [
             &b"5\r\nhelloXX0\r\n\r\n"[..],
             b"zz\r\n",
             b"ffffffffffffffffff\r\n",
         ] {
-            assert!(decode(State::ChunkSize, &[bad]).is_err(), "{bad:?}");
+            assert!(decode(Length::Chunked, &[bad]).is_err(), "{bad:?}");
         }
     }
 
     #[test]
     fn length_bodies_stop_at_their_length() {
-        let (body, _, rest) = decode(State::Length(5), &[b"hel", b"loEXTRA"]).unwrap();
+        let (body, _, rest) = decode(Length::Known(5), &[b"hel", b"loEXTRA"]).unwrap();
         assert_eq!(body, b"hello");
         assert_eq!(&rest[..], b"EXTRA");
-        let (body, _, _) = decode(State::Length(0), &[]).unwrap();
+        let (body, _, _) = decode(Length::Known(0), &[]).unwrap();
         assert!(body.is_empty());
     }
 
@@ -905,9 +791,9 @@ mod tests {
             wire.extend_from_slice(&bytes);
             let mut read = BytesMut::from(&wire[..]);
             let _ = parse_head(&mut read, &Method::GET);
-            for state in [State::ChunkSize, State::Trailers, State::Length(7), State::UntilClose] {
+            for state in [Length::Chunked, Length::Chunked, Length::Known(7), Length::UntilClose] {
                 let mut read = BytesMut::from(&bytes[..]);
-                let mut state = state;
+                let mut state = Decoder::new(state);
                 for _ in 0..64 {
                     match step(&mut state, &mut read) {
                         Ok(Step::Frame(_)) => continue,
@@ -935,7 +821,7 @@ mod tests {
                 pieces.push(&wire[start..p]);
                 start = p;
             }
-            let (body, _, rest) = decode(State::ChunkSize, &pieces).unwrap();
+            let (body, _, rest) = decode(Length::Chunked, &pieces).unwrap();
             prop_assert_eq!(body, chunks.concat());
             // What was not yet read stays unread, so the leftover is a prefix of "HTTP/1.1".
             prop_assert!(b"HTTP/1.1".starts_with(&rest));

@@ -19,6 +19,9 @@
 //! written and read on the request's task, with a pool of its own; the rest goes through
 //! hyper's client.
 
+mod chunked;
+#[cfg(test)]
+mod differential;
 mod framing;
 mod lean;
 mod pool;
@@ -244,8 +247,9 @@ impl Upstream {
                 _ => return Err(self.dialer.failed(e.error())),
             },
         };
-        let (parts, body) = response.into_parts();
-        let keep = !framing::invites_stray_bytes(&method, parts.status, &parts.headers);
+        let (mut parts, body) = response.into_parts();
+        // hyper read the answer by its own rules: held to the lean path's (`framing`).
+        let keep = framing::check(&method, &mut parts).map_err(|e| self.dialer.failed(&e))?;
         let body = UpstreamBody(Kind::Hyper {
             body,
             keep: keep.then(|| (sender, self.home(dedicated))),
@@ -465,6 +469,18 @@ impl Upstream {
     }
 }
 
+/// The settings of hyper's HTTP/1.1 client connections (the differential test uses them).
+fn http1_builder() -> http1::Builder {
+    let mut builder = http1::Builder::new();
+    builder
+        // One `write` of head and body copied together, rather than `writev` of the
+        // pieces: cheaper for the small messages most APIs exchange (docs/performance.md).
+        .writev(false)
+        // The lean path's limit on a response head, so both refuse the same heads.
+        .max_buf_size(lean::MAX_HEAD);
+    builder
+}
+
 /// Opens the shared HTTP/2 connection (generation `generation`) and tells the requests
 /// waiting for it. A task of its own, so a waiting request that gives up does not cancel it.
 async fn open_http2(
@@ -517,10 +533,7 @@ impl Dialer {
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (sender, connection) = http1::Builder::new()
-            // One `write` of head and body copied together, rather than `writev` of the
-            // pieces: cheaper for the small messages most APIs exchange (docs/performance.md).
-            .writev(false)
+        let (sender, connection) = http1_builder()
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.failed(&e))?;
