@@ -208,7 +208,7 @@ fn header_rewrite(c: &mut Criterion) {
         b.iter_batched(
             request,
             |mut parts| {
-                headers::prepare_request(&mut parts, &config, Some(&principal), &conn, true);
+                headers::prepare_request(&mut parts, &config, Some(&principal), &conn);
                 parts
             },
             criterion::BatchSize::SmallInput,

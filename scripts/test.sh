@@ -16,6 +16,9 @@ need_apt() { # install Debian packages that are missing
 # curl: CLI tests; chromium: the browser test of the API token page; prometheus: the
 # metrics tests (a real server scraping tokengate, and promtool).
 need_apt curl chromium prometheus
+# Real upstream frameworks for tests/frameworks.rs: Flask on Werkzeug (run by Debian's
+# /usr/bin/python3), PHP's built-in server and Laravel 8.83.
+need_apt python3-flask php-cli php-laravel-framework
 # jsonschema: the admin API's responses are validated against docs/admin-openapi.json.
 python3 -c 'import jsonschema, referencing' 2>/dev/null \
   || python3 -m pip install -q 'jsonschema>=4.18'
@@ -28,6 +31,10 @@ python3 -c 'import helm_sdkpy' 2>/dev/null \
 # playwright-core drives Debian's chromium (no browser download).
 if [ ! -d e2e/node_modules/playwright-core ]; then
   (cd e2e && npm install --no-audit --no-fund --loglevel=error)
+fi
+# Express 4 and method-override, the third framework of tests/frameworks.rs.
+if [ ! -d tests/frameworks/node/node_modules/method-override ]; then
+  (cd tests/frameworks/node && npm install --no-audit --no-fund --loglevel=error)
 fi
 
 echo "== cargo fmt --check"

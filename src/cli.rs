@@ -6,12 +6,9 @@ use crate::admin::views::{NewSessionBody, NewTokenBody, NewUser, Page, PasswordB
 use crate::admin::{self, client::AdminClient};
 use crate::admin::{Management, MAX_LIMIT};
 use crate::app::{App, FLUSH_INTERVAL};
-use crate::auth::{self, Principal};
 use crate::clock::{rfc3339, Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::error::ApiError;
-use crate::error::Rejection;
-use crate::path;
 use crate::server;
 use crate::store::StoreError;
 use crate::tokens::CreateToken;
@@ -84,6 +81,12 @@ pub enum Command {
         /// A token to decide for (as sent after `Bearer `).
         #[arg(long)]
         token: Option<String>,
+        /// A request header, `Name: value` (repeat for more).
+        #[arg(long = "header", short = 'H')]
+        headers: Vec<String>,
+        /// The request body (read for a `_method` field, as the proxy reads it).
+        #[arg(long)]
+        body: Option<String>,
     },
 }
 
@@ -251,7 +254,18 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
             method,
             path,
             token,
-        } => explain(&config.config, &method, &path, token.as_deref()).await,
+            headers,
+            body,
+        } => {
+            let request = ExplainRequest {
+                method: &method,
+                target: &path,
+                token: token.as_deref(),
+                headers: &headers,
+                body: body.unwrap_or_default(),
+            };
+            explain(&config.config, request).await
+        }
     }
 }
 
@@ -736,76 +750,46 @@ mod humantime_serde_opt {
     }
 }
 
-async fn explain(
-    config_path: &Path,
-    method: &str,
-    raw_path: &str,
-    token: Option<&str>,
-) -> Result<(), Failure> {
+/// A request for `explain`, as given on the command line.
+struct ExplainRequest<'a> {
+    method: &'a str,
+    target: &'a str,
+    token: Option<&'a str>,
+    headers: &'a [String],
+    body: String,
+}
+
+async fn explain(config_path: &Path, given: ExplainRequest<'_>) -> Result<(), Failure> {
     let config = load(config_path)?;
-    let method = Method::from_bytes(method.to_ascii_uppercase().as_bytes())
-        .map_err(|_| anyhow::anyhow!("'{method}' is not an HTTP method"))?;
-    let decision = |r: Rejection| println!("decision: {} {}", r.status().as_u16(), r);
-    if crate::pages::is_reserved(raw_path) {
-        println!("path: reserved for tokengate's own pages (login, logout, csrf-cookie)");
-        println!("decision: answered by tokengate, never forwarded");
-        return Ok(());
+    let method = Method::from_bytes(given.method.as_bytes())
+        .map_err(|_| anyhow::anyhow!("'{}' is not an HTTP method", given.method))?;
+    let mut request = http::Request::builder().method(method).uri(given.target);
+    for header in given.headers {
+        let (name, value) = header
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("'{header}' is not a header (Name: value)"))?;
+        request = request.header(name.trim(), value.trim());
     }
-    let checked = match path::check(raw_path) {
-        Ok(p) => p,
-        Err(e) => {
-            println!("path: refused: {e}");
-            decision(Rejection::BadPath(e));
-            return Ok(());
-        }
-    };
-    println!("path: {} (as matched)", checked.as_str());
-    let Some(route) = config.routes.find(&method, &checked) else {
-        println!("route: none matches");
-        decision(Rejection::NoRoute);
-        return Ok(());
-    };
-    let methods = route.methods.as_ref().map_or_else(
-        || "any".to_owned(),
-        |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(", "),
-    );
-    println!(
-        "route: routes[{}] {} (methods: {methods})",
-        route.index, route.pattern
-    );
-    println!("auth: {:?}", route.auth);
-    if !route.all_of.is_empty() {
-        println!("requires all of: {}", route.all_of.join(", "));
+    if let Some(token) = given.token {
+        let token = token.strip_prefix("Bearer ").unwrap_or(token);
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    if !route.any_of.is_empty() {
-        println!("requires one of: {}", route.any_of.join(", "));
-    }
-    let route = route.clone();
-    let principal = match token {
-        Some(t) if route.auth != crate::routes::AuthMode::None => {
-            let app = open(config)?;
-            let presented = t.strip_prefix("Bearer ").unwrap_or(t);
-            let found = app
-                .tokens
-                .authenticate(presented)
-                .await
-                .context("token lookup")?;
-            match &found {
-                Some(tok) => println!(
-                    "token: id {} of user {}, abilities: {}",
-                    tok.id,
-                    tok.user(),
-                    tok.abilities()
-                ),
-                None => println!("token: not valid (unknown, malformed, revoked or expired)"),
-            }
-            found.map(Principal::Token)
-        }
-        _ => None,
+    let request = request
+        .body(bytes::Bytes::from(given.body))
+        .map_err(|e| anyhow::anyhow!("not a request: {e}"))?;
+    let needs_store = request.headers().contains_key(http::header::AUTHORIZATION)
+        || request.headers().contains_key(http::header::COOKIE);
+    let app = if needs_store {
+        Some(open(config.clone())?)
+    } else {
+        None
     };
-    match auth::authorize(&route, principal.as_ref()) {
-        Ok(()) => println!("decision: allowed, forwarded upstream"),
-        Err(denial) => decision(denial.into()),
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let explanation = crate::explain::explain(&config, app.as_deref(), request, peer)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    for step in explanation.steps {
+        println!("{step}");
     }
     Ok(())
 }

@@ -108,6 +108,7 @@ struct RawTimeouts {
 struct RawLimits {
     max_header_bytes: Option<usize>,
     max_connections: Option<usize>,
+    body_scan_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +231,9 @@ pub struct Limits {
     pub max_header_bytes: usize,
     /// Open client connections per process; more wait in the kernel's accept queue.
     pub max_connections: usize,
+    /// How much of a POST body is read, before it goes upstream, for a `_method` field
+    /// (`method_override`); the rest is checked as it streams.
+    pub body_scan_bytes: usize,
 }
 
 /// Where allowed requests go: scheme and authority, parsed once.
@@ -735,6 +739,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let raw_l = raw.limits.unwrap_or(RawLimits {
         max_header_bytes: None,
         max_connections: None,
+        body_scan_bytes: None,
     });
     let max_header_bytes = raw_l.max_header_bytes.unwrap_or(64 * 1024);
     if !(8192..=1024 * 1024).contains(&max_header_bytes) {
@@ -747,9 +752,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     if max_connections == 0 {
         p.add("limits.max_connections", "must be at least 1");
     }
+    let body_scan_bytes = raw_l.body_scan_bytes.unwrap_or(64 * 1024);
+    if !(1024..=16 * 1024 * 1024).contains(&body_scan_bytes) {
+        p.add(
+            "limits.body_scan_bytes",
+            "must be between 1024 and 16777216",
+        );
+    }
     let limits = Limits {
         max_header_bytes,
         max_connections,
+        body_scan_bytes,
     };
     if !p.0.is_empty() {
         return Err(ConfigError { problems: p.0 });

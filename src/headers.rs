@@ -1,6 +1,12 @@
-//! Header rewriting between client and upstream: strip hop-by-hop headers and every
-//! client-sent identity header, set `X-Forwarded-*`, inject the identity of the principal.
-//! What tokengate adds is kept beside the request (`Added`) until the request is written.
+//! Header rewriting between client and upstream: strip hop-by-hop headers, every
+//! client-sent identity header and the forwarding headers of untrusted peers, set
+//! `X-Forwarded-*`, inject the identity of the principal. What tokengate adds is kept beside
+//! the request (`Added`) until the request is written.
+//!
+//! Names are compared as upstreams read them. CGI, PHP, WSGI, Rack and Apache turn `-` and
+//! `_` alike into `_` (`HTTP_X_TOKEN_ABILITIES`), so `X_Token_Abilities` would reach them as
+//! the identity header, and `Transfer_Encoding` as a framing header (Werkzeug reads it):
+//! every header whose name contains `_` is dropped, as nginx does by default.
 
 use crate::auth::Principal;
 use crate::config::Config;
@@ -58,6 +64,11 @@ impl ConnInfo {
             trusted: trusted_proxies.iter().any(|n| n.contains(&peer.ip())),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
         }
+    }
+
+    /// The peer is one of `trusted_proxies`.
+    pub fn trusted(&self) -> bool {
+        self.trusted
     }
 }
 
@@ -176,28 +187,73 @@ impl<'a> Added<'a> {
     }
 }
 
-/// A header only tokengate may set: the configured identity names, any `X-Token-*` or
-/// `X-Auth-*`, and `X-Forwarded-*` unless a trusted proxy sent it.
-fn is_claim(name: &HeaderName, config: &Config, trusted: bool) -> bool {
+/// A header a client may not send on: one whose name holds `_` (see the module doc); an
+/// identity claim, which only tokengate makes (the configured names, any `X-Token-*`,
+/// `X-Auth-*` or `X-Remote-*`, and the user headers of other auth proxies and of Apache,
+/// `IDENTITY`); a rewrite of the path the upstream runs (`X-Original-URL`, …); and, unless
+/// a trusted proxy sent it, a statement about the connection (`X-Forwarded-*`, `Forwarded`,
+/// `X-Real-IP`, …, `FORWARDING`).
+pub fn is_forged(name: &HeaderName, config: &Config, trusted: bool) -> bool {
     let n = name.as_str();
-    n.starts_with("x-token-")
-        || n.starts_with("x-auth-")
-        || config.headers.all().contains(&name)
-        || (!trusted
-            && n.starts_with("x-forwarded-")
-            && [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST].contains(&name))
+    let known = match n.as_bytes().first() {
+        Some(b'x') => {
+            n.starts_with("x-token-")
+                || n.starts_with("x-auth-")
+                || n.starts_with("x-remote-")
+                || IDENTITY.contains(&n)
+                || (!trusted && (n.starts_with("x-forwarded-") || FORWARDING.contains(&n)))
+        }
+        Some(b'r') => IDENTITY.contains(&n),
+        Some(b'c' | b'f' | b't') => !trusted && FORWARDING.contains(&n),
+        _ => false,
+    };
+    known || n.contains('_') || config.headers.all().contains(&name)
 }
 
-/// Removes every client-sent identity header: the configured names and any `X-Token-*` or
-/// `X-Auth-*`, and the `X-Forwarded-*` tokengate sets unless the peer is a trusted proxy.
-/// Allocates only when the client sent one.
-pub fn strip_claims(headers: &mut HeaderMap, config: &Config, trusted: bool) {
-    if !headers.keys().any(|name| is_claim(name, config, trusted)) {
+/// Who the user is, as other auth proxies, Apache and Kubernetes' front proxy say it, and
+/// the path the upstream should run: only tokengate speaks for the user, and only the
+/// request line says the path. Removed from everyone (`X-Token-*`, `X-Auth-*` (oauth2-proxy's
+/// `X-Auth-Request-*`) and `X-Remote-*` go by prefix).
+const IDENTITY: [&str; 13] = [
+    "remote-user",
+    "x-user",
+    "x-email",
+    "x-groups",
+    "x-preferred-username",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+];
+
+/// What a proxy in front says about the connection: kept from `trusted_proxies`, removed
+/// from anyone else (`X-Forwarded-*` goes by prefix).
+const FORWARDING: [&str; 10] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "x-original-host",
+    "x-host",
+];
+
+/// Removes every header a client may not send on (`is_forged`). Allocates only when the
+/// client sent one.
+pub fn strip_forged(headers: &mut HeaderMap, config: &Config, trusted: bool) {
+    if !headers.keys().any(|name| is_forged(name, config, trusted)) {
         return;
     }
-    let forged: Vec<HeaderName> = headers
+    let forged: SmallVec<[HeaderName; 4]> = headers
         .keys()
-        .filter(|name| is_claim(name, config, trusted))
+        .filter(|name| is_forged(name, config, trusted))
         .cloned()
         .collect();
     for name in forged {
@@ -206,17 +262,20 @@ pub fn strip_claims(headers: &mut HeaderMap, config: &Config, trusted: bool) {
 }
 
 /// Rewrites a request's headers for the upstream, and returns what tokengate adds to them.
+/// The `Authorization` header is not passed on (unless `tokens.forward_authorization`)
+/// when tokengate acted on a credential, or when it carries a bearer token, on any route.
 pub fn prepare_request<'a>(
     parts: &mut request::Parts,
     config: &'a Config,
     principal: Option<&Principal>,
     conn: &ConnInfo,
-    strip_authorization: bool,
 ) -> Added<'a> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    strip_claims(headers, config, conn.trusted);
-    if strip_authorization {
+    strip_forged(headers, config, conn.trusted);
+    if !config.forward_authorization
+        && (principal.is_some() || headers.get_all(header::AUTHORIZATION).iter().any(is_bearer))
+    {
         headers.remove(header::AUTHORIZATION);
     }
 
@@ -258,6 +317,14 @@ pub fn prepare_request<'a>(
         None => {}
     }
     added
+}
+
+/// Whether an `Authorization` value carries a bearer token (the scheme in any case).
+fn is_bearer(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
 }
 
 /// The cookies tokengate sets, which the upstream does not get unless
@@ -373,12 +440,25 @@ fn forwarded(
     host: Option<HeaderValue>,
     added: &mut Added<'_>,
 ) {
-    let chain = if conn.trusted {
-        headers
-            .remove(&X_FORWARDED_FOR)
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|prior| HeaderValue::from_str(&format!("{prior}, {}", conn.peer.ip())).ok())
+    // A trusted proxy's chain, every line of it in order (a client may send several, and
+    // `client_ip` reads them all), extended with the peer.
+    let chain = if conn.trusted && headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = String::new();
+        let mut readable = true;
+        for line in headers.get_all(&X_FORWARDED_FOR) {
+            match line.to_str() {
+                Ok(line) => {
+                    chain.push_str(line);
+                    chain.push_str(", ");
+                }
+                Err(_) => readable = false,
+            }
+        }
+        headers.remove(&X_FORWARDED_FOR);
+        chain.push_str(&conn.peer.ip().to_string());
+        readable
+            .then(|| HeaderValue::from_str(&chain).ok())
+            .flatten()
     } else {
         None
     };
@@ -435,7 +515,7 @@ mod tests {
             ("authorization", "Bearer 1|x"),
             ("accept", "*/*"),
         ]);
-        let added = prepare_request(&mut p, &cfg, None, &conn, true);
+        let added = prepare_request(&mut p, &cfg, None, &conn);
         added.insert_into(&mut p.headers);
         let h = &p.headers;
         for gone in [
@@ -482,6 +562,117 @@ mod tests {
         }
     }
 
+    /// Headers a client sends with each spelling an upstream reads as one of ours, or as
+    /// a statement about the user, the path or the connection.
+    #[test]
+    fn forged_headers_are_removed_in_every_spelling() {
+        let cfg = config();
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let untrusted = ConnInfo::new("192.0.2.7:5555".parse().unwrap(), &nets, false);
+        let trusted = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &nets, false);
+        let always = [
+            "X_Token_Abilities",
+            "x_auth_user",
+            "Transfer_Encoding",
+            "X_Forwarded_For",
+            "X_HTTP_Method_Override",
+            "remote-user",
+            "Remote_User",
+            "x-remote-user",
+            "x-remote-group",
+            "x-forwarded-user",
+            "x-forwarded-email",
+            "x-forwarded-groups",
+            "x-forwarded-preferred-username",
+            "x-forwarded-access-token",
+            "x-auth-request-user",
+            "x-user",
+            "x-email",
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-uri",
+        ];
+        let from_proxies = [
+            "forwarded",
+            "x-real-ip",
+            "x-client-ip",
+            "true-client-ip",
+            "cf-connecting-ip",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-server",
+            "x-forwarded-ssl",
+            "x-original-host",
+        ];
+        for (conn, kept_from_proxies) in [(&untrusted, false), (&trusted, true)] {
+            let pairs: Vec<(&str, &str)> = always
+                .iter()
+                .chain(&from_proxies)
+                .map(|name| (*name, "forged"))
+                .chain([("x-request-id", "r1"), ("accept", "*/*")])
+                .collect();
+            let mut p = parts(&pairs);
+            prepare_request(&mut p, &cfg, None, conn).insert_into(&mut p.headers);
+            for name in always {
+                assert!(!p.headers.contains_key(name), "{name} reached the upstream");
+            }
+            for name in from_proxies {
+                assert_eq!(
+                    p.headers.contains_key(name),
+                    kept_from_proxies,
+                    "{name} from {}",
+                    conn.peer
+                );
+            }
+            assert_eq!(p.headers["x-request-id"], "r1");
+            assert_eq!(p.headers["accept"], "*/*");
+        }
+    }
+
+    #[test]
+    fn a_bearer_token_never_leaves_unless_configured() {
+        let cfg = config();
+        let conn = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &[], false);
+        // A public route (no principal): a bearer token is removed, another scheme is the
+        // app's business.
+        for (value, kept) in [
+            ("Bearer 1|secret", false),
+            ("bearer 1|secret", false),
+            ("BEARER x", false),
+            ("Basic YTpi", true),
+        ] {
+            let mut p = parts(&[("authorization", value)]);
+            prepare_request(&mut p, &cfg, None, &conn);
+            assert_eq!(p.headers.contains_key("authorization"), kept, "{value}");
+        }
+        let forwarding = Config::parse(
+            "upstream: http://127.0.0.1:1\ntokens:\n  forward_authorization: true\nroutes:\n  - path: /**\n",
+        )
+        .unwrap();
+        let mut p = parts(&[("authorization", "Bearer 1|secret")]);
+        prepare_request(&mut p, &forwarding, None, &conn);
+        assert_eq!(p.headers["authorization"], "Bearer 1|secret");
+    }
+
+    #[test]
+    fn every_forwarded_for_line_of_a_trusted_proxy_is_kept_in_order() {
+        let cfg = config();
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let conn = ConnInfo::new("10.1.2.3:5555".parse().unwrap(), &nets, false);
+        let mut p = parts(&[
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-for", "198.51.100.4, 10.9.9.9"),
+        ]);
+        // The throttle reads the same lines, so both see the same client.
+        assert_eq!(
+            client_ip(&p.headers, &conn, &nets).to_string(),
+            "198.51.100.4"
+        );
+        prepare_request(&mut p, &cfg, None, &conn).insert_into(&mut p.headers);
+        let lines: Vec<_> = p.headers.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(lines, ["203.0.113.9, 198.51.100.4, 10.9.9.9, 10.1.2.3"]);
+    }
+
     #[test]
     fn trusted_proxies_extend_forwarded_headers() {
         let cfg = config();
@@ -493,7 +684,7 @@ mod tests {
             ("x-forwarded-host", "app.example"),
             ("x-forwarded-proto", "https"),
         ]);
-        let added = prepare_request(&mut p, &cfg, None, &conn, false);
+        let added = prepare_request(&mut p, &cfg, None, &conn);
         // The trusted proxy's own `X-Forwarded-Host/Proto` stand; the chain is extended.
         let names: Vec<&str> = added.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["x-forwarded-for"]);

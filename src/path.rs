@@ -5,9 +5,16 @@
 //! or `\`, raw `\`; NUL; empty segments (`//`); malformed escapes; double encoding
 //! (`%252e`); invalid UTF-8 after decoding; anything not starting with `/`. A single
 //! trailing slash is ignored for matching, as most frameworks ignore it.
+//!
+//! Upstreams also read paths in ways of their own (`Reading`): without `;` parameters, in
+//! any case, without trailing dots or spaces, after Unicode normalization. `read_as` gives a
+//! path's segments under any set of them, for the proxy's decision to check that they all
+//! lead to the same requirements; a reading that makes a dot segment or a separator is
+//! refused outright.
 
 use percent_encoding::percent_decode_str;
 use std::borrow::Cow;
+use unicode_normalization::UnicodeNormalization;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -25,6 +32,88 @@ pub enum PathError {
     BadEncoding,
     #[error("The request path is not valid UTF-8.")]
     InvalidUtf8,
+    #[error("The request path has a segment that common servers read as a dot segment.")]
+    ReadsAsDotSegment,
+    #[error("The request path has a character that common servers read as a separator.")]
+    ReadsAsSeparator,
+}
+
+/// A way common upstreams read a path other than by its plain decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// Unicode compatibility normalization (NFKC): fullwidth `．．` is `..`, `Ａ` is `A`
+    /// (Java's and .NET's normalizers, IIS).
+    Compatibility,
+    /// `;` parameters removed from each segment: `/admin;x/users` is `/admin/users` (Tomcat,
+    /// Jetty, Spring, Undertow).
+    Matrix,
+    /// Spaces and control characters trimmed from both ends of a segment, dots from its end:
+    /// `/admin./x`, `/admin%20/x` and `/admin%09/x` are `/admin/x` (IIS and Windows; Spring's
+    /// path matcher trims whitespace).
+    Trimmed,
+    /// Letter case ignored: `/ADMIN` is `/admin` (Express by default, ASP.NET, IIS).
+    CaseFolded,
+}
+
+impl Reading {
+    pub const ALL: [Reading; 4] = [
+        Reading::Compatibility,
+        Reading::Matrix,
+        Reading::Trimmed,
+        Reading::CaseFolded,
+    ];
+
+    fn bit(self) -> u8 {
+        1 << self as u8
+    }
+
+    /// Why a path is refused when this reading leads to other requirements.
+    pub fn refusal(self) -> &'static str {
+        match self {
+            Reading::Compatibility => {
+                "The request path matches another route after Unicode compatibility normalization."
+            }
+            Reading::Matrix => "The request path matches another route without its ';' parameters.",
+            Reading::Trimmed => {
+                "The request path matches another route without trailing dots or surrounding spaces."
+            }
+            Reading::CaseFolded => "The request path matches another route when letter case is ignored.",
+        }
+    }
+}
+
+/// A set of `Reading`s.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readings(u8);
+
+impl Readings {
+    pub fn contains(self, reading: Reading) -> bool {
+        self.0 & reading.bit() != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn with(self, reading: Reading) -> Self {
+        Readings(self.0 | reading.bit())
+    }
+
+    /// Every non-empty subset, smallest first, so that the first one found to matter is
+    /// the simplest explanation.
+    pub fn subsets(self) -> impl Iterator<Item = Readings> {
+        let mut all: Vec<Readings> = (1..=self.0)
+            .filter(|s| s & !self.0 == 0)
+            .map(Readings)
+            .collect();
+        all.sort_by_key(|s| s.0.count_ones());
+        all.into_iter()
+    }
+
+    /// The first reading of the set, in the order of `Reading::ALL`.
+    pub fn first(self) -> Option<Reading> {
+        Reading::ALL.into_iter().find(|r| self.contains(*r))
+    }
 }
 
 /// A checked path: its percent-decoded form, borrowed when nothing was encoded.
@@ -44,6 +133,95 @@ impl CheckedPath<'_> {
     pub fn as_str(&self) -> &str {
         &self.decoded
     }
+
+    /// The readings that would change this path. One pass over its bytes; a path in lower
+    /// case ASCII without `;` or trailing dots (most API paths) is sensitive to none.
+    pub fn sensitive(&self) -> Readings {
+        let mut found = sensitive(self.segments());
+        if found.contains(Reading::Compatibility) {
+            // What normalization makes may itself be read further (an ideographic space).
+            let normalized: String = self.decoded.nfkc().collect();
+            found.0 |= sensitive(normalized.split('/')).0;
+        }
+        found
+    }
+}
+
+fn sensitive<'s>(segments: impl Iterator<Item = &'s str>) -> Readings {
+    let mut found = Readings::default();
+    for segment in segments {
+        let bytes = segment.as_bytes();
+        if bytes.contains(&b';') {
+            found = found.with(Reading::Matrix);
+        }
+        let (first, last) = (bytes.first().copied(), bytes.last().copied());
+        if first.is_some_and(|b| b <= b' ') || last.is_some_and(|b| b <= b' ' || b == b'.') {
+            found = found.with(Reading::Trimmed);
+        }
+        if bytes.iter().any(u8::is_ascii_uppercase) {
+            found = found.with(Reading::CaseFolded);
+        }
+        if !segment.is_ascii() {
+            if !unicode_normalization::is_nfkc(segment) {
+                found = found.with(Reading::Compatibility);
+            }
+            if segment
+                .chars()
+                .any(|c| c.to_lowercase().ne(std::iter::once(c)))
+            {
+                found = found.with(Reading::CaseFolded);
+            }
+        }
+    }
+    found
+}
+
+/// A path's segments as an upstream applying `readings` sees them (each applied to each
+/// segment in the order of `Reading::ALL`), empty ones dropped as servers merge `//`.
+/// Refused when a reading makes a dot segment or a separator of what was neither.
+pub fn read_as(path: &CheckedPath<'_>, readings: Readings) -> Result<Vec<String>, PathError> {
+    let mut read = Vec::new();
+    for segment in path.segments() {
+        let mut segment = Cow::Borrowed(segment);
+        if readings.contains(Reading::Compatibility) {
+            let normalized: String = segment.nfkc().collect();
+            if normalized.contains(['/', '\\', '\0']) {
+                return Err(PathError::ReadsAsSeparator);
+            }
+            segment = Cow::Owned(normalized);
+        }
+        if readings.contains(Reading::Matrix) {
+            if let Some(at) = segment.find(';') {
+                segment = Cow::Owned(segment[..at].to_owned());
+            }
+        }
+        if readings.contains(Reading::Trimmed) {
+            let mut trimmed: &str = segment.trim_matches(|c: char| c <= ' ');
+            // `.. ` is `..` to Windows: refused, not trimmed away.
+            if trimmed == "." || trimmed == ".." {
+                return Err(PathError::ReadsAsDotSegment);
+            }
+            loop {
+                let next = trimmed
+                    .trim_matches(|c: char| c <= ' ')
+                    .trim_end_matches('.');
+                if next == trimmed {
+                    break;
+                }
+                trimmed = next;
+            }
+            segment = Cow::Owned(trimmed.to_owned());
+        }
+        if readings.contains(Reading::CaseFolded) {
+            segment = Cow::Owned(segment.to_lowercase());
+        }
+        match &*segment {
+            "" => {}
+            "." | ".." => return Err(PathError::ReadsAsDotSegment),
+            _ => read.push(segment.into_owned()),
+        }
+    }
+    Ok(read)
 }
 
 pub fn check(raw: &str) -> Result<CheckedPath<'_>, PathError> {

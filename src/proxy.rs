@@ -14,14 +14,15 @@
 
 use crate::access_log;
 use crate::app::App;
-use crate::auth::{self, csrf, token, Denial, Principal};
+use crate::auth::{csrf, token, Principal};
+use crate::body::Outbound;
 use crate::config::{AccessLogFormat, Config};
+use crate::decision;
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
+use crate::method_override;
 use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, WorkerMetrics};
 use crate::pages;
-use crate::path;
-use crate::routes::{AuthMode, Route};
 use crate::upstream::{Dedicated, Upstream, UpstreamBody};
 use crate::watchdog::{InFlight, Watched};
 use bytes::Bytes;
@@ -124,12 +125,14 @@ pub async fn handle(
     Ok(response.map(|body| Watched::new(body, in_flight)))
 }
 
-/// The `upstream_errors_total` kind of an upstream failure.
-fn upstream_error_kind(rejection: &Rejection) -> UpstreamError {
+/// The `upstream_errors_total` kind of an upstream failure; `None` for a refusal of the
+/// request itself (its body, on its way).
+fn upstream_error_kind(rejection: &Rejection) -> Option<UpstreamError> {
     match rejection {
-        Rejection::UpstreamTimeout => UpstreamError::Timeout,
-        Rejection::UpstreamBroken => UpstreamError::Protocol,
-        _ => UpstreamError::Connect,
+        Rejection::UpstreamTimeout => Some(UpstreamError::Timeout),
+        Rejection::UpstreamBroken => Some(UpstreamError::Protocol),
+        Rejection::UpstreamUnavailable => Some(UpstreamError::Connect),
+        _ => None,
     }
 }
 
@@ -198,25 +201,23 @@ struct Link<'a> {
 
 async fn forward(
     app: &App,
-    config: &Config,
+    config: &Arc<Config>,
     link: Link<'_>,
     request: Request<Incoming>,
     conn: &ConnInfo,
     trace: &mut Trace,
 ) -> Result<Response<Body>, Rejection> {
     let (mut parts, body) = request.into_parts();
-    let path = path::check(parts.uri.path())?;
-    if path.segments().next() == Some("_tokengate") {
-        // `/%5Ftokengate/…`: reserved too, whatever the routes say.
-        trace.route = RouteLabel::Reserved;
-        return Err(Rejection::NotFound);
-    }
-    let route = config
-        .routes
-        .find(&parts.method, &path)
-        .ok_or(Rejection::NoRoute)?;
-    trace.route = RouteLabel::Route(route.index);
-    let principal = authenticate(app, config, route, &parts, conn).await?;
+    let mut body = Outbound::new(body, config, conn.trusted());
+    let plan = decide(config, &mut parts, &mut body)
+        .await
+        .inspect_err(|rejection| {
+            if *rejection == Rejection::NotFound {
+                trace.route = RouteLabel::Reserved;
+            }
+        })?;
+    trace.route = RouteLabel::Route(plan.route().index);
+    let principal = authenticate(app, config, &plan, &parts, conn).await?;
     trace.kind = match &principal {
         Some(Principal::Token(_)) => CredentialKind::Token,
         Some(Principal::Session(_)) => CredentialKind::Session,
@@ -225,30 +226,16 @@ async fn forward(
     if config.access_log.is_some() {
         trace.principal = principal.clone();
     }
-    if let Err(denial) = auth::authorize(route, principal.as_ref()) {
-        if denial == Denial::Unauthenticated
-            && route.auth == AuthMode::Session
-            && pages::wants_html(&parts.headers)
-        {
-            let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            return Err(Rejection::LoginRequired {
-                next: next.to_owned(),
-            });
-        }
-        return Err(denial.into());
-    }
-
-    // A credential tokengate checked (or, beside a session, did not need) is not the
-    // upstream's business unless the config says so.
-    let strip_authorization = principal.is_some() && !config.forward_authorization;
-    let upgrade = headers::upgrade_request(&parts.headers);
-    let added = headers::prepare_request(
-        &mut parts,
-        config,
+    let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    decision::authorize(
+        &plan,
         principal.as_ref(),
-        conn,
-        strip_authorization,
-    );
+        pages::wants_html(&parts.headers),
+        next,
+    )?;
+
+    let upgrade = headers::upgrade_request(&parts.headers);
+    let added = headers::prepare_request(&mut parts, config, principal.as_ref(), conn);
 
     trace.decision = Some(Decision::Allowed);
     let Link {
@@ -267,7 +254,9 @@ async fn forward(
     {
         Ok(response) => response,
         Err(rejection) => {
-            metrics.upstream_error(upstream_error_kind(&rejection));
+            if let Some(kind) = upstream_error_kind(&rejection) {
+                metrics.upstream_error(kind);
+            }
             return Err(rejection);
         }
     };
@@ -276,29 +265,50 @@ async fn forward(
     Ok(response.map(Either::Left))
 }
 
-/// The principal behind the credential this route accepts, if any: a valid session cookie
-/// first (`auth: any` and `session`), else the bearer token (`auth: any` and `token`). A
-/// missing or invalid credential is `None` (the route decides whether that matters); a
-/// session failing the CSRF rules, ambiguity and store failures are errors.
-async fn authenticate(
+/// The decision's plan for a request (`decision::plan`); a POST whose body may name
+/// another method has a bounded prefix of its body read first (`Outbound::read_prefix`).
+async fn decide<'c>(
+    config: &'c Config,
+    parts: &mut request::Parts,
+    body: &mut Outbound,
+) -> Result<decision::Plan<'c>, Rejection> {
+    let plan = decision::plan(config, parts, decision::Body::Unread)?;
+    if !plan.body_may_override {
+        return Ok(plan);
+    }
+    let Some(scan) =
+        method_override::body_scan(&parts.headers).map_err(decision::override_refusal)?
+    else {
+        return Ok(plan);
+    };
+    // Boxed: rare, and its future holds the frames read.
+    let mut named = method_override::Methods::new();
+    Box::pin(body.read_prefix(scan, &mut named, config.limits.body_scan_bytes)).await?;
+    let plan = decision::plan(config, parts, decision::Body::Read(&named))?;
+    body.allow(&plan.methods);
+    Ok(plan)
+}
+
+/// The principal behind a credential every route of the plan accepts, if any: a valid
+/// session cookie first, else the bearer token (Sanctum's order). A missing or invalid
+/// credential is `None` (the routes decide whether that matters); a session failing the
+/// CSRF rules, ambiguity and store failures are errors. `tokengate explain` runs it too.
+pub async fn authenticate(
     app: &App,
     config: &Config,
-    route: &Route,
+    plan: &decision::Plan<'_>,
     parts: &request::Parts,
     conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
-    let (sessions, tokens) = match route.auth {
-        AuthMode::None => return Ok(None),
-        AuthMode::Any => (true, true),
-        AuthMode::Session => (true, false),
-        AuthMode::Token => (false, true),
-    };
-    if sessions && parts.headers.contains_key(COOKIE) {
-        if let Some(principal) = session(app, config, parts, conn).await? {
+    if plan.public() {
+        return Ok(None);
+    }
+    if plan.sessions && parts.headers.contains_key(COOKIE) {
+        if let Some(principal) = session(app, config, plan, parts, conn).await? {
             return Ok(Some(principal));
         }
     }
-    if !tokens {
+    if !plan.tokens {
         return Ok(None);
     }
     let headers = &parts.headers;
@@ -325,6 +335,7 @@ async fn authenticate(
 async fn session(
     app: &App,
     config: &Config,
+    plan: &decision::Plan<'_>,
     parts: &request::Parts,
     conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
@@ -337,7 +348,7 @@ async fn session(
         return Ok(None);
     };
     let (scheme, host) = headers::own_origin(parts, conn);
-    if !csrf::passes(&parts.method, &parts.headers, scheme, host, cookie) {
+    if !csrf::passes(plan.csrf_method(), &parts.headers, scheme, host, cookie) {
         return Err(Rejection::CsrfMismatch);
     }
     Ok(Some(Principal::Session(session)))
@@ -351,7 +362,7 @@ async fn tunnel(
     metrics: &WorkerMetrics,
     mut parts: request::Parts,
     added: &headers::Added<'_>,
-    body: Incoming,
+    body: Outbound,
     protocol: http::HeaderValue,
 ) -> Result<Response<Body>, Rejection> {
     let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
@@ -361,7 +372,11 @@ async fn tunnel(
     let mut response = upstream
         .send_upgrade(Request::from_parts(parts, body))
         .await
-        .inspect_err(|rejection| metrics.upstream_error(upstream_error_kind(rejection)))?;
+        .inspect_err(|rejection| {
+            if let Some(kind) = upstream_error_kind(rejection) {
+                metrics.upstream_error(kind);
+            }
+        })?;
     metrics.upstream(sent.elapsed());
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // Refused by the app: pass its answer on as is.

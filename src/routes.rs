@@ -48,6 +48,20 @@ impl Route {
     fn allows(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|m| m.contains(method))
     }
+
+    /// Whether a request under `other` must show exactly what this route asks for: the
+    /// same credentials and abilities (the patterns and methods may differ).
+    pub fn same_requirements(&self, other: &Route) -> bool {
+        fn set(abilities: &[Ability]) -> Vec<&str> {
+            let mut sorted: Vec<&str> = abilities.iter().map(String::as_str).collect();
+            sorted.sort_unstable();
+            sorted.dedup();
+            sorted
+        }
+        self.auth == other.auth
+            && set(&self.all_of) == set(&other.all_of)
+            && set(&self.any_of) == set(&other.any_of)
+    }
 }
 
 /// A parsed pattern segment.
@@ -134,6 +148,14 @@ impl Node {
 pub struct RouteTable {
     routes: Vec<Route>,
     root: Node,
+    /// The same trie with its literals in lower case, to match a path read case-folded.
+    folded: Node,
+    /// Every method some route names, and one none does: the methods whose routes can
+    /// differ for one path.
+    methods: Vec<Method>,
+    /// Some pattern has a literal with upper case letters: a path in lower case may match
+    /// it case-folded.
+    upper_case: bool,
 }
 
 impl RouteTable {
@@ -141,26 +163,37 @@ impl RouteTable {
     /// (config validation does that and reports every bad one).
     pub fn new(routes: Vec<Route>) -> Result<Self, String> {
         let mut root = Node::default();
+        let mut folded = Node::default();
         for route in &routes {
             let segments = parse_pattern(&route.pattern)
                 .map_err(|e| format!("route pattern {}: {e}", route.pattern))?;
-            let mut node = &mut root;
-            for segment in segments {
-                match segment {
-                    Segment::Literal(lit) => node = node.literals.entry(lit.into()).or_default(),
-                    Segment::One => node = node.one.get_or_insert_with(Default::default),
-                    Segment::Rest => {
-                        node.rests.push(route.index);
-                        break;
-                    }
-                }
-            }
-            if !route.pattern.trim_end_matches('/').ends_with("**") {
-                node.ends.push(route.index);
-            }
+            insert(&mut root, route, &segments, |lit| lit.into());
+            insert(&mut folded, route, &segments, |lit| {
+                lit.to_lowercase().into()
+            });
         }
         root.seal();
-        Ok(Self { routes, root })
+        folded.seal();
+        let mut methods: Vec<Method> = routes
+            .iter()
+            .flat_map(|r| r.methods.iter().flatten().cloned())
+            .collect();
+        methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        methods.dedup();
+        if !methods.is_empty() {
+            let unnamed = Method::from_bytes(b"TOKENGATE-UNNAMED").expect("a valid method");
+            methods.push(unnamed);
+        }
+        let upper_case = routes
+            .iter()
+            .any(|r| r.pattern.chars().any(char::is_uppercase));
+        Ok(Self {
+            routes,
+            root,
+            folded,
+            methods,
+            upper_case,
+        })
     }
 
     pub fn routes(&self) -> &[Route] {
@@ -172,6 +205,34 @@ impl RouteTable {
         let mut best = usize::MAX;
         self.walk(&self.root, path.segments(), method, &mut best);
         self.routes.get(best)
+    }
+
+    /// The first route matching this method and a path read as `segments`; `folded`: the
+    /// segments are in lower case and the patterns' literals are taken in lower case too.
+    pub fn find_read(&self, method: &Method, segments: &[String], folded: bool) -> Option<&Route> {
+        let mut best = usize::MAX;
+        let root = if folded { &self.folded } else { &self.root };
+        self.walk(root, segments.iter().map(String::as_str), method, &mut best);
+        self.routes.get(best)
+    }
+
+    /// Whether some pattern holds upper case letters (so that any path may match a route
+    /// differently when case is ignored).
+    pub fn has_upper_case(&self) -> bool {
+        self.upper_case
+    }
+
+    /// Whether the requirements for `path` depend on the request's method: some route
+    /// that names methods matches it for one method and not for another.
+    pub fn depends_on_method(&self, path: &CheckedPath<'_>) -> bool {
+        let mut requirements = self.methods.iter().map(|m| self.find(m, path));
+        let Some(first) = requirements.next() else {
+            return false;
+        };
+        requirements.any(|other| match (first, other) {
+            (Some(a), Some(b)) => !a.same_requirements(b),
+            (a, b) => a.is_some() != b.is_some(),
+        })
     }
 
     fn walk<'p>(
@@ -209,6 +270,27 @@ impl RouteTable {
             }
         }
     }
+}
+
+/// Adds `route` to the trie at `root`, its literals as `literal` makes them.
+fn insert(
+    root: &mut Node,
+    route: &Route,
+    segments: &[Segment],
+    literal: impl Fn(&str) -> Box<str>,
+) {
+    let mut node = root;
+    for segment in segments {
+        match segment {
+            Segment::Literal(lit) => node = node.literals.entry(literal(lit)).or_default(),
+            Segment::One => node = node.one.get_or_insert_with(Default::default),
+            Segment::Rest => {
+                node.rests.push(route.index);
+                return;
+            }
+        }
+    }
+    node.ends.push(route.index);
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ mod pool;
 
 pub use pool::Dedicated;
 
+use crate::body::Outbound;
 use crate::config::{Config, UpstreamTarget};
 use crate::error::Rejection;
 use crate::headers::Added;
@@ -50,8 +51,8 @@ use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
-type Sender = http1::SendRequest<Incoming>;
-type Http2Sender = http2::SendRequest<Incoming>;
+type Sender = http1::SendRequest<Outbound>;
+type Http2Sender = http2::SendRequest<Outbound>;
 
 pub struct Upstream {
     dialer: Arc<Dialer>,
@@ -174,7 +175,7 @@ impl Upstream {
     /// connection's own.
     pub async fn send(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<Outbound>,
         added: &Added<'_>,
         dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
@@ -189,7 +190,7 @@ impl Upstream {
     /// `send` through hyper's client.
     async fn send_hyper(
         &self,
-        request: Request<Incoming>,
+        request: Request<Outbound>,
         dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         match &self.http2 {
@@ -223,7 +224,7 @@ impl Upstream {
 
     async fn exchange(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<Outbound>,
         dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         self.rewrite(&mut request)?;
@@ -242,9 +243,9 @@ impl Upstream {
                     sender
                         .send_request(request)
                         .await
-                        .map_err(|e| self.dialer.failed(&e))?
+                        .map_err(|e| self.dialer.failed_hyper(&e))?
                 }
-                _ => return Err(self.dialer.failed(e.error())),
+                _ => return Err(self.dialer.failed_hyper(e.error())),
             },
         };
         let (mut parts, body) = response.into_parts();
@@ -262,7 +263,7 @@ impl Upstream {
     /// had closed) is retried once on a new connection if it is idempotent.
     async fn exchange_lean(
         &self,
-        request: Request<Incoming>,
+        request: Request<Outbound>,
         added: &Added<'_>,
         dedicated: &Arc<Dedicated>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
@@ -296,7 +297,7 @@ impl Upstream {
     async fn exchange_http2(
         &self,
         shared: &Arc<Mutex<Shared>>,
-        mut request: Request<Incoming>,
+        mut request: Request<Outbound>,
     ) -> Result<Response<UpstreamBody>, Rejection> {
         self.rewrite_http2(&mut request)?;
         let (mut sender, generation) = self.http2_sender(shared).await?;
@@ -310,9 +311,9 @@ impl Upstream {
                     sender
                         .send_request(request)
                         .await
-                        .map_err(|e| self.dialer.failed(&e))?
+                        .map_err(|e| self.dialer.failed_hyper(&e))?
                 }
-                None => return Err(self.dialer.failed(e.error())),
+                None => return Err(self.dialer.failed_hyper(e.error())),
             },
         };
         let (mut parts, body) = response.into_parts();
@@ -366,7 +367,7 @@ impl Upstream {
     /// upgraded stream.
     pub async fn send_upgrade(
         &self,
-        mut request: Request<Incoming>,
+        mut request: Request<Outbound>,
     ) -> Result<Response<Incoming>, Rejection> {
         self.rewrite(&mut request)?;
         let exchange = async {
@@ -383,7 +384,7 @@ impl Upstream {
             sender
                 .send_request(request)
                 .await
-                .map_err(|e| self.dialer.failed(&e))
+                .map_err(|e| self.dialer.failed_hyper(&e))
         };
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
@@ -392,7 +393,7 @@ impl Upstream {
     }
 
     /// Points a request at an HTTP/1.1 upstream: origin-form URI, HTTP/1.1, a `Host`.
-    fn rewrite(&self, request: &mut Request<Incoming>) -> Result<(), Rejection> {
+    fn rewrite<B>(&self, request: &mut Request<B>) -> Result<(), Rejection> {
         let path = request
             .uri()
             .path_and_query()
@@ -419,7 +420,7 @@ impl Upstream {
     /// request's `Host` (as an HTTP/1.1 upstream gets it), else the upstream's, and no
     /// `Host` header. gRPC's `te: trailers` is put back: it is hop-by-hop, so it was removed
     /// with the others, and gRPC servers look for it.
-    fn rewrite_http2(&self, request: &mut Request<Incoming>) -> Result<(), Rejection> {
+    fn rewrite_http2(&self, request: &mut Request<Outbound>) -> Result<(), Rejection> {
         let target = &self.dialer.target;
         let path = request
             .uri()
@@ -616,6 +617,20 @@ impl Dialer {
     fn failed(&self, e: &dyn std::fmt::Display) -> Rejection {
         tracing::warn!(upstream = %self.target, error = %e, "upstream request failed");
         Rejection::UpstreamBroken
+    }
+
+    /// A failed exchange of hyper's client: the request body's own refusal (`body`), or
+    /// the upstream's failure.
+    fn failed_hyper(&self, e: &hyper::Error) -> Rejection {
+        let mut source = std::error::Error::source(e);
+        while let Some(cause) = source {
+            if let Some(refused) = cause.downcast_ref::<crate::body::Refused>() {
+                tracing::debug!(error = %refused, "request body refused on its way upstream");
+                return refused.rejection();
+            }
+            source = cause.source();
+        }
+        self.failed(e)
     }
 }
 

@@ -1,0 +1,220 @@
+//! A request body on its way to the upstream (`Outbound`). It streams the client's body
+//! frame by frame, and on the way:
+//!
+//! - replays first what the proxy read ahead of its decision (`read_prefix`: a bounded
+//!   prefix of a POST whose body may name a method, `method_override`);
+//! - checks the rest as it streams: a `_method` naming a method the request was not
+//!   authorized for ends the body with an error before its end, so the upstream never gets
+//!   a complete request, and the client gets 400 (`Refused`);
+//! - drops forged fields from the trailers (`headers::is_forged`), which an HTTP/2 upstream
+//!   would otherwise receive.
+
+use crate::config::Config;
+use crate::error::Rejection;
+use crate::headers;
+use crate::method_override::{BodyScan, Methods, OverrideError};
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// Why a request body was cut short on its way upstream; the client gets the rejection.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The body named a method after the part read before the decision.
+    #[error("{}", .0.message())]
+    Override(OverrideError),
+    #[error("the client's request body failed: {0}")]
+    Client(#[from] hyper::Error),
+}
+
+impl Refused {
+    pub fn rejection(&self) -> Rejection {
+        match self {
+            Refused::Override(OverrideError::InvalidMethod | OverrideError::TooMany) => {
+                Rejection::BadRequest(
+                    "The request body names a method after the part checked before forwarding.",
+                )
+            }
+            Refused::Override(e) => Rejection::BadRequest(e.message()),
+            Refused::Client(_) => Rejection::BadRequest("The request body could not be read."),
+        }
+    }
+}
+
+/// The body's rest is checked for methods beyond `allowed`.
+struct Check {
+    scan: BodyScan,
+    allowed: Methods,
+}
+
+/// A client's request body, as it goes upstream.
+pub struct Outbound {
+    prefix: VecDeque<Frame<Bytes>>,
+    rest: Option<Incoming>,
+    check: Option<Box<Check>>,
+    /// To tell forged trailer fields; `None` for a body that had ended already.
+    trailers: Option<(Arc<Config>, bool)>,
+}
+
+impl Outbound {
+    /// The client's body as it is. `trusted`: the client is a trusted proxy.
+    pub fn new(body: Incoming, config: &Arc<Config>, trusted: bool) -> Self {
+        let trailers = (!body.is_end_stream()).then(|| (Arc::clone(config), trusted));
+        Self {
+            prefix: VecDeque::new(),
+            rest: Some(body),
+            check: None,
+            trailers,
+        }
+    }
+
+    /// Reads up to `limit` bytes of the body ahead, feeding `scan`, which collects the
+    /// methods the body names into `methods`; the frames read are replayed to the upstream.
+    /// If the body goes on past them, the rest is checked for other methods as it streams.
+    pub async fn read_prefix(
+        &mut self,
+        mut scan: BodyScan,
+        methods: &mut Methods,
+        limit: usize,
+    ) -> Result<(), Rejection> {
+        let mut read = 0;
+        let Some(body) = self.rest.as_mut() else {
+            return Ok(());
+        };
+        while read < limit {
+            match body.frame().await {
+                None => {
+                    self.rest = None;
+                    return scan
+                        .finish(methods)
+                        .map_err(crate::decision::override_refusal);
+                }
+                Some(Err(e)) => return Err(Refused::Client(e).rejection()),
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len();
+                        scan.feed(data, methods)
+                            .map_err(crate::decision::override_refusal)?;
+                    }
+                    self.prefix.push_back(frame);
+                }
+            }
+        }
+        self.check = Some(Box::new(Check {
+            scan,
+            allowed: methods.clone(),
+        }));
+        Ok(())
+    }
+
+    /// The methods the request was authorized for: the rest of a body read ahead may name
+    /// these, and no other.
+    pub fn allow(&mut self, methods: &[http::Method]) {
+        if let Some(check) = self.check.as_mut() {
+            check.allowed = methods.iter().cloned().collect();
+        }
+    }
+
+    /// Checks a chunk of the rest against the methods the request was authorized for.
+    fn check(&mut self, data: Option<&Bytes>) -> Result<(), Refused> {
+        let Some(check) = self.check.as_mut() else {
+            return Ok(());
+        };
+        let mut found = check.allowed.clone();
+        match data {
+            Some(data) => check.scan.feed(data, &mut found),
+            None => check.scan.finish(&mut found),
+        }
+        .map_err(Refused::Override)?;
+        if found.len() > check.allowed.len() {
+            return Err(Refused::Override(OverrideError::InvalidMethod));
+        }
+        Ok(())
+    }
+
+    fn filter(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
+        if let (Some(trailers), Some((config, trusted))) = (frame.trailers_mut(), &self.trailers) {
+            strip_trailers(trailers, config, *trusted);
+        }
+        frame
+    }
+}
+
+/// Removes from request trailers what may not go upstream as a header either.
+fn strip_trailers(trailers: &mut HeaderMap, config: &Config, trusted: bool) {
+    headers::strip_hop_by_hop(trailers);
+    headers::strip_forged(trailers, config, trusted);
+    for name in [
+        http::header::AUTHORIZATION,
+        http::header::HOST,
+        http::header::COOKIE,
+    ] {
+        trailers.remove(name);
+    }
+}
+
+impl Body for Outbound {
+    type Data = Bytes;
+    type Error = Refused;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Refused>>> {
+        let this = self.get_mut();
+        if let Some(frame) = this.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(this.filter(frame))));
+        }
+        let Some(body) = this.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(body).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.rest = None;
+                match this.check(None) {
+                    Ok(()) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(e))),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Refused::Client(e)))),
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Err(e) = this.check(frame.data_ref()) {
+                    // Cut here: the upstream never sees the end of this body.
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(this.filter(frame))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self
+            .prefix
+            .iter()
+            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+            .sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(rest) => {
+                let hint = rest.size_hint();
+                let mut sum = SizeHint::new();
+                sum.set_lower(hint.lower() + buffered);
+                if let Some(upper) = hint.upper() {
+                    sum.set_upper(upper + buffered);
+                }
+                sum
+            }
+        }
+    }
+}
