@@ -17,6 +17,8 @@ pub struct Entry<'a> {
     pub auth: &'a str,
     pub user: Option<&'a str>,
     pub token_id: Option<u64>,
+    /// Why tokengate answered itself (its client message), if it did.
+    pub reason: Option<&'a str>,
 }
 
 pub fn write(format: AccessLogFormat, entry: &Entry<'_>) {
@@ -39,10 +41,11 @@ fn line(format: AccessLogFormat, entry: &Entry<'_>) -> String {
             "auth": entry.auth,
             "user": entry.user,
             "token_id": entry.token_id,
+            "reason": entry.reason,
         })
         .to_string(),
         AccessLogFormat::Text => format!(
-            "method={} path={:?} route={:?} decision={} status={} latency_ms={:.3} auth={} user={} token_id={}",
+            "method={} path={:?} route={:?} decision={} status={} latency_ms={:.3} auth={} user={} token_id={} reason={}",
             entry.method,
             entry.path,
             entry.route,
@@ -52,6 +55,7 @@ fn line(format: AccessLogFormat, entry: &Entry<'_>) -> String {
             entry.auth,
             entry.user.map_or_else(|| "-".to_owned(), |u| format!("{u:?}")),
             entry.token_id.map_or_else(|| "-".to_owned(), |id| id.to_string()),
+            entry.reason.map_or_else(|| "-".to_owned(), |r| format!("{r:?}")),
         ),
     };
     line.push('\n');
@@ -73,6 +77,7 @@ mod tests {
             auth: "token",
             user: Some("42"),
             token_id: Some(7),
+            reason: None,
         }
     }
 
@@ -81,14 +86,18 @@ mod tests {
         let line = line(AccessLogFormat::Text, &entry());
         assert_eq!(
             line,
-            "method=GET path=\"/api/posts/1\" route=\"/api/posts/{id}\" decision=allowed status=200 latency_ms=0.412 auth=token user=\"42\" token_id=7\n"
+            "method=GET path=\"/api/posts/1\" route=\"/api/posts/{id}\" decision=allowed status=200 latency_ms=0.412 auth=token user=\"42\" token_id=7 reason=-\n"
         );
-        let anonymous = Entry {
+        let refused = Entry {
             user: None,
             token_id: None,
+            decision: "bad_request",
+            status: 400,
+            reason: Some("More than one Host header."),
             ..entry()
         };
-        assert!(line_of(&anonymous).ends_with("user=- token_id=-\n"));
+        assert!(line_of(&refused)
+            .ends_with("user=- token_id=- reason=\"More than one Host header.\"\n"));
     }
 
     #[test]

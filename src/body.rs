@@ -54,9 +54,13 @@ struct Check {
 
 /// A client's request body, as it goes upstream.
 pub struct Outbound {
+    /// Frames to send before reading more: those read ahead, then those let go.
     prefix: VecDeque<Frame<Bytes>>,
     rest: Option<Incoming>,
     check: Option<Box<Check>>,
+    /// Frames that end inside a `_method` value: held back until the value ends, so that
+    /// a method found there can still keep the body from being complete upstream.
+    held: Vec<Frame<Bytes>>,
     /// To tell forged trailer fields; `None` for a body that had ended already.
     trailers: Option<(Arc<Config>, bool)>,
 }
@@ -69,13 +73,15 @@ impl Outbound {
             prefix: VecDeque::new(),
             rest: Some(body),
             check: None,
+            held: Vec::new(),
             trailers,
         }
     }
 
-    /// Reads up to `limit` bytes of the body ahead, feeding `scan`, which collects the
-    /// methods the body names into `methods`; the frames read are replayed to the upstream.
-    /// If the body goes on past them, the rest is checked for other methods as it streams.
+    /// Reads up to `limit` bytes of the body ahead (and on, to the end of a `_method` value
+    /// begun within them), feeding `scan`, which collects the methods the body names into
+    /// `methods`; the frames read are replayed to the upstream. If the body goes on past
+    /// them, the rest is checked for other methods as it streams.
     pub async fn read_prefix(
         &mut self,
         mut scan: BodyScan,
@@ -86,7 +92,7 @@ impl Outbound {
         let Some(body) = self.rest.as_mut() else {
             return Ok(());
         };
-        while read < limit {
+        while read < limit || scan.holding() {
             match body.frame().await {
                 None => {
                     self.rest = None;
@@ -120,10 +126,11 @@ impl Outbound {
         }
     }
 
-    /// Checks a chunk of the rest against the methods the request was authorized for.
-    fn check(&mut self, data: Option<&Bytes>) -> Result<(), Refused> {
+    /// Checks a chunk of the rest against the methods the request was authorized for;
+    /// `Ok(true)`: it ends inside a `_method` value, to be held back.
+    fn check(&mut self, data: Option<&Bytes>) -> Result<bool, Refused> {
         let Some(check) = self.check.as_mut() else {
-            return Ok(());
+            return Ok(false);
         };
         let mut found = check.allowed.clone();
         match data {
@@ -134,7 +141,7 @@ impl Outbound {
         if found.len() > check.allowed.len() {
             return Err(Refused::Override(OverrideError::InvalidMethod));
         }
-        Ok(())
+        Ok(check.scan.holding())
     }
 
     fn filter(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
@@ -167,41 +174,49 @@ impl Body for Outbound {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Refused>>> {
         let this = self.get_mut();
-        if let Some(frame) = this.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(this.filter(frame))));
-        }
-        let Some(body) = this.rest.as_mut() else {
-            return Poll::Ready(None);
-        };
-        match Pin::new(body).poll_frame(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(None) => {
-                this.rest = None;
-                match this.check(None) {
-                    Ok(()) => Poll::Ready(None),
-                    Err(e) => Poll::Ready(Some(Err(e))),
-                }
+        loop {
+            if let Some(frame) = this.prefix.pop_front() {
+                return Poll::Ready(Some(Ok(this.filter(frame))));
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Refused::Client(e)))),
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Err(e) = this.check(frame.data_ref()) {
-                    // Cut here: the upstream never sees the end of this body.
+            let Some(body) = this.rest.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let frame = match Pin::new(body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Refused::Client(e)))),
+                Poll::Ready(Some(Ok(frame))) => Some(frame),
+                Poll::Ready(None) => None,
+            };
+            let checked = this.check(frame.as_ref().and_then(Frame::data_ref));
+            match (checked, frame) {
+                // Cut here: the upstream never sees the end of this body.
+                (Err(e), _) => {
                     this.rest = None;
+                    this.held.clear();
                     return Poll::Ready(Some(Err(e)));
                 }
-                Poll::Ready(Some(Ok(this.filter(frame))))
+                (Ok(true), Some(frame)) => this.held.push(frame),
+                (Ok(_), frame) => {
+                    if frame.is_none() {
+                        this.rest = None;
+                    }
+                    this.prefix.extend(this.held.drain(..).chain(frame));
+                }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.as_ref().is_none_or(Body::is_end_stream)
+        self.prefix.is_empty()
+            && self.held.is_empty()
+            && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         let buffered: u64 = self
             .prefix
             .iter()
+            .chain(&self.held)
             .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
             .sum();
         match &self.rest {

@@ -16,7 +16,7 @@ use crate::auth::{self, Denial, Principal};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::method_override::{self, Methods, OverrideError};
-use crate::path::{self, CheckedPath, Readings};
+use crate::path::{self, Readings};
 use crate::routes::{AuthMode, Route};
 use http::header::HOST;
 use http::{request, Method};
@@ -110,13 +110,18 @@ pub fn plan<'c>(
     if config.routes.has_upper_case() {
         readings = readings.with(path::Reading::CaseFolded);
     }
+    // A reading that makes a dot segment or a separator is refused whatever the routes.
+    let read: SmallVec<[(Readings, Vec<String>); 1]> = readings
+        .subsets()
+        .map(|subset| Ok((subset, path::read_as(&checked, subset)?)))
+        .collect::<Result<_, Rejection>>()?;
     let mut routes: SmallVec<[&'c Route; 2]> = SmallVec::new();
     for method in &methods {
         let route = config
             .routes
             .find(method, &checked)
             .ok_or(Rejection::NoRoute)?;
-        same_under_readings(config, method, &checked, readings, route)?;
+        same_under_readings(config, method, &read, route)?;
         if !routes.iter().any(|r| r.index == route.index) {
             routes.push(route);
         }
@@ -157,19 +162,18 @@ fn check_host(parts: &request::Parts) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Refuses a path that any combination of the readings it is sensitive to sends to a route
-/// with other requirements than `route` (or to none), or makes a dot segment or a separator.
+/// Refuses a path that any combination of the readings it is sensitive to (`read`: each
+/// with the segments it gives) sends to a route with other requirements than `route`, or
+/// to none.
 fn same_under_readings(
     config: &Config,
     method: &Method,
-    checked: &CheckedPath<'_>,
-    readings: Readings,
+    read: &[(Readings, Vec<String>)],
     route: &Route,
 ) -> Result<(), Rejection> {
-    for subset in readings.subsets() {
-        let segments = path::read_as(checked, subset)?;
+    for (subset, segments) in read {
         let folded = subset.contains(path::Reading::CaseFolded);
-        let other = config.routes.find_read(method, &segments, folded);
+        let other = config.routes.find_read(method, segments, folded);
         if !other.is_some_and(|other| other.same_requirements(route)) {
             let reading = subset.first().expect("a non-empty subset");
             return Err(Rejection::BadRequest(reading.refusal()));

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
+use std::borrow::Cow;
 
 /// Why a request is answered by tokengate instead of the upstream.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,9 +76,10 @@ impl Rejection {
         }
     }
 
-    fn message(&self) -> Bytes {
+    /// The client's message, as plain text (the access log names it too).
+    pub fn text(&self) -> Cow<'static, str> {
         let text: &'static str = match self {
-            Rejection::BadPath(e) => return json_message(&e.to_string()),
+            Rejection::BadPath(e) => return Cow::Owned(e.to_string()),
             Rejection::BadRequest(m) => m,
             Rejection::TooLarge => "The request body is too large.",
             Rejection::Unauthenticated | Rejection::LoginRequired { .. } => "Unauthenticated.",
@@ -92,7 +94,11 @@ impl Rejection {
             Rejection::UpstreamTimeout => "The upstream service did not answer in time.",
             Rejection::StoreUnavailable => "The credential store is unavailable.",
         };
-        json_message(text)
+        Cow::Borrowed(text)
+    }
+
+    fn message(&self) -> Bytes {
+        json_message(&self.text())
     }
 
     /// The response a client gets for this refusal.

@@ -8,21 +8,29 @@
 //! server    accept loop, one task per connection, HTTP/1.1 + HTTP/2 (hyper-util auto);
 //!           `watchdog` closes a connection with no request in progress for too long
 //!   proxy   the pipeline, the one place that knows the order of the steps:
-//!     path      check the path, decode its segments (400 on anything ambiguous)
-//!     routes    match the compiled route table, first match wins (403 when none)
+//!     decision  what the request means to tokengate and to every common upstream, and
+//!               so which routes it must satisfy (pure; `explain` runs it too):
+//!       path             check the path, decode it, read it as upstreams may (400)
+//!       method_override  the methods a header or a `_method` field names
+//!       routes           match the compiled route table, first match wins (403)
+//!     body      the request body on its way: a prefix read for `_method`, the rest
+//!               checked as it streams, forged trailers dropped
 //!     sessions  verify the session cookie (Sanctum's order: first), `auth::csrf` rules
 //!     tokens    verify the bearer token against the cache in front of the `store`
-//!     auth      does the principal satisfy the route? (401 / 403)
-//!     headers   strip hop-by-hop and client-sent identity headers, inject ours
-//!     upstream  stream the request to the app and its answer back (`upstream::lean`
-//!               for bodiless HTTP/1.1 requests, hyper's client for the rest)
+//!     auth      does the principal satisfy each route? (401 / 403)
+//!     headers   strip hop-by-hop, underscored, forged identity and forwarding headers,
+//!               inject ours
+//!     upstream  stream the request to the app and its answer back, on connections
+//!               dedicated to the client connection (`upstream::pool`); `upstream::lean`
+//!               for bodiless HTTP/1.1 requests, hyper's client for the rest, one set of
+//!               framing rules for both (`upstream::framing`, `upstream::chunked`)
 //!   pages   tokengate's own endpoints under `/_tokengate/` (login, logout, csrf-cookie)
 //!   error   the single mapping of a refusal to a status and JSON body
 //! ```
 //!
 //! Around it: `config` (YAML → validated `Config`), `app` (the shared state), `store` (the
 //! `Store` trait and its sled implementation), `users` (argon2id passwords), `throttle` (the
-//! login throttle), `clock` (injectable time), `cli` and `demo`
+//! login throttle), `clock` (injectable time), `cli`, `explain` and `demo`
 //! (the command line), `echo` (a small upstream for the demo and tests).
 
 pub mod access_log;

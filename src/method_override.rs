@@ -192,6 +192,21 @@ impl BodyScan {
         Ok(())
     }
 
+    /// Whether the bytes so far end inside a `_method` value (or between its name and its
+    /// value): its end, which may be the body's, will tell the method. The bytes that
+    /// hold it must not go upstream before.
+    pub fn holding(&self) -> bool {
+        self.form.as_ref().is_some_and(|f| f.in_value && f.wanted)
+            || self
+                .multipart
+                .as_ref()
+                .is_some_and(|m| m.phase == PartPhase::Method)
+            || self
+                .json
+                .as_ref()
+                .is_some_and(|j| j.method_key || j.method_value)
+    }
+
     /// The body has ended.
     pub fn finish(&mut self, methods: &mut Methods) -> Result<(), OverrideError> {
         if let Some(form) = &mut self.form {

@@ -44,6 +44,8 @@ struct Trace {
     decision: Option<Decision>,
     /// Kept only when the access log is on.
     principal: Option<Principal>,
+    /// Why tokengate answered itself; kept only when the access log is on.
+    reason: Option<std::borrow::Cow<'static, str>>,
 }
 
 /// What a request runs with: the app, the worker's snapshot of the config, its upstream and
@@ -87,6 +89,7 @@ pub async fn handle(
         kind: CredentialKind::None,
         decision: None,
         principal: None,
+        reason: None,
     };
     let response = if pages::is_reserved(request.uri().path()) {
         trace.route = RouteLabel::Reserved;
@@ -101,7 +104,11 @@ pub async fn handle(
         match forward(app, config, link, request, conn, &mut trace).await {
             Ok(response) => response,
             Err(rejection) => {
-                trace.decision = trace.decision.or(decision_of(&rejection));
+                // A refusal after the decision (a body naming a method too late) overrides it.
+                trace.decision = decision_of(&rejection).or(trace.decision);
+                if config.access_log.is_some() {
+                    trace.reason = Some(rejection.text());
+                }
                 rejection.response()
             }
         }
@@ -186,6 +193,7 @@ fn log_access(
             auth: trace.kind.label(),
             user: trace.principal.as_ref().map(Principal::user),
             token_id,
+            reason: trace.reason.as_deref(),
         },
     );
 }

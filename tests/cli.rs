@@ -201,6 +201,9 @@ fn explain_without_a_token() {
             "/_tokengate/login",
             "decision: answered by tokengate, never forwarded",
         ),
+        // The proxy's own verdicts, which explain once got wrong.
+        ("GET", "/%5Ftokengate/x", "decision: 404"),
+        ("get", "/healthz", "decision: allowed"),
     ];
     for (method, path, want) in cases {
         let out = run(&["explain", "--config", cfg, method, path]);
@@ -211,6 +214,19 @@ fn explain_without_a_token() {
             stdout(&out)
         );
     }
+    // Headers and a body, as the proxy reads them.
+    let out = run(&[
+        "explain", "--config", cfg, "GET", "/healthz", "-H", "Host: a", "-H", "Host: b",
+    ]);
+    assert!(
+        stdout(&out).contains("decision: 400 bad request: More than one Host header."),
+        "{}",
+        stdout(&out)
+    );
+    let out = run(&[
+        "explain", "--config", cfg, "GET", "/healthz", "-H", "no colon",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 
 struct Server(Child);
@@ -832,6 +848,10 @@ fn the_access_log_has_one_line_per_request_and_no_secrets() {
     assert_eq!(get_status(port, "/bench/item", Some("1|wrong")), 401);
     assert_eq!(get_status(port, "/w/x", Some(&token)), 403);
     assert_eq!(get_status(port, "/nope", None), 403);
+    assert_eq!(
+        get_status(port, "/%EF%BC%8E%EF%BC%8E/bench/item", Some(&token)),
+        400
+    );
     assert_eq!(server.signal("-TERM"), Some(0));
     let mut log = String::new();
     std::io::Read::read_to_string(server.0.stdout.as_mut().unwrap(), &mut log).unwrap();
@@ -839,7 +859,7 @@ fn the_access_log_has_one_line_per_request_and_no_secrets() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
-    assert_eq!(lines.len(), 4, "{log}");
+    assert_eq!(lines.len(), 5, "{log}");
     assert_eq!(lines[0]["path"], "/bench/item");
     assert_eq!(lines[0]["route"], "/bench/**");
     assert_eq!(lines[0]["decision"], "allowed");
@@ -853,6 +873,16 @@ fn the_access_log_has_one_line_per_request_and_no_secrets() {
     assert_eq!(lines[2]["decision"], "forbidden");
     assert_eq!(lines[3]["decision"], "no_route");
     assert_eq!(lines[3]["route"], "unmatched");
+    assert_eq!(lines[3]["reason"], "No route allows this request.");
+    assert_eq!(lines[0]["reason"], serde_json::Value::Null);
+    // Fullwidth dots, which normalizing upstreams read as `..`: refused, and the log says
+    // why.
+    assert_eq!(lines[4]["decision"], "bad_request");
+    assert_eq!(lines[4]["status"], 400);
+    assert_eq!(
+        lines[4]["reason"],
+        "The request path has a segment that common servers read as a dot segment."
+    );
     let secret = token.split('|').nth(1).unwrap();
     assert!(!log.contains(secret), "no token in the access log");
     assert!(

@@ -604,3 +604,95 @@ async fn updated_abilities_apply_on_the_next_request() {
     );
     gate.stop().await;
 }
+
+/// A POST whose body names another method: the `_method` within the part read before the
+/// decision is authorized with the POST; one that comes later cuts the body before its
+/// end (so no upstream can run it), and the client gets 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_method_named_in_the_body_is_authorized_or_the_body_is_cut() {
+    let config = STANDARD.replace(
+        "routes:\n",
+        "routes:\n  - path: /items/{id}\n    methods: [POST]\n    abilities: [create]\n  - path: /items/{id}\n    methods: [DELETE]\n    abilities: [delete]\n",
+    );
+    let gate = Gate::start(&config).await;
+    let creator = format!("Bearer {}", gate.token("alice", &["create"]).await);
+    let both = format!(
+        "Bearer {}",
+        gate.token("alice", &["create", "delete"]).await
+    );
+    let padding = "x".repeat(100 * 1024);
+    // Within the part read ahead (the client sends it all at once): authorized as POST and
+    // DELETE.
+    let early = [format!("_method=DELETE&pad={padding}")];
+    assert_eq!(post_in_pieces(&gate, &creator, &early).await.0, 403);
+    let (status, upstream) = post_in_pieces(&gate, &both, &early).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream["body_bytes"], early[0].len());
+    // In a piece sent after the part read ahead: never a complete request upstream, 400 to
+    // the client, even for a token that could have done it.
+    for late in [
+        [format!("pad={padding}"), "&_method=DELETE".to_owned()],
+        [format!("pad={padding}&_meth"), "od=DEL".to_owned()],
+    ] {
+        for token in [&creator, &both] {
+            let before = gate.echo.seen().len();
+            let (status, answer) = post_in_pieces(&gate, token, &late).await;
+            assert_eq!(status, 400, "{answer}");
+            assert_eq!(
+                answer,
+                serde_json::json!({"message": "The request body names a method after the part checked before forwarding."})
+            );
+            let whole = (late[0].len() + late[1].len()) as u64;
+            for seen in &gate.echo.seen()[before..] {
+                assert!(seen.body_bytes < whole, "the upstream got the whole body");
+            }
+        }
+    }
+    // A long body naming no method streams through whole, in pieces.
+    let plain = [format!("pad={padding}"), "&title=x".to_owned()];
+    let (status, upstream) = post_in_pieces(&gate, &creator, &plain).await;
+    assert_eq!(status, 200);
+    assert_eq!(upstream["body_bytes"], plain[0].len() + plain[1].len());
+    gate.stop().await;
+}
+
+/// POSTs a form to `/items/1` on a connection of its own, its body sent in `pieces` (50 ms
+/// apart, so that tokengate reads them apart): the status and the JSON answer.
+async fn post_in_pieces(
+    gate: &Gate,
+    authorization: &str,
+    pieces: &[String],
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let length: usize = pieces.iter().map(String::len).sum();
+    let mut stream = tokio::net::TcpStream::connect(gate.addr).await.unwrap();
+    let head = format!(
+        "POST /items/1 HTTP/1.1\r\nhost: x\r\nauthorization: {authorization}\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: {length}\r\n\
+         connection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for piece in pieces {
+        // A refused request may be answered, and its connection closed, before all is sent.
+        if stream.write_all(piece.as_bytes()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("an answer in time")
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}

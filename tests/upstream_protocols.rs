@@ -72,6 +72,7 @@ struct Seen {
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
+    trailers: Option<HeaderMap>,
 }
 
 /// A minimal h2c (prior knowledge) gRPC server: answers `POST /pkg.Service/*` with the
@@ -105,12 +106,15 @@ async fn grpc_upstream() -> GrpcUpstream {
                     let (log, released) = (log.clone(), released.clone());
                     async move {
                         let (parts, body) = request.into_parts();
-                        let body = body.collect().await.unwrap().to_bytes();
+                        let collected = body.collect().await.unwrap();
+                        let trailers = collected.trailers().cloned();
+                        let body = collected.to_bytes();
                         log.lock().unwrap().push(Seen {
                             version: parts.version,
                             uri: parts.uri.clone(),
                             headers: parts.headers,
                             body: body.clone(),
+                            trailers,
                         });
                         if parts.uri.path() == "/pkg.Service/Slow" {
                             released.notified().await;
@@ -307,6 +311,60 @@ async fn grpc_passes_through_with_its_trailers_over_one_h2c_connection() {
     let answer = grpc_call(&mut client, gate.addr, Some(&reader), b"last").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(*upstream.connections.lock().unwrap(), 2);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_names_in_request_trailers_never_reach_an_http2_upstream() {
+    let upstream = grpc_upstream().await;
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let body = format!("upstream_http2: true\n{}", routes());
+    let gate = Gate::start_with_upstream(upstream.addr, echo, &body).await;
+    let reader = gate.token("grpc-user", &["read"]).await;
+    let stream = TcpStream::connect(gate.addr).await.unwrap();
+    let (mut client, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let mut trailers = HeaderMap::new();
+    for name in [
+        "x-token-abilities",
+        "x-auth-user",
+        "x_auth_user",
+        "x-forwarded-for",
+        "remote-user",
+        "authorization",
+    ] {
+        trailers.insert(
+            http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_static("forged"),
+        );
+    }
+    trailers.insert("x-checksum", HeaderValue::from_static("abc"));
+    let request = Request::post(format!("http://{}{GRPC_PATH}", gate.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("authorization", format!("Bearer {reader}"))
+        .body(Frames(VecDeque::from([
+            Frame::data(grpc_message(b"hello")),
+            Frame::trailers(trailers),
+        ])))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), client.send_request(request))
+        .await
+        .expect("an answer in time")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let seen = upstream.seen.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(seen.headers["x-token-abilities"], "read");
+    let trailers = seen
+        .trailers
+        .expect("the client's trailers reached the upstream");
+    assert_eq!(trailers["x-checksum"], "abc", "an ordinary trailer passes");
+    for (name, value) in &trailers {
+        assert_ne!(value, "forged", "{name} reached the upstream as a trailer");
+    }
     gate.stop().await;
 }
 
