@@ -54,27 +54,39 @@ struct Check {
 
 /// A client's request body, as it goes upstream.
 pub struct Outbound {
+    rest: Option<Incoming>,
+    /// All but the plain streaming of a body; `None` for a request without one (most), so
+    /// that it costs nothing there.
+    inspect: Option<Box<Inspect>>,
+}
+
+struct Inspect {
     /// Frames to send before reading more: those read ahead, then those let go.
     prefix: VecDeque<Frame<Bytes>>,
-    rest: Option<Incoming>,
-    check: Option<Box<Check>>,
+    check: Option<Check>,
     /// Frames that end inside a `_method` value: held back until the value ends, so that
     /// a method found there can still keep the body from being complete upstream.
     held: Vec<Frame<Bytes>>,
-    /// To tell forged trailer fields; `None` for a body that had ended already.
-    trailers: Option<(Arc<Config>, bool)>,
+    /// To tell forged trailer fields.
+    config: Arc<Config>,
+    trusted: bool,
 }
 
 impl Outbound {
     /// The client's body as it is. `trusted`: the client is a trusted proxy.
     pub fn new(body: Incoming, config: &Arc<Config>, trusted: bool) -> Self {
-        let trailers = (!body.is_end_stream()).then(|| (Arc::clone(config), trusted));
+        let inspect = (!body.is_end_stream()).then(|| {
+            Box::new(Inspect {
+                prefix: VecDeque::new(),
+                check: None,
+                held: Vec::new(),
+                config: Arc::clone(config),
+                trusted,
+            })
+        });
         Self {
-            prefix: VecDeque::new(),
             rest: Some(body),
-            check: None,
-            held: Vec::new(),
-            trailers,
+            inspect,
         }
     }
 
@@ -88,10 +100,12 @@ impl Outbound {
         methods: &mut Methods,
         limit: usize,
     ) -> Result<(), Rejection> {
-        let mut read = 0;
-        let Some(body) = self.rest.as_mut() else {
-            return Ok(());
+        let (Some(body), Some(inspect)) = (self.rest.as_mut(), self.inspect.as_mut()) else {
+            return scan
+                .finish(methods)
+                .map_err(crate::decision::override_refusal);
         };
+        let mut read = 0;
         while read < limit || scan.holding() {
             match body.frame().await {
                 None => {
@@ -107,25 +121,27 @@ impl Outbound {
                         scan.feed(data, methods)
                             .map_err(crate::decision::override_refusal)?;
                     }
-                    self.prefix.push_back(frame);
+                    inspect.prefix.push_back(frame);
                 }
             }
         }
-        self.check = Some(Box::new(Check {
+        inspect.check = Some(Check {
             scan,
             allowed: methods.clone(),
-        }));
+        });
         Ok(())
     }
 
     /// The methods the request was authorized for: the rest of a body read ahead may name
     /// these, and no other.
-    pub fn allow(&mut self, methods: &[http::Method]) {
-        if let Some(check) = self.check.as_mut() {
-            check.allowed = methods.iter().cloned().collect();
+    pub fn allow(&mut self, own: &http::Method, others: &[http::Method]) {
+        if let Some(check) = self.inspect.as_mut().and_then(|i| i.check.as_mut()) {
+            check.allowed = std::iter::once(own).chain(others).cloned().collect();
         }
     }
+}
 
+impl Inspect {
     /// Checks a chunk of the rest against the methods the request was authorized for;
     /// `Ok(true)`: it ends inside a `_method` value, to be held back.
     fn check(&mut self, data: Option<&Bytes>) -> Result<bool, Refused> {
@@ -145,8 +161,8 @@ impl Outbound {
     }
 
     fn filter(&self, mut frame: Frame<Bytes>) -> Frame<Bytes> {
-        if let (Some(trailers), Some((config, trusted))) = (frame.trailers_mut(), &self.trailers) {
-            strip_trailers(trailers, config, *trusted);
+        if let Some(trailers) = frame.trailers_mut() {
+            strip_trailers(trailers, &self.config, self.trusted);
         }
         frame
     }
@@ -174,9 +190,16 @@ impl Body for Outbound {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Refused>>> {
         let this = self.get_mut();
+        let Some(inspect) = this.inspect.as_mut() else {
+            // No body to inspect: stream it as it is.
+            return match this.rest.as_mut() {
+                Some(body) => Pin::new(body).poll_frame(cx).map_err(Refused::Client),
+                None => Poll::Ready(None),
+            };
+        };
         loop {
-            if let Some(frame) = this.prefix.pop_front() {
-                return Poll::Ready(Some(Ok(this.filter(frame))));
+            if let Some(frame) = inspect.prefix.pop_front() {
+                return Poll::Ready(Some(Ok(inspect.filter(frame))));
             }
             let Some(body) = this.rest.as_mut() else {
                 return Poll::Ready(None);
@@ -187,38 +210,41 @@ impl Body for Outbound {
                 Poll::Ready(Some(Ok(frame))) => Some(frame),
                 Poll::Ready(None) => None,
             };
-            let checked = this.check(frame.as_ref().and_then(Frame::data_ref));
+            let checked = inspect.check(frame.as_ref().and_then(Frame::data_ref));
             match (checked, frame) {
                 // Cut here: the upstream never sees the end of this body.
                 (Err(e), _) => {
                     this.rest = None;
-                    this.held.clear();
+                    inspect.held.clear();
                     return Poll::Ready(Some(Err(e)));
                 }
-                (Ok(true), Some(frame)) => this.held.push(frame),
+                (Ok(true), Some(frame)) => inspect.held.push(frame),
                 (Ok(_), frame) => {
                     if frame.is_none() {
                         this.rest = None;
                     }
-                    this.prefix.extend(this.held.drain(..).chain(frame));
+                    let held = std::mem::take(&mut inspect.held);
+                    inspect.prefix.extend(held.into_iter().chain(frame));
                 }
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty()
-            && self.held.is_empty()
+        self.inspect
+            .as_ref()
+            .is_none_or(|i| i.prefix.is_empty() && i.held.is_empty())
             && self.rest.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self
-            .prefix
-            .iter()
-            .chain(&self.held)
-            .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
-            .sum();
+        let buffered: u64 = self.inspect.as_ref().map_or(0, |i| {
+            i.prefix
+                .iter()
+                .chain(&i.held)
+                .filter_map(|f| f.data_ref().map(|d| d.len() as u64))
+                .sum()
+        });
         match &self.rest {
             None => SizeHint::with_exact(buffered),
             Some(rest) => {

@@ -16,19 +16,20 @@ use crate::auth::{self, Denial, Principal};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::method_override::{self, Methods, OverrideError};
+use crate::pages;
 use crate::path::{self, Readings};
 use crate::routes::{AuthMode, Route};
 use http::header::HOST;
 use http::{request, Method};
 use smallvec::SmallVec;
 
-/// What a request must satisfy.
+/// What a request must satisfy. Compact for the common request, which means one method and
+/// one route; a request that may be run as other methods carries them in `more`.
 #[derive(Debug, Clone)]
 pub struct Plan<'c> {
-    /// The routes, the one its own method matches first; each once.
-    pub routes: SmallVec<[&'c Route; 2]>,
-    /// The methods it may be run as, its own first.
-    pub methods: Methods,
+    /// The route the request's own method and path match.
+    route: &'c Route,
+    more: Option<Box<More<'c>>>,
     /// Which credentials every route that needs one accepts.
     pub sessions: bool,
     pub tokens: bool,
@@ -36,23 +37,44 @@ pub struct Plan<'c> {
     pub body_may_override: bool,
 }
 
+/// The methods beyond its own that a request may be run as, and the routes they add.
+#[derive(Debug, Clone)]
+struct More<'c> {
+    methods: Methods,
+    routes: SmallVec<[&'c Route; 2]>,
+}
+
 impl<'c> Plan<'c> {
     /// The route the request's own method and path match.
     pub fn route(&self) -> &'c Route {
-        self.routes[0]
+        self.route
+    }
+
+    /// Every route the request must satisfy, its own first, each once.
+    pub fn routes(&self) -> impl Iterator<Item = &'c Route> + '_ {
+        std::iter::once(self.route).chain(self.more.iter().flat_map(|m| m.routes.iter().copied()))
+    }
+
+    /// The methods beyond its own that the request may be run as.
+    pub fn other_methods(&self) -> &[Method] {
+        self.more.as_ref().map_or(&[], |m| &m.methods)
     }
 
     /// No route asks for a credential.
     pub fn public(&self) -> bool {
-        self.routes.iter().all(|r| r.auth == AuthMode::None)
+        self.routes().all(|r| r.auth == AuthMode::None)
     }
 
-    /// The method the CSRF rules judge: an unsafe one if the request may be run as one.
-    pub fn csrf_method(&self) -> &Method {
-        self.methods
+    /// The method the CSRF rules judge for a request whose own is `own`: an unsafe one if
+    /// the request may be run as one.
+    pub fn csrf_method<'m>(&'m self, own: &'m Method) -> &'m Method {
+        if auth::csrf::is_unsafe(own) {
+            return own;
+        }
+        self.other_methods()
             .iter()
             .find(|m| auth::csrf::is_unsafe(m))
-            .unwrap_or(&self.methods[0])
+            .unwrap_or(own)
     }
 }
 
@@ -71,7 +93,19 @@ pub fn plan<'c>(
     parts: &mut request::Parts,
     body: Body<'_>,
 ) -> Result<Plan<'c>, Rejection> {
-    check_host(parts)?;
+    // One pass over the headers: the `Host`s, and the methods override headers name.
+    let mut methods = Methods::new();
+    let mut host = None;
+    for (name, value) in &parts.headers {
+        if name == HOST {
+            if host.replace(value).is_some() {
+                return Err(Rejection::BadRequest("More than one Host header."));
+            }
+        } else {
+            method_override::from_header(name, value, &mut methods).map_err(override_refusal)?;
+        }
+    }
+    check_host(host, parts)?;
     if parts
         .method
         .as_str()
@@ -88,10 +122,9 @@ pub fn plan<'c>(
         return Err(Rejection::NotFound);
     }
 
-    let mut methods = Methods::new();
-    methods.push(parts.method.clone());
+    // The methods the request names besides its own: in headers (above), the query and
+    // the body.
     let overrides = override_refusal;
-    method_override::from_headers(&parts.headers, &mut methods).map_err(overrides)?;
     let post = parts.method == Method::POST;
     if post {
         if let Some(query) = parts.uri.query() {
@@ -105,6 +138,7 @@ pub fn plan<'c>(
             }
         }
     }
+    methods.retain(|m| *m != parts.method);
 
     let mut readings = checked.sensitive();
     if config.routes.has_upper_case() {
@@ -115,40 +149,55 @@ pub fn plan<'c>(
         .subsets()
         .map(|subset| Ok((subset, path::read_as(&checked, subset)?)))
         .collect::<Result<_, Rejection>>()?;
-    let mut routes: SmallVec<[&'c Route; 2]> = SmallVec::new();
-    for method in &methods {
+    let route_of = |method: &Method| -> Result<&'c Route, Rejection> {
         let route = config
             .routes
             .find(method, &checked)
             .ok_or(Rejection::NoRoute)?;
         same_under_readings(config, method, &read, route)?;
-        if !routes.iter().any(|r| r.index == route.index) {
-            routes.push(route);
+        Ok(route)
+    };
+    let route = route_of(&parts.method)?;
+    let more = if methods.is_empty() {
+        None
+    } else {
+        let mut routes = SmallVec::new();
+        for method in &methods {
+            let other = route_of(method)?;
+            if other.index != route.index && !routes.iter().any(|r: &&Route| r.index == other.index)
+            {
+                routes.push(other);
+            }
         }
-    }
-    let needing = || routes.iter().filter(|r| r.auth != AuthMode::None);
-    let sessions = needing().all(|r| matches!(r.auth, AuthMode::Any | AuthMode::Session));
-    let tokens = needing().all(|r| matches!(r.auth, AuthMode::Any | AuthMode::Token));
-    let body_may_override =
-        post && matches!(body, Body::Unread) && config.routes.depends_on_method(&checked);
-    Ok(Plan {
-        routes,
-        methods,
-        sessions,
-        tokens,
-        body_may_override,
-    })
+        Some(Box::new(More { methods, routes }))
+    };
+    let mut plan = Plan {
+        route,
+        more,
+        sessions: true,
+        tokens: true,
+        body_may_override: post
+            && matches!(body, Body::Unread)
+            && config.routes.depends_on_method(&checked),
+    };
+    let (sessions, tokens) = plan.routes().filter(|r| r.auth != AuthMode::None).fold(
+        (true, true),
+        |(sessions, tokens), route| {
+            (
+                sessions && matches!(route.auth, AuthMode::Any | AuthMode::Session),
+                tokens && matches!(route.auth, AuthMode::Any | AuthMode::Token),
+            )
+        },
+    );
+    plan.sessions = sessions;
+    plan.tokens = tokens;
+    Ok(plan)
 }
 
-/// One `Host`, and the same as the authority of an absolute target (HTTP/2, or an HTTP/1.1
-/// absolute-form request): the upstream reads the `Host` tokengate forwards, and the CSRF
-/// rules and `X-Forwarded-Host` must mean the same one.
-fn check_host(parts: &request::Parts) -> Result<(), Rejection> {
-    let mut hosts = parts.headers.get_all(HOST).iter();
-    let host = hosts.next();
-    if hosts.next().is_some() {
-        return Err(Rejection::BadRequest("More than one Host header."));
-    }
+/// The one `Host` is the same as the authority of an absolute target (HTTP/2, or an
+/// HTTP/1.1 absolute-form request): the upstream reads the `Host` tokengate forwards, and
+/// the CSRF rules and `X-Forwarded-Host` must mean the same one.
+fn check_host(host: Option<&http::HeaderValue>, parts: &request::Parts) -> Result<(), Rejection> {
     if let (Some(host), Some(authority)) = (host, parts.uri.authority()) {
         if !host
             .as_bytes()
@@ -187,18 +236,21 @@ pub fn override_refusal(e: OverrideError) -> Rejection {
     Rejection::BadRequest(e.message())
 }
 
-/// Does `principal` satisfy every route of the plan? A browser (`wants_html`) without a
-/// session where a route takes only sessions is sent to the login page, to come back to
-/// `next`.
+/// Does `principal` satisfy every route of the plan? A browser (`Accept: text/html`)
+/// without a session where a route takes only sessions is sent to the login page, to come
+/// back to the path and query it asked for.
 pub fn authorize(
     plan: &Plan<'_>,
     principal: Option<&Principal>,
-    wants_html: bool,
-    next: &str,
+    parts: &request::Parts,
 ) -> Result<(), Rejection> {
-    for route in &plan.routes {
+    for route in plan.routes() {
         if let Err(denial) = auth::authorize(route, principal) {
-            if denial == Denial::Unauthenticated && route.auth == AuthMode::Session && wants_html {
+            if denial == Denial::Unauthenticated
+                && route.auth == AuthMode::Session
+                && pages::wants_html(&parts.headers)
+            {
+                let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 return Err(Rejection::LoginRequired {
                     next: next.to_owned(),
                 });
@@ -251,7 +303,7 @@ routes:
         }
         let mut parts = builder.body(()).unwrap().into_parts().0;
         let plan = plan(&config, &mut parts, Body::Unread)?;
-        Ok(plan.routes.iter().map(|r| r.pattern.to_string()).collect())
+        Ok(plan.routes().map(|r| r.pattern.to_string()).collect())
     }
 
     fn refused(method: &str, target: &str, headers: &[(&str, &str)]) -> String {
@@ -375,7 +427,7 @@ routes:
         let plan = plan(&config, &mut parts, Body::Unread).unwrap();
         assert!(plan.tokens && plan.sessions);
         assert_eq!(
-            authorize(&plan, None, false, "/"),
+            authorize(&plan, None, &parts),
             Err(Rejection::Unauthenticated)
         );
     }

@@ -101,13 +101,7 @@ pub async fn explain(
             }
         });
     }
-    let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    if let Err(rejection) = decision::authorize(
-        &plan,
-        principal.as_ref(),
-        pages::wants_html(&parts.headers),
-        next,
-    ) {
+    if let Err(rejection) = decision::authorize(&plan, principal.as_ref(), &parts) {
         return Ok(explanation.refused(&rejection));
     }
     explanation
@@ -141,14 +135,17 @@ fn plan<'c>(
 
 fn describe(plan: &Plan<'_>, parts: &request::Parts, steps: &mut Vec<String>) {
     steps.push(format!("path: {} (as matched)", parts.uri.path()));
-    if plan.methods.len() > 1 {
-        let methods: Vec<&str> = plan.methods.iter().map(Method::as_str).collect();
+    if !plan.other_methods().is_empty() {
+        let methods: Vec<&str> = std::iter::once(&parts.method)
+            .chain(plan.other_methods())
+            .map(Method::as_str)
+            .collect();
         steps.push(format!(
             "methods: {} (every route below must be satisfied)",
             methods.join(", ")
         ));
     }
-    for route in &plan.routes {
+    for route in plan.routes() {
         let methods = route.methods.as_ref().map_or_else(
             || "any".to_owned(),
             |m| m.iter().map(Method::as_str).collect::<Vec<_>>().join(", "),

@@ -207,7 +207,7 @@ pub fn is_forged(name: &HeaderName, config: &Config, trusted: bool) -> bool {
         Some(b'c' | b'f' | b't') => !trusted && FORWARDING.contains(&n),
         _ => false,
     };
-    known || n.contains('_') || config.headers.all().contains(&name)
+    known || n.as_bytes().contains(&b'_') || config.headers.all().contains(&name)
 }
 
 /// Who the user is, as other auth proxies, Apache and Kubernetes' front proxy say it, and

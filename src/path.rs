@@ -137,40 +137,45 @@ impl CheckedPath<'_> {
     /// The readings that would change this path. One pass over its bytes; a path in lower
     /// case ASCII without `;` or trailing dots (most API paths) is sensitive to none.
     pub fn sensitive(&self) -> Readings {
-        let mut found = sensitive(self.segments());
+        let mut found = sensitive(&self.decoded);
         if found.contains(Reading::Compatibility) {
             // What normalization makes may itself be read further (an ideographic space).
             let normalized: String = self.decoded.nfkc().collect();
-            found.0 |= sensitive(normalized.split('/')).0;
+            found.0 |= sensitive(&normalized).0;
         }
         found
     }
 }
 
-fn sensitive<'s>(segments: impl Iterator<Item = &'s str>) -> Readings {
+/// The readings that would change `path` (`/`-separated, decoded), in one pass.
+fn sensitive(path: &str) -> Readings {
     let mut found = Readings::default();
-    for segment in segments {
-        let bytes = segment.as_bytes();
-        if bytes.contains(&b';') {
-            found = found.with(Reading::Matrix);
+    let mut before = b'/';
+    let mut ascii = true;
+    for &byte in path.as_bytes() {
+        match byte {
+            b';' => found = found.with(Reading::Matrix),
+            b'A'..=b'Z' => found = found.with(Reading::CaseFolded),
+            // A segment ends in a dot or a space, or starts with a space.
+            b'/' if before <= b' ' || before == b'.' => found = found.with(Reading::Trimmed),
+            0..=b' ' if before == b'/' => found = found.with(Reading::Trimmed),
+            0x80.. => ascii = false,
+            _ => {}
         }
-        let (first, last) = (bytes.first().copied(), bytes.last().copied());
-        if first.is_some_and(|b| b <= b' ') || last.is_some_and(|b| b <= b' ' || b == b'.') {
-            found = found.with(Reading::Trimmed);
+        before = byte;
+    }
+    if before <= b' ' || before == b'.' {
+        found = found.with(Reading::Trimmed);
+    }
+    if !ascii {
+        if !unicode_normalization::is_nfkc(path) {
+            found = found.with(Reading::Compatibility);
         }
-        if bytes.iter().any(u8::is_ascii_uppercase) {
+        if path
+            .chars()
+            .any(|c| c.to_lowercase().ne(std::iter::once(c)))
+        {
             found = found.with(Reading::CaseFolded);
-        }
-        if !segment.is_ascii() {
-            if !unicode_normalization::is_nfkc(segment) {
-                found = found.with(Reading::Compatibility);
-            }
-            if segment
-                .chars()
-                .any(|c| c.to_lowercase().ne(std::iter::once(c)))
-            {
-                found = found.with(Reading::CaseFolded);
-            }
         }
     }
     found
@@ -374,7 +379,77 @@ mod tests {
         }
     }
 
+    #[test]
+    fn readings_of_a_path() {
+        let read = |raw: &str, readings: &[Reading]| {
+            let set = readings.iter().fold(Readings::default(), |s, r| s.with(*r));
+            read_as(&check(raw).unwrap(), set)
+        };
+        let ok = |v: &[&str]| Ok(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            read("/Admin;x/Users", &[Reading::Matrix]),
+            ok(&["Admin", "Users"])
+        );
+        assert_eq!(
+            read("/Admin;x/Users", &[Reading::CaseFolded]),
+            ok(&["admin;x", "users"])
+        );
+        assert_eq!(
+            read("/admin.%20./x%09", &[Reading::Trimmed]),
+            ok(&["admin", "x"])
+        );
+        assert_eq!(
+            read("/%EF%BD%81dmin", &[Reading::Compatibility]),
+            ok(&["admin"])
+        );
+        // Empty once read: merged, as servers merge `//`.
+        assert_eq!(read("/a/;x/b", &[Reading::Matrix]), ok(&["a", "b"]));
+        assert_eq!(
+            read("/x/%EF%BC%8E%EF%BC%8E/y", &[Reading::Compatibility]),
+            Err(PathError::ReadsAsDotSegment)
+        );
+        assert_eq!(
+            read("/x/..%20/y", &[Reading::Trimmed]),
+            Err(PathError::ReadsAsDotSegment)
+        );
+        assert_eq!(
+            read("/x/%EF%BC%8F", &[Reading::Compatibility]),
+            Err(PathError::ReadsAsSeparator)
+        );
+        let sensitive = |raw: &str| check(raw).unwrap().sensitive();
+        assert!(sensitive("/api/posts/7").is_empty());
+        assert!(sensitive("/api/x-y_z/1.2").is_empty());
+        assert_eq!(
+            sensitive("/A"),
+            Readings::default().with(Reading::CaseFolded)
+        );
+        assert_eq!(sensitive("/a;b"), Readings::default().with(Reading::Matrix));
+        assert_eq!(
+            sensitive("/a./b"),
+            Readings::default().with(Reading::Trimmed)
+        );
+        assert_eq!(
+            sensitive("/a/%20b"),
+            Readings::default().with(Reading::Trimmed)
+        );
+    }
+
     proptest::proptest! {
+        /// The one-pass `sensitive` never misses a reading that would change the path: the
+        /// oracle applies each reading and compares.
+        #[test]
+        fn sensitivity_never_misses_a_reading(raw in "/[aA;. \t\u{ff41}\u{ff21}\u{212a}%]{0,6}(/[aA;. \u{ff41}]{1,4}){0,2}") {
+            let Ok(path) = check(&raw) else { return Ok(()); };
+            let plain: Vec<String> = path.segments().map(str::to_owned).collect();
+            let found = path.sensitive();
+            for reading in Reading::ALL {
+                let alone = Readings::default().with(reading);
+                if read_as(&path, alone).as_ref() != Ok(&plain) {
+                    proptest::prop_assert!(found.contains(reading), "{raw:?}: {reading:?} changes it");
+                }
+            }
+        }
+
         /// Whatever comes in, an accepted path has no segment an upstream could read as a
         /// traversal or a separator.
         #[test]

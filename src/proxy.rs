@@ -234,13 +234,7 @@ async fn forward(
     if config.access_log.is_some() {
         trace.principal = principal.clone();
     }
-    let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    decision::authorize(
-        &plan,
-        principal.as_ref(),
-        pages::wants_html(&parts.headers),
-        next,
-    )?;
+    decision::authorize(&plan, principal.as_ref(), &parts)?;
 
     let upgrade = headers::upgrade_request(&parts.headers);
     let added = headers::prepare_request(&mut parts, config, principal.as_ref(), conn);
@@ -293,7 +287,7 @@ async fn decide<'c>(
     let mut named = method_override::Methods::new();
     Box::pin(body.read_prefix(scan, &mut named, config.limits.body_scan_bytes)).await?;
     let plan = decision::plan(config, parts, decision::Body::Read(&named))?;
-    body.allow(&plan.methods);
+    body.allow(&parts.method, plan.other_methods());
     Ok(plan)
 }
 
@@ -356,7 +350,13 @@ async fn session(
         return Ok(None);
     };
     let (scheme, host) = headers::own_origin(parts, conn);
-    if !csrf::passes(plan.csrf_method(), &parts.headers, scheme, host, cookie) {
+    if !csrf::passes(
+        plan.csrf_method(&parts.method),
+        &parts.headers,
+        scheme,
+        host,
+        cookie,
+    ) {
         return Err(Rejection::CsrfMismatch);
     }
     Ok(Some(Principal::Session(session)))

@@ -49,7 +49,8 @@ pub(super) fn framing(
     if status == StatusCode::SWITCHING_PROTOCOLS {
         return Err("upgrade nobody asked for");
     }
-    let mut keep_alive = keep_alive(headers, http10);
+    let found = Found::scan(headers, http10);
+    let mut keep_alive = found.keep_alive;
     let bodiless = *method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -59,7 +60,7 @@ pub(super) fn framing(
             keep_alive = false;
         }
         Length::Known(0)
-    } else if headers.contains_key(TRANSFER_ENCODING) {
+    } else if found.coding {
         if http10 {
             return Err("transfer coding in an HTTP/1.0 answer");
         }
@@ -74,13 +75,70 @@ pub(super) fn framing(
             keep_alive = false;
             Length::UntilClose
         }
-    } else if headers.contains_key(CONTENT_LENGTH) {
-        Length::Known(content_length(headers).ok_or("bad or conflicting content-length")?)
+    } else if let Some(length) = found.length {
+        Length::Known(length.ok_or("bad or conflicting content-length")?)
     } else {
         keep_alive = false;
         Length::UntilClose
     };
     Ok(Framing { length, keep_alive })
+}
+
+/// What the framing headers of an answer say, read in one pass over its headers (cheaper
+/// than a lookup of each name in the map, for the handful of headers an answer has).
+struct Found {
+    /// Whether the connection stays open after this answer, as hyper's client decides it:
+    /// HTTP/1.1 unless a `Connection` line says `close` (which no later line undoes),
+    /// HTTP/1.0 only with `keep-alive`.
+    keep_alive: bool,
+    /// A `Transfer-Encoding` is there.
+    coding: bool,
+    /// The `Content-Length`, if there is one, as hyper reads it: every element of every
+    /// line plain digits (so visible ASCII), all the same number; else `Some(None)`.
+    length: Option<Option<u64>>,
+}
+
+impl Found {
+    fn scan(headers: &HeaderMap, http10: bool) -> Self {
+        let mut found = Found {
+            keep_alive: !http10,
+            coding: false,
+            length: None,
+        };
+        let mut closed = false;
+        for (name, value) in headers {
+            if *name == CONNECTION {
+                if closed || has_token(value, "close") {
+                    closed = true;
+                    found.keep_alive = false;
+                } else if !found.keep_alive {
+                    found.keep_alive = has_token(value, "keep-alive");
+                }
+            } else if *name == TRANSFER_ENCODING {
+                found.coding = true;
+            } else if *name == CONTENT_LENGTH {
+                let first = found.length.is_none();
+                found.length = Some(lengths(value, found.length.flatten(), first));
+            }
+        }
+        found
+    }
+}
+
+/// A `Content-Length` line read into the length so far (`None` after `first`: a line
+/// before was not a length already).
+fn lengths(value: &HeaderValue, mut length: Option<u64>, first: bool) -> Option<u64> {
+    if !first && length.is_none() {
+        return None;
+    }
+    for element in value.as_bytes().split(|&b| b == b',') {
+        let n = digits(element.trim_ascii())?;
+        if length.is_some_and(|l| l != n) {
+            return None;
+        }
+        length = Some(n);
+    }
+    length
 }
 
 /// Checks an answer hyper's client read (to a request that asked for no upgrade) against
@@ -95,25 +153,12 @@ pub(super) fn check(method: &Method, parts: &mut response::Parts) -> Result<bool
     Ok(framing.keep_alive)
 }
 
-/// Whether the connection stays open after this answer, as hyper's client decides it.
-fn keep_alive(headers: &HeaderMap, http10: bool) -> bool {
-    let mut keep_alive = !http10;
-    let mut closed = false;
-    for value in headers.get_all(CONNECTION) {
-        if closed || has_token(value, "close") {
-            closed = true;
-            keep_alive = false;
-        } else if !keep_alive {
-            keep_alive = has_token(value, "keep-alive");
-        }
-    }
-    keep_alive
-}
-
 fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .to_str()
-        .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    // Most values are the one token (`keep-alive`, `close`).
+    value.as_bytes().eq_ignore_ascii_case(token.as_bytes())
+        || value
+            .to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
 }
 
 /// Whether the last transfer coding is `chunked` (the last element of the last line, as
@@ -134,24 +179,15 @@ fn chunked_last(headers: &HeaderMap) -> Result<bool, &'static str> {
     }
 }
 
-/// The `Content-Length`, as hyper reads it: every line visible ASCII, every element of
-/// every line plain digits, all the same number.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut length = None;
-    for value in headers.get_all(CONTENT_LENGTH) {
-        for element in value.to_str().ok()?.split(',') {
-            let element = element.trim();
-            if element.is_empty() || !element.bytes().all(|b| b.is_ascii_digit()) {
-                return None;
-            }
-            let n = element.parse::<u64>().ok()?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
+/// A number of plain decimal digits (no sign, at least one), as hyper's `from_digits`.
+fn digits(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() {
+        return None;
     }
-    length
+    bytes.iter().try_fold(0u64, |n, &b| {
+        let digit = (b as char).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Whether an answer that cannot have a body (to `HEAD`; a 1xx, 204 or 304) announces one
