@@ -365,6 +365,46 @@ async fn identity_names_in_request_trailers_never_reach_an_http2_upstream() {
     for (name, value) in &trailers {
         assert_ne!(value, "forged", "{name} reached the upstream as a trailer");
     }
+
+    // The same from an HTTP/1.1 client, as trailers of a chunked body.
+    let message = grpc_message(b"hello");
+    let mut request = format!(
+        "POST {GRPC_PATH} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {reader}\r\n\
+         content-type: application/grpc\r\nte: trailers\r\ntransfer-encoding: chunked\r\n\
+         trailer: x-token-abilities, x-checksum\r\nconnection: close\r\n\r\n{:x}\r\n",
+        gate.addr,
+        message.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&message);
+    request.extend_from_slice(
+        b"\r\n0\r\nx-token-abilities: forged\r\nx_auth_user: forged\r\nx-checksum: abc\r\n\r\n",
+    );
+    let mut stream = TcpStream::connect(gate.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, &request)
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer),
+    )
+    .await
+    .expect("an answer in time")
+    .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let seen = upstream.seen.lock().unwrap().last().cloned().unwrap();
+    let trailers = seen
+        .trailers
+        .expect("the HTTP/1.1 client's trailers reached the upstream");
+    assert_eq!(trailers["x-checksum"], "abc", "an ordinary trailer passes");
+    for (name, value) in &trailers {
+        assert_ne!(value, "forged", "{name} reached the upstream as a trailer");
+    }
     gate.stop().await;
 }
 
