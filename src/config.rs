@@ -78,6 +78,7 @@ struct RawConfig {
     shutdown_grace_seconds: Option<u64>,
     timeouts: Option<RawTimeouts>,
     limits: Option<RawLimits>,
+    upgrades: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +102,10 @@ struct RawTimeouts {
     upstream_response_seconds: Option<f64>,
     client_header_seconds: Option<f64>,
     idle_seconds: Option<f64>,
+    client_body_seconds: Option<f64>,
+    client_send_seconds: Option<f64>,
+    upstream_body_idle_seconds: Option<f64>,
+    tunnel_idle_seconds: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -195,6 +200,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// The `Upgrade` protocols that may pass (lower case): WebSocket by default.
+    pub upgrades: Vec<String>,
 }
 
 /// The server certificate and key, and the TLS config built from them.
@@ -223,6 +230,14 @@ pub struct Timeouts {
     pub client_header: Duration,
     /// A keep-alive connection with no request in flight is closed after this.
     pub idle: Duration,
+    /// A request body that sends nothing for this long ends with 408.
+    pub client_body: Duration,
+    /// A client that takes nothing of its response for this long is disconnected.
+    pub client_send: Duration,
+    /// An upstream response body that sends nothing for this long is cut.
+    pub upstream_body_idle: Duration,
+    /// A tunnel (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -708,6 +723,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         upstream_response_seconds: None,
         client_header_seconds: None,
         idle_seconds: None,
+        client_body_seconds: None,
+        client_send_seconds: None,
+        upstream_body_idle_seconds: None,
+        tunnel_idle_seconds: None,
     });
     let mut seconds = |place: &str, value: Option<f64>, default: f64| {
         let value = value.unwrap_or(default);
@@ -735,6 +754,49 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             30.0,
         ),
         idle: seconds("timeouts.idle_seconds", raw_t.idle_seconds, 60.0),
+        client_body: seconds(
+            "timeouts.client_body_seconds",
+            raw_t.client_body_seconds,
+            60.0,
+        ),
+        client_send: seconds(
+            "timeouts.client_send_seconds",
+            raw_t.client_send_seconds,
+            60.0,
+        ),
+        upstream_body_idle: seconds(
+            "timeouts.upstream_body_idle_seconds",
+            raw_t.upstream_body_idle_seconds,
+            300.0,
+        ),
+        tunnel_idle: seconds(
+            "timeouts.tunnel_idle_seconds",
+            raw_t.tunnel_idle_seconds,
+            300.0,
+        ),
+    };
+    let upgrades: Vec<String> = match raw.upgrades {
+        None => vec!["websocket".to_owned()],
+        Some(list) => {
+            for (i, protocol) in list.iter().enumerate() {
+                let token = !protocol.is_empty()
+                    && protocol
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+                if !token {
+                    p.add(
+                        format!("upgrades[{i}]"),
+                        format!("'{protocol}' is not a protocol name ([A-Za-z0-9._-]+)"),
+                    );
+                } else if protocol.eq_ignore_ascii_case("h2c") {
+                    p.add(
+                        format!("upgrades[{i}]"),
+                        "h2c cannot be allowed: the upstream would take HTTP/2 requests through the tunnel that tokengate never checks",
+                    );
+                }
+            }
+            list.into_iter().map(|p| p.to_ascii_lowercase()).collect()
+        }
     };
     let raw_l = raw.limits.unwrap_or(RawLimits {
         max_header_bytes: None,
@@ -804,6 +866,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             shutdown_grace,
             timeouts,
             limits,
+            upgrades,
         }),
         _ => Err(ConfigError::one("config", "invalid")),
     }

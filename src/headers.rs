@@ -15,6 +15,7 @@ use http::request;
 use ipnet::IpNet;
 use smallvec::SmallVec;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 // Statics rather than consts: `Added` borrows them for as long as it needs.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -53,6 +54,9 @@ pub struct ConnInfo {
     /// The peer is a trusted proxy: its `X-Forwarded-*` headers are kept.
     trusted: bool,
     proto: HeaderValue,
+    /// The connection's place under `limits.max_connections`: held for as long as anything
+    /// holds this (a tunnel outlives its connection's task).
+    slot: Option<Arc<tokio::sync::OwnedSemaphorePermit>>,
 }
 
 impl ConnInfo {
@@ -63,7 +67,19 @@ impl ConnInfo {
                 .expect("an IP address is a valid header value"),
             trusted: trusted_proxies.iter().any(|n| n.contains(&peer.ip())),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            slot: None,
         }
+    }
+
+    /// The connection holds `permit` (its place under `limits.max_connections`).
+    pub fn holding(mut self, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        self.slot = Some(Arc::new(permit));
+        self
+    }
+
+    /// The connection's place under `limits.max_connections`, for what outlives it.
+    pub fn slot(&self) -> Option<Arc<tokio::sync::OwnedSemaphorePermit>> {
+        self.slot.clone()
     }
 
     /// The peer is one of `trusted_proxies`.
@@ -137,19 +153,6 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             }
         }
     }
-}
-
-/// The protocol an HTTP/1.1 request asks to upgrade to (`Connection: upgrade` with
-/// `Upgrade: websocket`, say), if it asks.
-pub fn upgrade_request(headers: &HeaderMap) -> Option<HeaderValue> {
-    let asks = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"));
-    asks.then(|| headers.get(header::UPGRADE).cloned())
-        .flatten()
 }
 
 /// Puts back the two hop-by-hop headers an upgrade needs on its next hop.

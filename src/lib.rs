@@ -59,6 +59,7 @@ pub mod store;
 pub mod throttle;
 pub mod tls;
 pub mod tokens;
+pub mod tunnel;
 pub mod upstream;
 pub mod users;
 pub mod watchdog;

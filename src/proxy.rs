@@ -23,6 +23,7 @@ use crate::headers::{self, ConnInfo};
 use crate::method_override;
 use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, WorkerMetrics};
 use crate::pages;
+use crate::tunnel;
 use crate::upstream::{Dedicated, Upstream, UpstreamBody};
 use crate::watchdog::{InFlight, Watched};
 use bytes::Bytes;
@@ -236,7 +237,7 @@ async fn forward(
     }
     decision::authorize(&plan, principal.as_ref(), &parts)?;
 
-    let upgrade = headers::upgrade_request(&parts.headers);
+    let upgrading = tunnel::requested(&parts, &config.upgrades)?;
     let added = headers::prepare_request(&mut parts, config, principal.as_ref(), conn);
 
     trace.decision = Some(Decision::Allowed);
@@ -245,9 +246,16 @@ async fn forward(
         dedicated,
         metrics,
     } = link;
-    if let Some(protocol) = upgrade {
+    if let Some(protocol) = upgrading {
         // Boxed: an upgrade is rare, and its future large.
-        return Box::pin(tunnel(upstream, metrics, parts, &added, body, protocol)).await;
+        let relay = Relay {
+            idle: config.timeouts.tunnel_idle,
+            conn,
+        };
+        return Box::pin(upgrade(
+            upstream, metrics, parts, &added, body, protocol, relay,
+        ))
+        .await;
     }
     let sent = Instant::now();
     let mut response = match upstream
@@ -362,18 +370,28 @@ async fn session(
     Ok(Some(Principal::Session(session)))
 }
 
+/// What a tunnel's relay needs from the request's connection.
+struct Relay<'a> {
+    idle: std::time::Duration,
+    conn: &'a ConnInfo,
+}
+
 /// An upgrade (WebSocket): the request goes upstream on a connection of its own with its
 /// `Connection: upgrade`/`Upgrade` headers; if the upstream switches protocols, the two
-/// upgraded streams are joined and bytes are copied both ways until either side closes.
-async fn tunnel(
+/// upgraded streams are joined (`tunnel::relay`); any other answer streams back as usual.
+async fn upgrade(
     upstream: &Upstream,
     metrics: &WorkerMetrics,
     mut parts: request::Parts,
     added: &headers::Added<'_>,
     body: Outbound,
     protocol: http::HeaderValue,
+    relay: Relay<'_>,
 ) -> Result<Response<Body>, Rejection> {
-    let client_upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>();
+    let client_upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or(Rejection::BadRequest("This connection cannot be upgraded."))?;
     added.insert_into(&mut parts.headers);
     headers::keep_upgrade(&mut parts.headers, protocol);
     let sent = Instant::now();
@@ -387,27 +405,22 @@ async fn tunnel(
         })?;
     metrics.upstream(sent.elapsed());
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        // Refused by the app: pass its answer on as is.
+        // Refused by the app: its answer streams back like any other.
         let (mut head, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut head.headers);
-        let bytes = http_body_util::BodyExt::collect(body)
-            .await
-            .map(|c| c.to_bytes())
-            .unwrap_or_default();
-        return Ok(Response::from_parts(head, Either::Right(Full::new(bytes))));
+        return Ok(Response::from_parts(
+            head,
+            Either::Left(UpstreamBody::unpooled(body)),
+        ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let Some(client_upgrade) = client_upgrade else {
-        return Err(Rejection::BadRequest("This connection cannot be upgraded."));
-    };
+    let (idle, slot) = (relay.idle, relay.conn.slot());
     tokio::spawn(async move {
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
-                let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                    tracing::debug!(error = %e, "upgraded connection ended with an error");
-                }
+                let client = hyper_util::rt::TokioIo::new(client);
+                let upstream = hyper_util::rt::TokioIo::new(upstream);
+                tunnel::relay(client, upstream, idle, slot).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

@@ -98,7 +98,10 @@ async fn run_limited(
         // timeouts hold for the whole connection.
         let config = app.config();
         let tls = config.tls.as_ref().map(|t| Arc::clone(&t.server));
-        let conn = Arc::new(ConnInfo::new(peer, &config.trusted_proxies, tls.is_some()));
+        // The connection holds its permit: it lets go when the connection's task and
+        // anything that outlives it (a tunnel) are done.
+        let conn =
+            Arc::new(ConnInfo::new(peer, &config.trusted_proxies, tls.is_some()).holding(permit));
         let handshake_timeout = config.timeouts.client_header;
         // One bound for a slow request head and an idle keep-alive connection alike: both
         // are a connection with no request in progress.
@@ -168,7 +171,6 @@ async fn run_limited(
             if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(permit);
         });
         let guard = Guard {
             activity,

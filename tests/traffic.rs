@@ -215,3 +215,154 @@ async fn plain_requests_still_work_beside_upgrades() {
     assert_eq!(answer.status, StatusCode::OK);
     gate.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_tunnel_is_closed_after_its_own_idle_limit() {
+    let upstream = websocket_echo().await;
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let config = format!("{}timeouts:\n  tunnel_idle_seconds: 0.4\n", config());
+    let gate = Gate::start_with_upstream(upstream, echo, &config).await;
+    let reader = gate.token("u", &["read"]).await;
+    let request = common::ws_request(gate.addr, "/ws/chat", &reader);
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // Busy: open past the limit.
+    for i in 0..6 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        ws.send(Message::Text(format!("{i}").into())).await.unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;
+        assert!(
+            matches!(reply, Ok(Some(Ok(_)))),
+            "busy tunnel closed: {reply:?}"
+        );
+    }
+    // Quiet: closed between one and 1¼ limits later (bounded here generously).
+    let quiet = std::time::Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "a quiet tunnel stayed open");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(350),
+        "closed too soon: {:?}",
+        quiet.elapsed()
+    );
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_keep_their_place_under_max_connections() {
+    let upstream = websocket_echo().await;
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let config = format!("{}limits:\n  max_connections: 2\n", config());
+    let gate = Gate::start_with_upstream(upstream, echo, &config).await;
+    let reader = gate.token("u", &["read"]).await;
+    let open =
+        || tokio_tungstenite::connect_async(common::ws_request(gate.addr, "/ws/chat", &reader));
+    let (first, _) = open().await.unwrap();
+    let (second, _) = open().await.unwrap();
+    // A third connection waits in the accept queue while two tunnels are open.
+    let third = tokio::time::timeout(Duration::from_millis(800), open()).await;
+    assert!(
+        third.is_err(),
+        "a third connection was served beside two tunnels"
+    );
+    drop(first);
+    let (mut third, _) = tokio::time::timeout(Duration::from_secs(10), open())
+        .await
+        .expect("served once a tunnel closed")
+        .unwrap();
+    third.send(Message::Text("in".into())).await.unwrap();
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_secs(10), third.next()).await,
+        Ok(Some(Ok(_)))
+    ));
+    drop(second);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_pass_and_a_refused_one_streams_its_answer() {
+    let gate = Gate::start(&config()).await;
+    let reader = gate.token("u", &["read"]).await;
+    // `h2c` (or anything not in `upgrades`) is stripped: the request goes on as a plain one.
+    let client = HttpClient::http1();
+    let bearer = format!("Bearer {reader}");
+    let answer = client
+        .get(
+            &gate.url("/ws/chat"),
+            &[
+                ("authorization", &bearer),
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQAAP__"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    for gone in ["upgrade", "connection", "http2-settings"] {
+        assert_eq!(
+            answer.upstream_header(gone),
+            None,
+            "{gone} reached the upstream"
+        );
+    }
+    gate.stop().await;
+
+    // An upgrade the app refuses: its answer streams back like any other (it was read
+    // whole into memory), while the app still holds the rest of it.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 4096];
+        let _ = stream.read(&mut head).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: 10\r\n\r\nfirst")
+            .await
+            .unwrap();
+        let _ = released.await;
+        let _ = stream.write_all(b"-last").await;
+    });
+    let echo = Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap());
+    let gate = Gate::start_with_upstream(app, echo, &config()).await;
+    let reader = gate.token("u", &["read"]).await;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Empty<Bytes>>(TokioIo::new(
+            tokio::net::TcpStream::connect(gate.addr).await.unwrap(),
+        ))
+        .await
+        .unwrap();
+    tokio::spawn(connection.with_upgrades());
+    let request = http::Request::get("/ws/chat")
+        .header("host", "x")
+        .header("authorization", format!("Bearer {reader}"))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("the head arrives while the app holds the body")
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(response.headers()["content-length"], "10");
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(Duration::from_secs(10), body.frame())
+        .await
+        .expect("the first bytes arrive before the app sends the rest")
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), "first");
+    release.send(()).unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(rest, "-last");
+    gate.stop().await;
+}

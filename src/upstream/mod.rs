@@ -648,6 +648,13 @@ enum Kind {
     Lean(lean::LeanBody),
 }
 
+impl UpstreamBody {
+    /// An answer's body on a connection that is not kept (an upgrade that was refused).
+    pub fn unpooled(body: Incoming) -> Self {
+        UpstreamBody(Kind::Hyper { body, keep: None })
+    }
+}
+
 impl Body for UpstreamBody {
     type Data = Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
