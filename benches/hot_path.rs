@@ -54,6 +54,7 @@ fn tokens_with(rt: &tokio::runtime::Runtime, n: usize) -> (Tokens, Vec<String>, 
         abilities: vec!["read".into(), "write".into()],
         default_abilities: vec!["read".into()],
         cache_capacity: n + 16,
+        max_per_user: usize::MAX,
     };
     let tokens = Tokens::new(Arc::new(store), Arc::new(SystemClock), policy);
     let plaintexts = rt.block_on(async {

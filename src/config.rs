@@ -137,6 +137,7 @@ struct RawTokens {
     expiration_minutes: Option<i64>,
     cache_capacity: Option<usize>,
     forward_authorization: Option<bool>,
+    max_per_user: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -518,6 +519,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         expiration_minutes: None,
         cache_capacity: None,
         forward_authorization: None,
+        max_per_user: None,
     });
     let prefix = raw_tokens.prefix.unwrap_or_default();
     if prefix.len() > 64 || !prefix.bytes().all(|b| b.is_ascii_graphic() && b != b'|') {
@@ -538,6 +540,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let cache_capacity = raw_tokens.cache_capacity.unwrap_or(100_000);
     if cache_capacity == 0 {
         p.add("tokens.cache_capacity", "must be at least 1");
+    }
+    let max_per_user = raw_tokens.max_per_user.unwrap_or(1000);
+    if max_per_user == 0 {
+        p.add("tokens.max_per_user", "must be at least 1");
     }
 
     let raw_sessions = raw.sessions.unwrap_or(RawSessions {
@@ -850,6 +856,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 abilities: declared,
                 default_abilities,
                 cache_capacity,
+                max_per_user,
             },
             forward_authorization: raw_tokens.forward_authorization.unwrap_or(false),
             sessions: SessionConfig {

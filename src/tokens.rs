@@ -30,6 +30,8 @@ pub struct TokenPolicy {
     pub default_abilities: Vec<Ability>,
     /// At most this many tokens are cached; beyond it an arbitrary entry is evicted.
     pub cache_capacity: usize,
+    /// A user may own at most this many tokens (`tokens.max_per_user`).
+    pub max_per_user: usize,
 }
 
 /// `last_used_at` is written to the store at most once per this many seconds per token
@@ -184,6 +186,12 @@ pub struct Tokens {
     /// Tokens whose `last_used_at` moved since the last flush.
     dirty: Mutex<Vec<Arc<AccessToken>>>,
     touch_writes: AtomicU64,
+    /// How many tokens each user owns: counted from the store by `warm`, then kept
+    /// exact by create, import and revoke, so that `max_per_user` holds whatever the
+    /// concurrency (a place is taken before the token is stored).
+    owned: DashMap<String, usize, RandomState>,
+    /// `owned` holds every user's count (set by `warm` or `count_owned`).
+    counted: AtomicBool,
 }
 
 impl Tokens {
@@ -199,6 +207,8 @@ impl Tokens {
             complete: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
             touch_writes: AtomicU64::new(0),
+            owned: DashMap::default(),
+            counted: AtomicBool::new(false),
         }
     }
 
@@ -298,10 +308,13 @@ impl Tokens {
         Ok(loaded)
     }
 
+    /// Reads every stored token: caches as many as fit and counts each user's.
     async fn load_all(&self) -> Result<usize, StoreError> {
         const PAGE: usize = 1_000;
         let mut after = None;
         let mut loaded = 0;
+        let mut all_fit = true;
+        self.owned.clear();
         loop {
             let page = self
                 .store
@@ -314,9 +327,10 @@ impl Tokens {
             let Some(last) = page.last() else { break };
             after = Some(last.id);
             for record in &page {
+                *self.owned.entry(record.user.clone()).or_insert(0) += 1;
                 if loaded >= self.policy().cache_capacity {
-                    self.complete.store(false, Ordering::Release);
-                    return Ok(loaded);
+                    all_fit = false;
+                    continue;
                 }
                 if let Some(token) = self.entry(record) {
                     self.insert(&Arc::new(token), true);
@@ -328,8 +342,61 @@ impl Tokens {
             }
         }
         self.complete
-            .store(self.store.is_exclusive(), Ordering::Release);
+            .store(all_fit && self.store.is_exclusive(), Ordering::Release);
+        self.counted.store(true, Ordering::Release);
         Ok(loaded)
+    }
+
+    /// Counts every user's tokens, if `warm` has not (a CLI run on the store itself).
+    async fn count_owned(&self) -> Result<(), StoreError> {
+        if self.counted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut after = None;
+        self.owned.clear();
+        loop {
+            let page = self
+                .store
+                .list_tokens(TokenQuery {
+                    user: None,
+                    after,
+                    limit: 1_000,
+                })
+                .await?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id);
+            for record in &page {
+                *self.owned.entry(record.user.clone()).or_insert(0) += 1;
+            }
+        }
+        self.counted.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes a place for a new token of `user` under `max_per_user`, or refuses it.
+    fn reserve(&self, user: &str, count: usize) -> Result<(), TokenError> {
+        let most = self.policy().max_per_user;
+        let mut owned = self.owned.entry(user.to_owned()).or_insert(0);
+        if *owned + count > most {
+            return Err(TokenError::Invalid(format!(
+                "user {user} already has {} tokens; at most {most} are allowed (tokens.max_per_user)",
+                *owned
+            )));
+        }
+        *owned += count;
+        Ok(())
+    }
+
+    /// Gives back places taken by `reserve` (the tokens were not stored, or are gone).
+    fn release(&self, user: &str, count: usize) {
+        if let Some(mut owned) = self.owned.get_mut(user) {
+            *owned = owned.saturating_sub(count);
+        }
+    }
+
+    /// Forgets a removed user's tokens (`App::remove_user`).
+    pub fn forget_user(&self, user: &str) {
+        self.owned.remove(user);
     }
 
     /// How many tokens the cache holds (every stored token while `is_complete`).
@@ -511,6 +578,9 @@ impl Tokens {
 
     pub async fn create(&self, request: CreateToken) -> Result<Created, TokenError> {
         let now = self.clock.now();
+        self.prepare(request.clone(), now)?;
+        self.count_owned().await?;
+        self.reserve(&request.user, 1)?;
         loop {
             let (new, secret, dropped) = self.prepare(request.clone(), now)?;
             match self.store.create_token(new).await {
@@ -525,7 +595,10 @@ impl Tokens {
                 }
                 // 238 bits of entropy: a collision means a broken RNG, but retrying is free.
                 Err(StoreError::DuplicateHash) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    self.release(&request.user, 1);
+                    return Err(e.into());
+                }
             }
         }
     }
@@ -543,7 +616,31 @@ impl Tokens {
             news.push(new);
             secrets.push((secret, dropped));
         }
-        let records = self.store.create_tokens(news).await?;
+        self.count_owned().await?;
+        let mut per_user: std::collections::HashMap<&str, usize> = Default::default();
+        for new in &news {
+            *per_user.entry(new.user.as_str()).or_insert(0) += 1;
+        }
+        let mut reserved: Vec<(&str, usize)> = Vec::new();
+        for (user, count) in per_user {
+            if let Err(e) = self.reserve(user, count) {
+                for (user, count) in reserved {
+                    self.release(user, count);
+                }
+                return Err(e);
+            }
+            reserved.push((user, count));
+        }
+        let users: Vec<(String, usize)> = reserved.iter().map(|(u, c)| (u.to_string(), *c)).collect();
+        let records = match self.store.create_tokens(news).await {
+            Ok(records) => records,
+            Err(e) => {
+                for (user, count) in &users {
+                    self.release(user, *count);
+                }
+                return Err(e.into());
+            }
+        };
         if self.is_complete() {
             for record in &records {
                 self.cache_record(record);
@@ -606,8 +703,12 @@ impl Tokens {
 
     /// Deletes a token; effective for the very next request. False: there was none.
     pub async fn revoke(&self, id: TokenId) -> Result<bool, StoreError> {
+        let owner = self.store.token(id).await.ok().flatten().map(|r| r.user);
         let deleted = self.store.delete_token(id).await;
         self.changed(id);
+        if let (Ok(true), Some(owner)) = (&deleted, owner) {
+            self.release(&owner, 1);
+        }
         deleted
     }
 }

@@ -215,6 +215,51 @@ async fn the_login_form_is_csrf_protected() {
     gate.stop().await;
 }
 
+/// A burst of attempts at once from one address: at most five passwords are checked,
+/// however many arrive together (the right one, if not among them, is refused too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_logins_gets_at_most_the_limit_checked() {
+    let gate = gate_with_alice(STANDARD).await;
+    let client = HttpClient::http1();
+    let mut forms = Vec::new();
+    for _ in 0..100 {
+        forms.push(login_form(&client, &gate).await);
+    }
+    let attempts = forms.into_iter().enumerate().map(|(i, (token, cookie))| {
+        let client = client.clone();
+        let url = gate.url("/_tokengate/login");
+        // The right password last: the burst has used up the attempts by then.
+        let password = if i == 99 { PASSWORD } else { "wrong" };
+        async move {
+            let headers: Vec<(&str, &[u8])> = vec![
+                ("content-type", b"application/x-www-form-urlencoded"),
+                ("cookie", cookie.as_bytes()),
+            ];
+            let body = form(&[
+                ("_token", &token),
+                ("username", "alice"),
+                ("password", password),
+                ("next", "/"),
+            ]);
+            client.send(Method::POST, &url, &headers, body).await.status
+        }
+    });
+    let started = std::time::Instant::now();
+    let statuses = futures_util::future::join_all(attempts).await;
+    let checked = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNPROCESSABLE_ENTITY || **s == StatusCode::SEE_OTHER)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    assert!(checked <= 5, "{checked} passwords checked: {statuses:?}");
+    assert_eq!(checked + refused, 100, "{statuses:?}");
+    eprintln!("100 attempts at once: {checked} checked, {refused} refused in {:?}", started.elapsed());
+    gate.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_logins_are_throttled_by_name_and_by_address() {
     let body = format!("{STANDARD}trusted_proxies: [127.0.0.1/32]\n");

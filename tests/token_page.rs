@@ -4,7 +4,7 @@
 mod common;
 
 use bytes::Bytes;
-use common::{assert_unauthenticated, Gate, HttpClient, STANDARD};
+use common::{assert_forbidden, assert_unauthenticated, Gate, HttpClient, STANDARD};
 use http::{Method, StatusCode};
 use tokengate::auth::session::CookieValue;
 
@@ -158,6 +158,26 @@ async fn create_shows_the_token_once_with_defaults_and_drops_undeclared_abilitie
     assert!(!page.contains(&plaintext));
     assert!(page.contains("deploy"));
 
+    // `*` is never offered, and a form that posts it does not get it.
+    let answer = alice
+        .post(
+            &gate,
+            "/_tokengate/api-tokens",
+            &[("name", "everything"), ("abilities", "*"), ("abilities", "read")],
+            true,
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", text(&answer));
+    let html = text(&answer);
+    let start = html.find(r#"<code id="new-token">"#).unwrap() + r#"<code id="new-token">"#.len();
+    let starred = html[start..].split('<').next().unwrap().to_owned();
+    let seen = client.get_bearer(&gate.url("/api/posts/1"), &starred).await;
+    assert_eq!(seen.upstream_header("x-token-abilities").unwrap(), "read");
+    assert_forbidden(
+        &client.get_bearer(&gate.url("/admin/x"), &starred).await,
+        "a posted * is not granted",
+    );
+
     // Name rules.
     let long = "x".repeat(256);
     for name in ["", long.as_str()] {
@@ -287,5 +307,48 @@ async fn a_user_sees_and_touches_only_their_own_tokens() {
         &client.get_bearer(&gate.url("/api/posts/1"), &mine).await,
         "deleted on the page",
     );
+    gate.stop().await;
+}
+
+/// `tokens.max_per_user` holds however many creations race, on the page as anywhere, and
+/// a revoked token frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_owns_at_most_max_per_user_tokens() {
+    let config = STANDARD.replace("tokens:\n", "tokens:\n  max_per_user: 3\n");
+    let gate = Gate::start(&config).await;
+    let create = |name: String| {
+        let tokens = &gate.app.tokens;
+        async move {
+            tokens
+                .create(tokengate::tokens::CreateToken {
+                    user: "alice".into(),
+                    name,
+                    abilities: None,
+                    expires_at: None,
+                })
+                .await
+        }
+    };
+    let results =
+        futures_util::future::join_all((0..20).map(|i| create(format!("burst {i}")))).await;
+    let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(created.len(), 3, "20 at once, 3 allowed");
+    let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
+    assert!(refused.to_string().contains("tokens.max_per_user"), "{refused}");
+    // Another user is not affected.
+    gate.token("bob", &["read"]).await;
+
+    // The page says so with a 422.
+    let alice = browser_for(&gate, "alice").await;
+    let answer = alice
+        .post(&gate, "/_tokengate/api-tokens", &[("name", "one more")], true)
+        .await;
+    assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(text(&answer).contains("at most 3"), "{}", text(&answer));
+
+    // A revoked token frees its place.
+    assert!(gate.app.tokens.revoke(created[0].record.id).await.unwrap());
+    assert!(create("after a revocation".into()).await.is_ok());
+    assert!(create("again".into()).await.is_err());
     gate.stop().await;
 }

@@ -70,7 +70,7 @@ pub(super) async fn handle(
         (&Method::POST, [id, "abilities"]) => {
             let form = checked_form(parts, body, conn, cookie).await?;
             let token = page.own_token(id).await?;
-            let abilities = values(&form, "abilities");
+            let abilities = grantable(values(&form, "abilities"));
             app.tokens
                 .set_abilities(token.id, &abilities)
                 .await
@@ -91,6 +91,15 @@ pub(super) async fn handle(
         (_, [] | [_, "abilities" | "delete"]) => Err(Rejection::MethodNotAllowed),
         _ => Err(Rejection::NotFound),
     }
+}
+
+/// What a user may grant their own token on the page: the declared abilities only, as
+/// Jetstream's `validPermissions` (undeclared ones are dropped by `Tokens`). `*` is never
+/// offered as a checkbox, and a form that posts it anyway does not get it: an all-powerful
+/// token comes only from the admin API or the CLI.
+fn grantable(mut abilities: Vec<String>) -> Vec<String> {
+    abilities.retain(|a| a != "*");
+    abilities
 }
 
 /// The form of a POST, once it has passed the CSRF rules.
@@ -144,7 +153,7 @@ impl Page<'_> {
 
     async fn create(&self, form: Vec<(String, String)>) -> Result<Response<Body>, Rejection> {
         let name = values(&form, "name").pop().unwrap_or_default();
-        let abilities = values(&form, "abilities");
+        let abilities = grantable(values(&form, "abilities"));
         let expires_at = match values(&form, "expires_on").pop().filter(|d| !d.is_empty()) {
             Some(date) => match parse_date(&date) {
                 Some(at) => Some(at),

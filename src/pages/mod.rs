@@ -113,20 +113,24 @@ async fn login(
     let now = app.clock.now();
     let client = headers::client_ip(&parts.headers, conn, &app.config().trusted_proxies);
     let keys = LoginThrottle::keys(&form.username, client);
-    if let Some(wait) = app.login_throttle.blocked(&keys, now) {
-        let message = format!("Too many login attempts. Please try again in {wait} seconds.");
-        let mut response = login_page(
-            app,
-            StatusCode::TOO_MANY_REQUESTS,
-            &next,
-            &form.username,
-            Some(&message),
-        );
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(wait.max(1)));
-        return Ok(response);
-    }
+    // The attempt takes its place before the password is checked (`throttle`).
+    let attempt = match app.login_throttle.attempt(keys, now) {
+        Ok(attempt) => attempt,
+        Err(wait) => {
+            let message = format!("Too many login attempts. Please try again in {wait} seconds.");
+            let mut response = login_page(
+                app,
+                StatusCode::TOO_MANY_REQUESTS,
+                &next,
+                &form.username,
+                Some(&message),
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(wait.max(1)));
+            return Ok(response);
+        }
+    };
 
     let user = app
         .users
@@ -134,7 +138,7 @@ async fn login(
         .await
         .map_err(store_failed)?;
     let Some(user) = user else {
-        app.login_throttle.failed(&keys, now);
+        attempt.failed();
         tracing::info!(%client, "failed login");
         return Ok(login_page(
             app,
