@@ -18,6 +18,7 @@ use http::HeaderMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::collections::VecDeque;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -30,6 +31,9 @@ pub enum Refused {
     Override(OverrideError),
     #[error("the client's request body failed: {0}")]
     Client(#[from] hyper::Error),
+    /// The client sent nothing of its body for `timeouts.client_body_seconds`.
+    #[error("the client's request body timed out")]
+    TimedOut,
 }
 
 impl Refused {
@@ -42,6 +46,7 @@ impl Refused {
             }
             Refused::Override(e) => Rejection::BadRequest(e.message()),
             Refused::Client(_) => Rejection::BadRequest("The request body could not be read."),
+            Refused::TimedOut => Rejection::RequestTimeout,
         }
     }
 }
@@ -70,6 +75,9 @@ struct Inspect {
     /// To tell forged trailer fields.
     config: Arc<Config>,
     trusted: bool,
+    /// When the client must have sent more (`timeouts.client_body_seconds`): armed while
+    /// the body waits for the client, pushed back by each frame.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Outbound {
@@ -82,6 +90,7 @@ impl Outbound {
                 held: Vec::new(),
                 config: Arc::clone(config),
                 trusted,
+                deadline: None,
             })
         });
         Self {
@@ -106,8 +115,12 @@ impl Outbound {
                 .map_err(crate::decision::override_refusal);
         };
         let mut read = 0;
+        let timeout = inspect.config.timeouts.client_body;
         while read < limit || scan.holding() {
-            match body.frame().await {
+            let frame = tokio::time::timeout(timeout, body.frame())
+                .await
+                .map_err(|_| Rejection::RequestTimeout)?;
+            match frame {
                 None => {
                     self.rest = None;
                     return scan
@@ -142,6 +155,25 @@ impl Outbound {
 }
 
 impl Inspect {
+    /// Waits for the client-body deadline, arming it on the first wait.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.config.timeouts.client_body;
+        self.deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+    }
+
+    /// A frame came: the client has another full period.
+    fn progressed(&mut self) {
+        if let Some(deadline) = self.deadline.as_mut() {
+            let timeout = self.config.timeouts.client_body;
+            deadline
+                .as_mut()
+                .reset(tokio::time::Instant::now() + timeout);
+        }
+    }
+
     /// Checks a chunk of the rest against the methods the request was authorized for;
     /// `Ok(true)`: it ends inside a `_method` value, to be held back.
     fn check(&mut self, data: Option<&Bytes>) -> Result<bool, Refused> {
@@ -205,9 +237,20 @@ impl Body for Outbound {
                 return Poll::Ready(None);
             };
             let frame = match Pin::new(body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    return match inspect.poll_deadline(cx) {
+                        Poll::Ready(()) => {
+                            this.rest = None;
+                            Poll::Ready(Some(Err(Refused::TimedOut)))
+                        }
+                        Poll::Pending => Poll::Pending,
+                    };
+                }
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(Refused::Client(e)))),
-                Poll::Ready(Some(Ok(frame))) => Some(frame),
+                Poll::Ready(Some(Ok(frame))) => {
+                    inspect.progressed();
+                    Some(frame)
+                }
                 Poll::Ready(None) => None,
             };
             let checked = inspect.check(frame.as_ref().and_then(Frame::data_ref));

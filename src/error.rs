@@ -23,6 +23,9 @@ pub enum Rejection {
     BadRequest(&'static str),
     #[error("request body too large")]
     TooLarge,
+    /// The client sent nothing of its request body for `timeouts.client_body_seconds`.
+    #[error("request body timed out")]
+    RequestTimeout,
     #[error("unauthenticated")]
     Unauthenticated,
     /// A browser without a session on a session route: sent to the login page, which
@@ -64,6 +67,7 @@ impl Rejection {
         match self {
             Rejection::BadPath(_) | Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Unauthenticated => StatusCode::UNAUTHORIZED,
             Rejection::LoginRequired { .. } => StatusCode::FOUND,
             Rejection::CsrfMismatch => csrf_status(),
@@ -82,6 +86,7 @@ impl Rejection {
             Rejection::BadPath(e) => return Cow::Owned(e.to_string()),
             Rejection::BadRequest(m) => m,
             Rejection::TooLarge => "The request body is too large.",
+            Rejection::RequestTimeout => "The request body did not arrive in time.",
             Rejection::Unauthenticated | Rejection::LoginRequired { .. } => "Unauthenticated.",
             Rejection::CsrfMismatch => "CSRF token mismatch.",
             Rejection::MethodNotAllowed => "Method not allowed.",

@@ -10,7 +10,7 @@ use crate::config::Config;
 use crate::headers::ConnInfo;
 use crate::proxy;
 use crate::upstream::{Dedicated, Upstream};
-use crate::watchdog::{Activity, Guard};
+use crate::watchdog::{self, Activity, Guard};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -174,7 +174,11 @@ async fn run_limited(
         });
         let guard = Guard {
             activity,
-            period: idle_limit,
+            limits: watchdog::Limits {
+                idle: idle_limit,
+                client_send: config.timeouts.client_send,
+                upstream_body: config.timeouts.upstream_body_idle,
+            },
             peer,
             ended,
             connection: connection.abort_handle(),

@@ -631,7 +631,8 @@ impl Tokens {
             }
             reserved.push((user, count));
         }
-        let users: Vec<(String, usize)> = reserved.iter().map(|(u, c)| (u.to_string(), *c)).collect();
+        let users: Vec<(String, usize)> =
+            reserved.iter().map(|(u, c)| (u.to_string(), *c)).collect();
         let records = match self.store.create_tokens(news).await {
             Ok(records) => records,
             Err(e) => {

@@ -27,6 +27,12 @@ const CHECKS: u32 = 4;
 pub struct Activity {
     started: AtomicU32,
     finished: AtomicU32,
+    /// Response bodies streaming to the client (`Watched`).
+    responding: AtomicU32,
+    /// Of those, the ones whose last poll waited for the upstream.
+    waiting: AtomicU32,
+    /// Polls of response bodies: it moves while a response is being sent.
+    polled: AtomicU32,
 }
 
 impl Activity {
@@ -37,9 +43,25 @@ impl Activity {
         InFlight(Arc::clone(self))
     }
 
-    fn seen(&self) -> (u32, u32) {
-        (self.started.load(Relaxed), self.finished.load(Relaxed))
+    fn seen(&self) -> Seen {
+        Seen {
+            started: self.started.load(Relaxed),
+            finished: self.finished.load(Relaxed),
+            responding: self.responding.load(Relaxed),
+            waiting: self.waiting.load(Relaxed),
+            polled: self.polled.load(Relaxed),
+        }
     }
+}
+
+/// One check's reading of the counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Seen {
+    started: u32,
+    finished: u32,
+    responding: u32,
+    waiting: u32,
+    polled: u32,
 }
 
 /// A request in progress on its connection.
@@ -52,12 +74,29 @@ impl Drop for InFlight {
     }
 }
 
+/// How long a connection may go without progress, in each state.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// No request in progress (a slow request head, an idle keep-alive connection).
+    pub idle: Duration,
+    /// A response is ready but the client takes none of it.
+    pub client_send: Duration,
+    /// A response body waits for the upstream, which sends nothing.
+    pub upstream_body: Duration,
+}
+
+impl Limits {
+    /// How often the counters are read: a quarter of the shortest limit.
+    fn step(&self) -> Duration {
+        self.idle.min(self.client_send).min(self.upstream_body) / CHECKS
+    }
+}
+
 /// What a connection's watchdog needs: the connection's requests and task, and the
 /// server's shutdown signal to pass on.
 pub struct Guard {
     pub activity: Arc<Activity>,
-    /// How long the connection may go without a request in progress.
-    pub period: Duration,
+    pub limits: Limits,
     pub peer: SocketAddr,
     /// Its sender is dropped with the connection's task.
     pub ended: oneshot::Receiver<()>,
@@ -72,11 +111,11 @@ pub struct Guard {
 impl Guard {
     /// Watches the connection until its task ends: aborts the task, which drops and so
     /// closes the connection (without a response, as hyper's own header timeout did), once
-    /// it has gone a whole `period` with no request in progress; passes the shutdown on.
+    /// it has gone a whole limit without progress (`stalled`); passes the shutdown on.
     pub async fn run(self) {
         let Guard {
             activity,
-            period,
+            limits,
             peer,
             mut ended,
             connection,
@@ -85,8 +124,8 @@ impl Guard {
         } = self;
         tokio::select! {
             _ = &mut ended => {}
-            () = idle(&activity, period) => {
-                tracing::debug!(%peer, "closing a connection with no request in progress");
+            why = stalled(&activity, limits) => {
+                tracing::debug!(%peer, why, "closing a connection that made no progress");
                 connection.abort();
             }
             () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
@@ -97,42 +136,81 @@ impl Guard {
     }
 }
 
-/// Resolves once the connection has gone a whole `period` with no request in progress and
-/// none started.
-async fn idle(activity: &Activity, period: Duration) {
-    let step = period / CHECKS;
+/// Resolves, saying why, once the connection has made no progress for a whole limit:
+/// - no request in progress and none started, for `idle`;
+/// - a response ready that the client takes nothing of (its body not asked for), for
+///   `client_send`: a client that stops reading holds no upstream connection for ever;
+/// - a response body waiting for an upstream that sends nothing, for `upstream_body`.
+///
+/// A request whose response has not begun is bounded elsewhere (the upstream's response
+/// timeout, `timeouts.client_body_seconds` for its body). On an HTTP/2 connection the
+/// counters are the connection's: any stream that moves counts as progress.
+async fn stalled(activity: &Activity, limits: Limits) -> &'static str {
+    let step = limits.step();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = activity.seen();
-    let mut quiet = 0;
+    let mut quiet = Duration::ZERO;
     loop {
         tick.tick().await;
         let now = activity.seen();
-        let (started, finished) = now;
-        if now != last || started != finished {
+        if now != last {
             last = now;
-            quiet = 0;
+            quiet = Duration::ZERO;
             continue;
         }
-        quiet += 1;
-        if quiet == CHECKS {
-            return;
+        quiet += step;
+        let (limit, why) = if now.started == now.finished {
+            (limits.idle, "no request in progress")
+        } else if now.responding == 0 {
+            // Before its response: bounded by the other timeouts.
+            continue;
+        } else if now.waiting == now.responding {
+            (
+                limits.upstream_body,
+                "the upstream sent nothing of its response body",
+            )
+        } else if now.waiting == 0 {
+            (
+                limits.client_send,
+                "the client took nothing of its response",
+            )
+        } else {
+            continue;
+        };
+        if quiet >= limit {
+            return why;
         }
     }
 }
 
-/// A response body that keeps its request in progress until it is done or dropped.
+/// A response body that keeps its request in progress until it is done or dropped, and
+/// tells the watchdog how its sending goes.
 #[derive(Debug)]
 pub struct Watched<B> {
     body: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    /// Its last poll waited for the upstream (counted in `Activity::waiting`).
+    waiting: bool,
 }
 
 impl<B> Watched<B> {
     pub fn new(body: B, in_flight: InFlight) -> Self {
+        in_flight.0.responding.fetch_add(1, Relaxed);
         Self {
             body,
-            _in_flight: in_flight,
+            in_flight,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Drop for Watched<B> {
+    fn drop(&mut self) {
+        let activity = &self.in_flight.0;
+        activity.responding.fetch_sub(1, Relaxed);
+        if self.waiting {
+            activity.waiting.fetch_sub(1, Relaxed);
         }
     }
 }
@@ -145,7 +223,20 @@ impl<B: Body + Unpin> Body for Watched<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let activity = &this.in_flight.0;
+        activity.polled.fetch_add(1, Relaxed);
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        let waiting = polled.is_pending();
+        if waiting != this.waiting {
+            this.waiting = waiting;
+            if waiting {
+                activity.waiting.fetch_add(1, Relaxed);
+            } else {
+                activity.waiting.fetch_sub(1, Relaxed);
+            }
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
@@ -164,20 +255,29 @@ mod tests {
 
     const PERIOD: Duration = Duration::from_secs(4);
 
+    /// `idle` as given, the other limits far away.
+    fn limits(idle: Duration) -> Limits {
+        Limits {
+            idle,
+            client_send: idle * 100,
+            upstream_body: idle * 100,
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn closes_after_a_quiet_period_and_never_while_a_request_is_in_progress() {
         let period = Duration::from_secs(4);
         let activity = Arc::new(Activity::default());
         // Nothing ever comes: closed one period after opening.
         let opened = tokio::time::Instant::now();
-        idle(&activity, period).await;
+        stalled(&activity, limits(period)).await;
         assert_eq!(opened.elapsed(), period);
 
         // A request in progress for ten periods keeps the connection; once it ends, the
         // connection closes one to 1¼ periods later.
         let watching = tokio::spawn({
             let activity = Arc::clone(&activity);
-            async move { idle(&activity, period).await }
+            async move { stalled(&activity, limits(period)).await }
         });
         let request = activity.begin();
         tokio::time::sleep(period * 10).await;
@@ -190,6 +290,71 @@ mod tests {
         watching.await.unwrap();
         let quiet = ended.elapsed();
         assert!(quiet >= period && quiet <= period * 5 / 4, "{quiet:?}");
+    }
+
+    /// A body that waits for ever (an upstream that sends nothing), or has one frame ready
+    /// after another (the client must take them).
+    struct Test(bool);
+
+    impl Body for Test {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+            if self.0 {
+                Poll::Pending
+            } else {
+                Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"x")))))
+            }
+        }
+    }
+
+    fn poll_once<B: Body + Unpin>(body: &mut Watched<B>) {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let _ = Pin::new(body).poll_frame(&mut cx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_response_closes_after_its_own_limit() {
+        let limits = Limits {
+            idle: Duration::from_secs(60),
+            client_send: Duration::from_secs(8),
+            upstream_body: Duration::from_secs(20),
+        };
+        // The upstream sends nothing of the body.
+        let activity = Arc::new(Activity::default());
+        let mut body = Watched::new(Test(true), activity.begin());
+        poll_once(&mut body);
+        let started = tokio::time::Instant::now();
+        let why = stalled(&activity, limits).await;
+        assert_eq!(why, "the upstream sent nothing of its response body");
+        assert_eq!(started.elapsed(), Duration::from_secs(20));
+        drop(body);
+
+        // The client takes nothing: the body is not asked for again after a frame.
+        let activity = Arc::new(Activity::default());
+        let mut body = Watched::new(Test(false), activity.begin());
+        poll_once(&mut body);
+        let started = tokio::time::Instant::now();
+        let why = stalled(&activity, limits).await;
+        assert_eq!(why, "the client took nothing of its response");
+        assert_eq!(started.elapsed(), Duration::from_secs(8));
+
+        // Progress (a client taking frames) keeps the connection.
+        let watching = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move { stalled(&activity, limits).await }
+        });
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            poll_once(&mut body);
+        }
+        assert!(!watching.is_finished(), "closed while the response moved");
+        drop(body);
+        assert_eq!(watching.await.unwrap(), "no request in progress");
     }
 
     /// A guard for a task that never ends by itself; `alive` ends it when dropped.
@@ -207,7 +372,7 @@ mod tests {
         let (drain, drained) = oneshot::channel();
         let guard = Guard {
             activity: Arc::clone(activity),
-            period: PERIOD,
+            limits: limits(PERIOD),
             peer: "127.0.0.1:1".parse().unwrap(),
             ended,
             connection: connection.abort_handle(),

@@ -215,3 +215,148 @@ async fn connections_past_the_limit_wait_their_turn() {
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     gate.stop().await;
 }
+
+/// An upstream on 127.0.0.1:0 that, for each connection, reads the request head, writes
+/// `answer`, and then holds the connection open without a word; it reports when tokengate
+/// closes a connection (`closed` receives once per connection).
+async fn holding_upstream(
+    answer: &'static [u8],
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                let mut head = Vec::new();
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream.write_all(answer).await;
+                // Hold on, reading (and dropping) whatever comes, until tokengate closes.
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_body_that_stalls_is_cut_and_its_connection_closed() {
+    let (addr, mut closed) = holding_upstream(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\nthe first part, and then nothing",
+    )
+    .await;
+    let gate = Gate::start_with_upstream(
+        addr,
+        Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        &with("timeouts:\n  upstream_body_idle_seconds: 0.5\n"),
+    )
+    .await;
+    let reader = gate.token("u", &["read"]).await;
+    let mut client = TcpStream::connect(gate.addr).await.unwrap();
+    let request =
+        format!("GET /api/posts/1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {reader}\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (got, cut) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+    assert!(cut, "the client's connection was not cut");
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 200") && got.ends_with("then nothing"),
+        "{got}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the upstream connection was closed");
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_lets_go_of_the_upstream_connection() {
+    // A long answer the client never reads: the socket buffers fill, tokengate's writes
+    // stop, and after the limit the connections on both sides are closed.
+    static BIG: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let big = BIG.get_or_init(|| {
+        let body = vec![b'x'; 64 * 1024 * 1024];
+        let mut answer =
+            format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n", body.len()).into_bytes();
+        answer.extend_from_slice(&body);
+        answer
+    });
+    let (addr, mut closed) = holding_upstream(big).await;
+    let gate = Gate::start_with_upstream(
+        addr,
+        Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        &with("timeouts:\n  client_send_seconds: 0.5\n"),
+    )
+    .await;
+    let reader = gate.token("u", &["read"]).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(gate.addr).await.unwrap();
+    let request =
+        format!("GET /api/posts/1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {reader}\r\n\r\n");
+    client.write_all(request.as_bytes()).await.unwrap();
+    // Never read: the upstream connection is let go within a few seconds.
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the upstream connection was let go");
+    drop(client);
+    gate.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_body_that_stalls_gets_408_and_the_upstream_connection_closes() {
+    let (addr, mut closed) = holding_upstream(b"").await;
+    let gate = Gate::start_with_upstream(
+        addr,
+        Echo::start(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+        &with("timeouts:\n  client_body_seconds: 0.5\n"),
+    )
+    .await;
+    let reader = gate.token("u", &["create"]).await;
+    let mut client = TcpStream::connect(gate.addr).await.unwrap();
+    // `/upload` takes every method alike: the body goes upstream as it comes.
+    let request = format!(
+        "POST /upload HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {reader}\r\ncontent-length: 100\r\n\r\na first byte"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    let (got, _) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(
+        got.contains("The request body did not arrive in time."),
+        "{got}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    tokio::time::timeout(Duration::from_secs(10), closed.recv())
+        .await
+        .expect("the upstream connection was closed");
+    // A POST whose body is read before the decision (its path's routes depend on the
+    // method) gets the same 408, and never reaches the upstream.
+    let mut client = TcpStream::connect(gate.addr).await.unwrap();
+    let request = format!(
+        "POST /api/posts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {reader}\r\n\
+         content-type: application/x-www-form-urlencoded\r\ncontent-length: 100\r\n\r\na=1"
+    );
+    client.write_all(request.as_bytes()).await.unwrap();
+    let (got, _) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 408"));
+    gate.stop().await;
+}

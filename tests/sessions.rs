@@ -256,7 +256,10 @@ async fn a_burst_of_logins_gets_at_most_the_limit_checked() {
         .count();
     assert!(checked <= 5, "{checked} passwords checked: {statuses:?}");
     assert_eq!(checked + refused, 100, "{statuses:?}");
-    eprintln!("100 attempts at once: {checked} checked, {refused} refused in {:?}", started.elapsed());
+    eprintln!(
+        "100 attempts at once: {checked} checked, {refused} refused in {:?}",
+        started.elapsed()
+    );
     gate.stop().await;
 }
 

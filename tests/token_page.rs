@@ -163,7 +163,11 @@ async fn create_shows_the_token_once_with_defaults_and_drops_undeclared_abilitie
         .post(
             &gate,
             "/_tokengate/api-tokens",
-            &[("name", "everything"), ("abilities", "*"), ("abilities", "read")],
+            &[
+                ("name", "everything"),
+                ("abilities", "*"),
+                ("abilities", "read"),
+            ],
             true,
         )
         .await;
@@ -334,14 +338,22 @@ async fn a_user_owns_at_most_max_per_user_tokens() {
     let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
     assert_eq!(created.len(), 3, "20 at once, 3 allowed");
     let refused = results.iter().find_map(|r| r.as_ref().err()).unwrap();
-    assert!(refused.to_string().contains("tokens.max_per_user"), "{refused}");
+    assert!(
+        refused.to_string().contains("tokens.max_per_user"),
+        "{refused}"
+    );
     // Another user is not affected.
     gate.token("bob", &["read"]).await;
 
     // The page says so with a 422.
     let alice = browser_for(&gate, "alice").await;
     let answer = alice
-        .post(&gate, "/_tokengate/api-tokens", &[("name", "one more")], true)
+        .post(
+            &gate,
+            "/_tokengate/api-tokens",
+            &[("name", "one more")],
+            true,
+        )
         .await;
     assert_eq!(answer.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(text(&answer).contains("at most 3"), "{}", text(&answer));

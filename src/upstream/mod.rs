@@ -54,6 +54,21 @@ use tokio_rustls::TlsConnector;
 type Sender = http1::SendRequest<Outbound>;
 type Http2Sender = http2::SendRequest<Outbound>;
 
+/// An HTTP/1.1 connection of hyper's client: its sender, and the task that drives it,
+/// which is aborted (closing the connection) when this is dropped instead of kept. A
+/// connection left in the middle of a request (a body that failed, timed out or was cut)
+/// would otherwise wait on the upstream for ever.
+struct Client1 {
+    sender: Sender,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for Client1 {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 pub struct Upstream {
     dialer: Arc<Dialer>,
     /// `Host` for requests that came without one (HTTP/1.0).
@@ -230,17 +245,17 @@ impl Upstream {
         self.rewrite(&mut request)?;
         let method = request.method().clone();
 
-        let (mut sender, pooled) = match self.checkout(dedicated).await {
-            Some(sender) => (sender, true),
+        let (mut conn, pooled) = match self.checkout(dedicated).await {
+            Some(conn) => (conn, true),
             None => (Box::pin(self.dialer.connect_http1()).await?, false),
         };
-        let response = match sender.try_send_request(request).await {
+        let response = match conn.sender.try_send_request(request).await {
             Ok(response) => response,
             Err(mut e) => match e.take_message() {
                 // Never written: the pooled connection had closed. Try a fresh one.
                 Some(request) if pooled => {
-                    sender = Box::pin(self.dialer.connect_http1()).await?;
-                    sender
+                    conn = Box::pin(self.dialer.connect_http1()).await?;
+                    conn.sender
                         .send_request(request)
                         .await
                         .map_err(|e| self.dialer.failed_hyper(&e))?
@@ -253,7 +268,8 @@ impl Upstream {
         let keep = framing::check(&method, &mut parts).map_err(|e| self.dialer.failed(&e))?;
         let body = UpstreamBody(Kind::Hyper {
             body,
-            keep: keep.then(|| (sender, self.home(dedicated))),
+            conn: Some((conn, self.home(dedicated))),
+            keep,
         });
         Ok(Response::from_parts(parts, body))
     }
@@ -319,7 +335,11 @@ impl Upstream {
         let (mut parts, body) = response.into_parts();
         // The client may speak HTTP/1.1; its connection sets the version it writes.
         parts.version = Version::HTTP_11;
-        let body = UpstreamBody(Kind::Hyper { body, keep: None });
+        let body = UpstreamBody(Kind::Hyper {
+            body,
+            conn: None,
+            keep: false,
+        });
         Ok(Response::from_parts(parts, body))
     }
 
@@ -371,7 +391,9 @@ impl Upstream {
     ) -> Result<Response<Incoming>, Rejection> {
         self.rewrite(&mut request)?;
         let exchange = async {
-            let mut sender = match &self.dialer.tls {
+            // The connection's task is not aborted with its sender: after a `101` it hands
+            // the connection over to the tunnel.
+            let (mut sender, _) = match &self.dialer.tls {
                 None => {
                     let stream = self.dialer.dial().await?;
                     self.dialer.handshake_http1(stream, true).await?
@@ -460,11 +482,13 @@ impl Upstream {
     }
 
     /// A connection of this client connection's ready for a request, if there is one.
-    async fn checkout(&self, dedicated: &Dedicated) -> Option<Sender> {
+    async fn checkout(&self, dedicated: &Dedicated) -> Option<Client1> {
         loop {
-            let mut sender = dedicated.hyper.take(&self.owner, |s| !s.is_closed())?;
-            if sender.ready().await.is_ok() {
-                return Some(sender);
+            let mut conn = dedicated
+                .hyper
+                .take(&self.owner, |c| !c.sender.is_closed())?;
+            if conn.sender.ready().await.is_ok() {
+                return Some(conn);
             }
         }
     }
@@ -508,14 +532,15 @@ fn drop_connection(shared: &Mutex<Shared>, generation: u64) {
 }
 
 impl Dialer {
-    async fn connect_http1(&self) -> Result<Sender, Rejection> {
-        match &self.tls {
-            None => self.handshake_http1(self.dial().await?, false).await,
+    async fn connect_http1(&self) -> Result<Client1, Rejection> {
+        let (sender, task) = match &self.tls {
+            None => self.handshake_http1(self.dial().await?, false).await?,
             Some(tls) => {
                 let stream = self.dial_tls(&tls.connector).await?;
-                self.handshake_http1(stream, false).await
+                self.handshake_http1(stream, false).await?
             }
-        }
+        };
+        Ok(Client1 { sender, task })
     }
 
     async fn connect_http2(&self) -> Result<Http2Sender, Rejection> {
@@ -530,7 +555,11 @@ impl Dialer {
 
     /// An HTTP/1.1 client connection over `io`, driven by its own task. `upgrades`: the
     /// connection may switch protocols (WebSocket) after a 101 and never returns to a pool.
-    async fn handshake_http1<T>(&self, io: T, upgrades: bool) -> Result<Sender, Rejection>
+    async fn handshake_http1<T>(
+        &self,
+        io: T,
+        upgrades: bool,
+    ) -> Result<(Sender, tokio::task::AbortHandle), Rejection>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -538,7 +567,7 @@ impl Dialer {
             .handshake(TokioIo::new(io))
             .await
             .map_err(|e| self.failed(&e))?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let ended = if upgrades {
                 connection.with_upgrades().await
             } else {
@@ -548,7 +577,7 @@ impl Dialer {
                 tracing::debug!(error = %e, "upstream connection ended with an error");
             }
         });
-        Ok(sender)
+        Ok((sender, task.abort_handle()))
     }
 
     async fn handshake_http2<T>(&self, io: T) -> Result<Http2Sender, Rejection>
@@ -640,10 +669,12 @@ impl Dialer {
 pub struct UpstreamBody(Kind);
 
 enum Kind {
-    /// From hyper's client; over HTTP/1.1 with the connection to keep, if it may be kept.
+    /// From hyper's client; over HTTP/1.1 with its connection, kept for the client
+    /// connection's next request if `keep` and the body ended, else closed.
     Hyper {
         body: Incoming,
-        keep: Option<(Sender, pool::Home)>,
+        conn: Option<(Client1, pool::Home)>,
+        keep: bool,
     },
     Lean(lean::LeanBody),
 }
@@ -651,7 +682,11 @@ enum Kind {
 impl UpstreamBody {
     /// An answer's body on a connection that is not kept (an upgrade that was refused).
     pub fn unpooled(body: Incoming) -> Self {
-        UpstreamBody(Kind::Hyper { body, keep: None })
+        UpstreamBody(Kind::Hyper {
+            body,
+            conn: None,
+            keep: false,
+        })
     }
 }
 
@@ -686,14 +721,12 @@ impl Body for UpstreamBody {
 
 impl Drop for UpstreamBody {
     fn drop(&mut self) {
-        let Kind::Hyper { body, keep } = &mut self.0 else {
+        let Kind::Hyper { body, conn, keep } = &mut self.0 else {
             return;
         };
-        if !body.is_end_stream() {
-            return;
-        }
-        if let Some((sender, home)) = keep.take() {
-            home.put(sender, |dedicated| &dedicated.hyper);
+        // Kept only when its answer ended as framed; otherwise dropped, which closes it.
+        if let (true, true, Some((conn, home))) = (*keep, body.is_end_stream(), conn.take()) {
+            home.put(conn, |dedicated| &dedicated.hyper);
         }
     }
 }

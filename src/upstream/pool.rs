@@ -59,7 +59,7 @@ impl Home {
 #[derive(Default)]
 pub struct Dedicated {
     pub(super) lean: Slot<super::lean::Conn>,
-    pub(super) hyper: Slot<super::Sender>,
+    pub(super) hyper: Slot<super::Client1>,
 }
 
 impl Dedicated {
