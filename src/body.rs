@@ -117,6 +117,12 @@ impl Outbound {
         let mut read = 0;
         let timeout = inspect.config.timeouts.client_body;
         while read < limit || scan.holding() {
+            // A `_method` value is short: one still open well past the limit is not.
+            if read > limit + 4096 {
+                return Err(crate::decision::override_refusal(
+                    OverrideError::InvalidMethod,
+                ));
+            }
             let frame = tokio::time::timeout(timeout, body.frame())
                 .await
                 .map_err(|_| Rejection::RequestTimeout)?;

@@ -138,6 +138,10 @@ pub fn plan<'c>(
             }
         }
     }
+    // Servers run a GET handler for a HEAD (Flask, Express, Laravel, Rails).
+    if parts.method == Method::HEAD && !methods.contains(&Method::GET) {
+        methods.push(Method::GET);
+    }
     methods.retain(|m| *m != parts.method);
 
     let mut readings = checked.sensitive();
@@ -178,7 +182,11 @@ pub fn plan<'c>(
         tokens: true,
         body_may_override: post
             && matches!(body, Body::Unread)
-            && config.routes.depends_on_method(&checked),
+            && (config.routes.depends_on_method(&checked)
+                || read.iter().any(|(subset, segments)| {
+                    let folded = subset.contains(path::Reading::CaseFolded);
+                    config.routes.depends_on_method_read(segments, folded)
+                })),
     };
     let (sessions, tokens) = plan.routes().filter(|r| r.auth != AuthMode::None).fold(
         (true, true),
@@ -233,7 +241,10 @@ fn same_under_readings(
 
 /// The rejection for a request whose method cannot be told (`method_override`).
 pub fn override_refusal(e: OverrideError) -> Rejection {
-    Rejection::BadRequest(e.message())
+    match e {
+        OverrideError::Unreadable => Rejection::Unsupported(e.message()),
+        _ => Rejection::BadRequest(e.message()),
+    }
 }
 
 /// Does `principal` satisfy every route of the plan? A browser (`Accept: text/html`)

@@ -21,6 +21,9 @@ pub enum Rejection {
     BadPath(#[from] PathError),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// A body tokengate cannot read as the upstream would (encoded, another charset): 415.
+    #[error("unsupported body: {0}")]
+    Unsupported(&'static str),
     #[error("request body too large")]
     TooLarge,
     /// The client sent nothing of its request body for `timeouts.client_body_seconds`.
@@ -66,6 +69,7 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::BadPath(_) | Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Rejection::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Rejection::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::Unauthenticated => StatusCode::UNAUTHORIZED,
@@ -84,7 +88,7 @@ impl Rejection {
     pub fn text(&self) -> Cow<'static, str> {
         let text: &'static str = match self {
             Rejection::BadPath(e) => return Cow::Owned(e.to_string()),
-            Rejection::BadRequest(m) => m,
+            Rejection::BadRequest(m) | Rejection::Unsupported(m) => m,
             Rejection::TooLarge => "The request body is too large.",
             Rejection::RequestTimeout => "The request body did not arrive in time.",
             Rejection::Unauthenticated | Rejection::LoginRequired { .. } => "Unauthenticated.",

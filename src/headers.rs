@@ -4,9 +4,10 @@
 //! the request (`Added`) until the request is written.
 //!
 //! Names are compared as upstreams read them. CGI, PHP, WSGI, Rack and Apache turn `-` and
-//! `_` alike into `_` (`HTTP_X_TOKEN_ABILITIES`), so `X_Token_Abilities` would reach them as
-//! the identity header, and `Transfer_Encoding` as a framing header (Werkzeug reads it):
-//! every header whose name contains `_` is dropped, as nginx does by default.
+//! `_` alike into `_` (`HTTP_X_TOKEN_ABILITIES`), and PHP `.` too, so `X_Token_Abilities` or
+//! `X.Token.Abilities` would reach them as the identity header, and `Transfer_Encoding` as a
+//! framing header (Werkzeug reads it): every header whose name holds anything but letters,
+//! digits and `-` is dropped, as nginx does by default.
 
 use crate::auth::Principal;
 use crate::config::Config;
@@ -190,7 +191,8 @@ impl<'a> Added<'a> {
     }
 }
 
-/// A header a client may not send on: one whose name holds `_` (see the module doc); an
+/// A header a client may not send on: one whose name holds anything but letters, digits and
+/// `-` (`plain_name`); an
 /// identity claim, which only tokengate makes (the configured names, any `X-Token-*`,
 /// `X-Auth-*` or `X-Remote-*`, and the user headers of other auth proxies and of Apache,
 /// `IDENTITY`); a rewrite of the path the upstream runs (`X-Original-URL`, …); and, unless
@@ -210,7 +212,15 @@ pub fn is_forged(name: &HeaderName, config: &Config, trusted: bool) -> bool {
         Some(b'c' | b'f' | b't') => !trusted && FORWARDING.contains(&n),
         _ => false,
     };
-    known || n.as_bytes().contains(&b'_') || config.headers.all().contains(&name)
+    known || !plain_name(n) || config.headers.all().contains(&name)
+}
+
+/// A name of letters, digits and `-` only. Any other byte a server may read as `-` (CGI,
+/// PHP, WSGI and Rack turn `_` into it, PHP `.` too: `X.Token.Abilities` is
+/// `HTTP_X_TOKEN_ABILITIES`) or otherwise differently: such headers are dropped, as nginx
+/// does by default (`ignore_invalid_headers`).
+fn plain_name(name: &str) -> bool {
+    name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 /// Who the user is, as other auth proxies, Apache and Kubernetes' front proxy say it, and

@@ -7,9 +7,13 @@
 //! Read generously, so that nothing an upstream takes as an override is missed: header
 //! values (`X-HTTP-Method-Override`, `X-HTTP-Method`, `X-Method-Override`) on any method,
 //! every comma-separated element of every line; `_method` in the query string, in an
-//! urlencoded or multipart form and anywhere in a JSON body of a POST, as PHP names fields
-//! (leading spaces dropped, `.` and ` ` read as `_`), in any case. A value that is not a
-//! method token (letters only, at most 20) is refused with 400, as Symfony refuses it.
+//! urlencoded or multipart form and anywhere in a JSON body of a POST, with the field name
+//! read as PHP, Rack and Express's `qs` read it (`is_method_field`), in any case. A part of
+//! a multipart form is named by any `name=` in its head (as Rack's pattern finds it), and by
+//! its `Content-ID`. A value that is not a method token (letters only, at most 20) is
+//! refused with 400, as Symfony refuses it. What cannot be read the way the upstream reads
+//! it is refused too: a compressed body, a charset other than UTF-8 or ASCII (Express
+//! decodes UTF-16 JSON), two `Content-Type`s, a missing, repeated or padded boundary.
 //!
 //! Bodies are scanned as they stream (`BodyScan`), a chunk at a time, so a field split
 //! across chunks is still seen; the proxy reads a bounded prefix before deciding and checks
@@ -37,6 +41,8 @@ const MAX_METHOD: usize = 20;
 const MAX_NAME: usize = 1024;
 /// Methods a request may name besides its own.
 const MAX_METHODS: usize = 4;
+/// Blanks allowed between a JSON `_method` key's colon and its value.
+const MAX_GAP: usize = 64;
 
 /// Why a request's method cannot be told.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -47,20 +53,25 @@ pub enum OverrideError {
     LongName,
     NoBoundary,
     LongPartHead,
+    /// Reading it as the upstream does needs a decoding tokengate does not do: 415.
+    Unreadable,
 }
 
 impl OverrideError {
-    /// The client's 400 message.
+    /// The client's message.
     pub fn message(self) -> &'static str {
         match self {
             OverrideError::InvalidMethod => "The method override is not a valid method.",
             OverrideError::TooMany => "The request names too many methods.",
             OverrideError::LongName => "The request body's form field names are too long to check.",
             OverrideError::NoBoundary => {
-                "The request body's form boundary is missing or malformed."
+                "The request body's form boundary is missing, repeated or malformed."
             }
             OverrideError::LongPartHead => {
                 "The request body's form part headers are too large to check."
+            }
+            OverrideError::Unreadable => {
+                "The request body's type, encoding or charset does not let tokengate check it for a method override."
             }
         }
     }
@@ -119,19 +130,22 @@ pub fn from_query(query: &str, methods: &mut Methods) -> Result<(), OverrideErro
     form.finish(methods)
 }
 
-/// Whether a field name is `_method` as PHP, Rack or Node would name it: percent-decoded
-/// (with `+` as a space), leading spaces dropped, `.` and ` ` as `_`, in any case, with or
-/// without a `[…]` suffix (PHP's array syntax).
+/// Whether a (percent-decoded) field name is `_method` as some upstream reads it: PHP cuts
+/// a name at NUL, drops leading spaces and reads `.` and ` ` as `_`; Rack drops leading
+/// brackets (`\A[\[\]]*([^\[\]]+)`); PHP, Rack and `qs` read `_method[…]` and
+/// `[_method]` as `_method`. In any case.
 fn is_method_field(decoded: &[u8]) -> bool {
-    let start = decoded
+    let name = decoded.split(|&b| b == 0).next().unwrap_or_default();
+    let start = name
         .iter()
-        .position(|&b| b != b' ')
-        .unwrap_or(decoded.len());
-    let name = &decoded[start..];
-    let name = match name.iter().position(|&b| b == b'[') {
-        Some(at) => &name[..at],
-        None => name,
-    };
+        .position(|&b| !matches!(b, b' ' | b'[' | b']'))
+        .unwrap_or(name.len());
+    let name = &name[start..];
+    let end = name
+        .iter()
+        .position(|&b| b == b'[' || b == b']')
+        .unwrap_or(name.len());
+    let name = &name[..end];
     name.len() == 7
         && matches!(name[0], b'_' | b'.' | b' ')
         && name[1..].eq_ignore_ascii_case(b"method")
@@ -143,43 +157,101 @@ fn is_method_field(decoded: &[u8]) -> bool {
 /// a method.
 pub fn body_scan(headers: &HeaderMap) -> Result<Option<BodyScan>, OverrideError> {
     let mut scan = BodyScan::default();
-    let mut types = headers.get_all(CONTENT_TYPE).iter().peekable();
-    if types.peek().is_none() {
+    let mut types = headers.get_all(CONTENT_TYPE).iter();
+    let (value, more) = (types.next(), types.next());
+    let Some(value) = value else {
+        scan.form = Some(Urlencoded::default());
+        return Ok(Some(scan));
+    };
+    // Servers differ on which of two types counts (php -S takes the first).
+    if more.is_some() {
+        return Err(OverrideError::Unreadable);
+    }
+    let lower = value.as_bytes().to_ascii_lowercase();
+    let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
+    if has(b"urlencoded") {
         scan.form = Some(Urlencoded::default());
     }
-    for value in types {
-        let lower = value.as_bytes().to_ascii_lowercase();
-        let has = |needle: &[u8]| lower.windows(needle.len()).any(|w| w == needle);
-        if has(b"urlencoded") {
-            scan.form = Some(Urlencoded::default());
-        }
-        if has(b"multipart/") {
-            scan.multipart = Some(Multipart::new(boundary(value.as_bytes())?));
-        }
-        if has(b"/json") || has(b"+json") {
-            scan.json = Some(Json::default());
-        }
+    if has(b"multipart/") {
+        scan.multipart = Some(Multipart::new(boundary(value.as_bytes())?));
     }
-    Ok((scan.form.is_some() || scan.multipart.is_some() || scan.json.is_some()).then_some(scan))
+    if has(b"/json") || has(b"+json") {
+        scan.json = Some(Json::default());
+    }
+    if scan.form.is_none() && scan.multipart.is_none() && scan.json.is_none() {
+        return Ok(None);
+    }
+    // A body read after a decoding tokengate does not do cannot be checked.
+    let encoded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
+    if encoded || !plain_charset(&lower) {
+        return Err(OverrideError::Unreadable);
+    }
+    Ok(Some(scan))
 }
 
-/// The `boundary` parameter of a multipart `Content-Type`, quoted or not.
+/// Whether a (lower case) `Content-Type`'s charset, if it names one, reads bytes as ASCII
+/// does: `_method` is then the same bytes whatever reads it.
+fn plain_charset(content_type: &[u8]) -> bool {
+    let Some(at) = content_type.windows(8).position(|w| w == b"charset=") else {
+        return true;
+    };
+    let charset = content_type[at + 8..]
+        .split(|&b| b == b';' || b == b',')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let charset = charset.strip_prefix(b"\"").unwrap_or(charset);
+    let charset = charset.strip_suffix(b"\"").unwrap_or(charset);
+    matches!(
+        charset,
+        b"utf-8" | b"utf8" | b"us-ascii" | b"ascii" | b"iso-8859-1" | b"latin1"
+    )
+}
+
+/// The `boundary` parameter of a multipart `Content-Type`, quoted or not. Refused when it is
+/// missing, given twice (in any case), not the first `boundary` in the value (PHP takes the
+/// first it finds), or padded with blanks, which servers read apart.
 fn boundary(content_type: &[u8]) -> Result<Vec<u8>, OverrideError> {
     let lower = content_type.to_ascii_lowercase();
-    let at = lower
-        .windows(9)
-        .position(|w| w == b"boundary=")
+    // Where each parameter's key starts, for keys that are `boundary`.
+    let mut keys = Vec::new();
+    let mut start = 0;
+    for piece in lower.split(|&b| b == b';') {
+        let key_at = start + (piece.len() - piece.trim_ascii_start().len());
+        let key = piece
+            .split(|&b| b == b'=')
+            .next()
+            .unwrap_or_default()
+            .trim_ascii();
+        if key == b"boundary" {
+            keys.push(key_at);
+        }
+        start += piece.len() + 1;
+    }
+    let first = lower.windows(8).position(|w| w == b"boundary");
+    let ([at], Some(first)) = (keys.as_slice(), first) else {
+        return Err(OverrideError::NoBoundary);
+    };
+    if first != *at {
+        return Err(OverrideError::NoBoundary);
+    }
+    let rest = content_type[at + 8..]
+        .trim_ascii_start()
+        .strip_prefix(b"=")
         .ok_or(OverrideError::NoBoundary)?;
-    let rest = &content_type[at + 9..];
     let value = match rest.strip_prefix(b"\"") {
         Some(quoted) => quoted.split(|&b| b == b'"').next().unwrap_or_default(),
         None => rest
             .split(|&b| b == b';' || b == b',')
             .next()
-            .unwrap_or_default()
-            .trim_ascii(),
+            .unwrap_or_default(),
     };
-    if value.is_empty() || value.len() > 200 {
+    if value.is_empty() || value.len() > 200 || value.trim_ascii().len() != value.len() {
         return Err(OverrideError::NoBoundary);
     }
     Ok(value.to_vec())
@@ -407,73 +479,76 @@ fn part_value(collected: &[u8]) -> &[u8] {
     value.strip_suffix(b"\r").unwrap_or(value)
 }
 
-/// Where a part's head ends (a blank line, CRLF or LF) and how long the blank line is.
+/// Where a part's head ends and how long the line that ends it is: the first line that is
+/// empty once one trailing CR is dropped (as PHP reads it): `\n\n` or `\n\r\n`.
 fn head_end(bytes: &[u8]) -> Option<(usize, usize)> {
-    let crlf = memchr::memmem::find(bytes, b"\r\n\r\n").map(|at| (at, 4));
     let lf = memchr::memmem::find(bytes, b"\n\n").map(|at| (at, 2));
+    let crlf = memchr::memmem::find(bytes, b"\n\r\n").map(|at| (at, 3));
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
     }
 }
 
-/// Whether a part's head names the `_method` field: any `name` (or `name*`) parameter of
-/// a `Content-Disposition` line, quoted with `"` or `'` or not, read both with and without
-/// backslash escapes.
+/// Whether a part's head names the `_method` field. Read more widely than any one server:
+/// every `name=` or `name*=` anywhere in the head (Rack's pattern matches across header
+/// lines; PHP joins continuation lines), the value quoted (up to its closing quote, escaped
+/// or not) or bare (up to a blank, `;` or `,`), and the `Content-ID` (Rack's name for a part
+/// without one).
 fn part_is_method(head: &[u8]) -> bool {
-    head.split(|&b| b == b'\n').any(|line| {
-        let line = line.trim_ascii();
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return false;
-        };
-        if !line[..colon]
-            .trim_ascii()
-            .eq_ignore_ascii_case(b"content-disposition")
-        {
-            return false;
+    let lower = head.to_ascii_lowercase();
+    for (at, _) in lower.windows(4).enumerate().filter(|(_, w)| *w == b"name") {
+        let mut rest = &head[at + 4..];
+        let extended = rest.first() == Some(&b'*');
+        if extended {
+            rest = &rest[1..];
         }
-        parameters(&line[colon + 1..]).any(|(key, value)| {
-            let key = key.trim_ascii();
-            if key.eq_ignore_ascii_case(b"name") {
-                let unescaped: Vec<u8> = unescape(value);
-                is_method_field(value) || is_method_field(&unescaped)
-            } else if key.eq_ignore_ascii_case(b"name*") {
+        let Some(rest) = rest.trim_ascii_start().strip_prefix(b"=") else {
+            continue;
+        };
+        let rest = rest.trim_ascii_start();
+        let candidates: Vec<Vec<u8>> = match rest.first() {
+            Some(&quote @ (b'"' | b'\'')) => {
+                let inner = &rest[1..];
+                let until = |bytes: &[u8]| {
+                    bytes
+                        .split(|&b| b == quote)
+                        .next()
+                        .unwrap_or_default()
+                        .to_vec()
+                };
+                vec![until(inner), until(&unescape(inner))]
+            }
+            _ => {
+                let bare = rest
+                    .split(|&b| b.is_ascii_whitespace() || b == b';' || b == b',')
+                    .next()
+                    .unwrap_or_default();
                 // RFC 5987: charset'language'percent-encoded.
-                let encoded = value.rsplit(|&b| b == b'\'').next().unwrap_or(value);
-                is_method_field(&percent_encoding::percent_decode(encoded).collect::<Vec<u8>>())
-            } else {
-                false
+                let encoded = bare.rsplit(|&b| b == b'\'').next().unwrap_or(bare);
+                vec![
+                    bare.to_vec(),
+                    percent_encoding::percent_decode(encoded).collect(),
+                ]
             }
-        })
-    })
-}
-
-/// The `key=value` parameters after a `;`, values unquoted (a `;` inside quotes does not
-/// split).
-fn parameters(rest: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
-    let mut pieces = Vec::new();
-    let (mut start, mut quote) = (0, None);
-    for (i, &b) in rest.iter().enumerate() {
-        match (quote, b) {
-            (None, b'"' | b'\'') => quote = Some(b),
-            (Some(q), _) if b == q && rest.get(i.wrapping_sub(1)) != Some(&b'\\') => quote = None,
-            (None, b';') => {
-                pieces.push(&rest[start..i]);
-                start = i + 1;
-            }
-            _ => {}
+        };
+        if candidates.iter().any(|c| is_method_field(c)) {
+            return true;
         }
     }
-    pieces.push(&rest[start..]);
-    pieces.into_iter().filter_map(|piece| {
-        let eq = piece.iter().position(|&b| b == b'=')?;
-        let value = piece[eq + 1..].trim_ascii();
-        let value = match value {
-            [q @ (b'"' | b'\''), inner @ .., last] if last == q => inner,
-            [b'"' | b'\'', inner @ ..] => inner,
-            _ => value,
-        };
-        Some((&piece[..eq], value))
+    head.split(|&b| b == b'\n').any(|line| {
+        let line = line.trim_ascii();
+        line.len() > 11
+            && line[..11].eq_ignore_ascii_case(b"content-id:")
+            && is_method_field(
+                line[11..]
+                    .trim_ascii()
+                    .trim_ascii_start()
+                    .strip_prefix(b"<")
+                    .map_or(line[11..].trim_ascii(), |l| {
+                        l.strip_suffix(b">").unwrap_or(l)
+                    }),
+            )
     })
 }
 
@@ -511,6 +586,9 @@ struct Json {
     method_key: bool,
     /// The string being read is the value of a `_method` key.
     method_value: bool,
+    /// Blanks after a `_method` key's colon, before its value (bounded: the bytes that hold
+    /// a `_method` are held back from the upstream until it ends).
+    gap: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -537,10 +615,18 @@ impl Json {
                     b':' => {
                         if self.after_string {
                             self.method_key = !self.long && is_method_key(&self.string);
+                            self.gap = 0;
                         }
                         self.after_string = false;
                     }
-                    b' ' | b'\t' | b'\r' | b'\n' => {}
+                    b' ' | b'\t' | b'\r' | b'\n' => {
+                        if self.method_key {
+                            self.gap += 1;
+                            if self.gap > MAX_GAP {
+                                return Err(OverrideError::InvalidMethod);
+                            }
+                        }
+                    }
                     _ => {
                         // A value other than a string: a `_method` key's number, array or
                         // object is not a method (Laravel ignores it).
@@ -562,7 +648,12 @@ impl Json {
                         }
                     }
                     b'\\' => self.phase = JsonPhase::Escape,
-                    _ => self.push(byte),
+                    _ => {
+                        self.push(byte);
+                        if self.method_value && self.string.len() > 3 * MAX_METHOD {
+                            return Err(OverrideError::InvalidMethod);
+                        }
+                    }
                 },
                 JsonPhase::Escape => {
                     if let Some((code, digits)) = self.unicode {
@@ -745,10 +836,36 @@ mod tests {
                 "{disposition}"
             );
         }
-        // Not the field: another name, a name that only contains it.
+        // As PHP and Rack read part heads (bypasses an attack review found).
+        for head in [
+            "Content-Disposition: form-data; name=_method x",
+            "Content-Disposition: form-data; name=\"_method\"x",
+            "Content-Disposition: form-data\r\n; name=\"_method\"",
+            "Content-Disposition: form-data;\r\n name=\"_method\"",
+            "Content-Disposition: form-data\r\nContent-ID: _method",
+            "X-Foo: Content-Disposition:;name=_method",
+            "Content-Disposition: form-data; name=\"[_method]\"",
+            "Content-Disposition: form-data; name=\"_method\u{0}x\"",
+            // `filename=` holds `name=`: read as a name too (stricter, never weaker).
+            "Content-Disposition: form-data; filename=\"_method\"",
+        ] {
+            let body = format!("--b\r\n{head}\r\n\r\nPUT\r\n--b--\r\n");
+            assert_eq!(
+                scan_body("multipart/form-data; boundary=b", &[body.as_bytes()]).unwrap(),
+                ["PUT"],
+                "{head:?}"
+            );
+        }
+        // A head ended by a line holding only CR (PHP).
+        let body = b"--b\r\nContent-Disposition: form-data; name=\"_method\"\n\r\nPUT\r\n--b--\r\n";
+        assert_eq!(
+            scan_body("multipart/form-data; boundary=b", &[body]).unwrap(),
+            ["PUT"]
+        );
+        // Not the field: another name that only contains it.
         for disposition in [
             "form-data; name=\"payment_method\"",
-            "form-data; filename=\"_method\"",
+            "form-data; name=method",
         ] {
             let body =
                 format!("--b\r\nContent-Disposition: {disposition}\r\n\r\nCARD\r\n--b--\r\n");
@@ -758,9 +875,103 @@ mod tests {
                     .is_empty()
             );
         }
+        // A boundary whose value holds the word is still one boundary.
+        let body = b"--my-boundary\r\nContent-Disposition: form-data; name=_method\r\n\r\nPUT\r\n--my-boundary--\r\n";
         assert_eq!(
-            scan_body("multipart/form-data", &[b""]),
-            Err(OverrideError::NoBoundary)
+            scan_body("multipart/form-data; boundary=my-boundary", &[body]).unwrap(),
+            ["PUT"]
+        );
+        for content_type in [
+            "multipart/form-data",
+            "multipart/form-data; boundary= b",
+            "multipart/form-data; Boundary=a; boundary=b",
+            "multipart/form-data; x=boundary=a; boundary=b",
+        ] {
+            assert_eq!(
+                scan_body(content_type, &[b""]),
+                Err(OverrideError::NoBoundary),
+                "{content_type}"
+            );
+        }
+    }
+
+    #[test]
+    fn bodies_read_otherwise_by_the_upstream_are_refused() {
+        let scan = |pairs: &[(&str, &str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    HeaderValue::from_str(value).unwrap(),
+                );
+            }
+            body_scan(&headers).map(|s| s.is_some())
+        };
+        let form = ("content-type", "application/x-www-form-urlencoded");
+        assert_eq!(scan(&[form]), Ok(true));
+        assert_eq!(scan(&[form, ("content-encoding", "identity")]), Ok(true));
+        assert_eq!(
+            scan(&[("content-type", "application/json; charset=UTF-8")]),
+            Ok(true)
+        );
+        assert_eq!(scan(&[("content-type", "image/png")]), Ok(false));
+        for refused in [
+            &[form, ("content-encoding", "gzip")][..],
+            &[form, ("content-encoding", "identity, deflate")],
+            &[("content-type", "application/json; charset=utf-16le")],
+            &[form, ("content-type", "multipart/form-data; boundary=zzz")],
+        ] {
+            assert_eq!(scan(refused), Err(OverrideError::Unreadable), "{refused:?}");
+        }
+    }
+
+    #[test]
+    fn field_names_as_php_rack_and_qs_read_them() {
+        for name in [
+            &b"_method"[..],
+            b"_METHOD",
+            b".method",
+            b" _method",
+            b"_method[]",
+            b"_method[x]",
+            b"[_method]",
+            b"]_method",
+            b"_method]",
+            b"_method\0junk",
+        ] {
+            assert!(is_method_field(name), "{:?}", String::from_utf8_lossy(name));
+        }
+        for name in [
+            &b"method"[..],
+            b" method",
+            b"x_method",
+            b"_methods",
+            b"_meth\0od",
+            b"",
+        ] {
+            assert!(
+                !is_method_field(name),
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+    }
+
+    #[test]
+    fn a_method_value_left_open_is_refused_not_held() {
+        for body in [
+            format!("{{\"_method\":\"{}", "A".repeat(100)),
+            format!("{{\"_method\":{}", " ".repeat(100)),
+        ] {
+            assert_eq!(
+                scan_body("application/json", &[body.as_bytes()]),
+                Err(OverrideError::InvalidMethod)
+            );
+        }
+        let form = format!("_method={}", "A".repeat(100));
+        assert_eq!(
+            scan_body("application/x-www-form-urlencoded", &[form.as_bytes()]),
+            Err(OverrideError::InvalidMethod)
         );
     }
 

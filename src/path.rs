@@ -135,13 +135,22 @@ impl CheckedPath<'_> {
     }
 
     /// The readings that would change this path. One pass over its bytes; a path in lower
-    /// case ASCII without `;` or trailing dots (most API paths) is sensitive to none.
+    /// case ASCII without `;` or trailing dots (most API paths) is sensitive to none. What
+    /// one reading makes may expose another (`admin%20;x` is `admin ` without its parameters,
+    /// then `admin` trimmed): the path read every way found so far is checked again, until
+    /// nothing new turns up.
     pub fn sensitive(&self) -> Readings {
         let mut found = sensitive(&self.decoded);
-        if found.contains(Reading::Compatibility) {
-            // What normalization makes may itself be read further (an ideographic space).
-            let normalized: String = self.decoded.nfkc().collect();
-            found.0 |= sensitive(&normalized).0;
+        while !found.is_empty() {
+            let Ok(read) = read_as(self, found) else {
+                // Read so, it is refused anyway.
+                break;
+            };
+            let more = Readings(found.0 | sensitive(&format!("/{}", read.join("/"))).0);
+            if more == found {
+                break;
+            }
+            found = more;
         }
         found
     }

@@ -147,9 +147,10 @@ fn upstream_error_kind(rejection: &Rejection) -> Option<UpstreamError> {
 /// The decision a refusal stands for, if it is one.
 fn decision_of(rejection: &Rejection) -> Option<Decision> {
     match rejection {
-        Rejection::BadPath(_) | Rejection::BadRequest(_) | Rejection::TooLarge => {
-            Some(Decision::BadRequest)
-        }
+        Rejection::BadPath(_)
+        | Rejection::BadRequest(_)
+        | Rejection::Unsupported(_)
+        | Rejection::TooLarge => Some(Decision::BadRequest),
         Rejection::Unauthenticated | Rejection::LoginRequired { .. } => {
             Some(Decision::Unauthenticated)
         }

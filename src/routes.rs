@@ -225,7 +225,20 @@ impl RouteTable {
     /// Whether the requirements for `path` depend on the request's method: some route
     /// that names methods matches it for one method and not for another.
     pub fn depends_on_method(&self, path: &CheckedPath<'_>) -> bool {
-        let mut requirements = self.methods.iter().map(|m| self.find(m, path));
+        self.differ(self.methods.iter().map(|m| self.find(m, path)))
+    }
+
+    /// `depends_on_method` for a path read as `segments` (`find_read`).
+    pub fn depends_on_method_read(&self, segments: &[String], folded: bool) -> bool {
+        self.differ(
+            self.methods
+                .iter()
+                .map(|m| self.find_read(m, segments, folded)),
+        )
+    }
+
+    /// Whether the routes found differ in their requirements.
+    fn differ<'r>(&self, mut requirements: impl Iterator<Item = Option<&'r Route>>) -> bool {
         let Some(first) = requirements.next() else {
             return false;
         };

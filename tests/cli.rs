@@ -1024,3 +1024,104 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
     );
     assert_eq!(server.signal("-TERM"), Some(0));
 }
+
+/// With `ulimit -n` far below the clients it gets, tokengate keeps serving the connections
+/// it has, does not spin while accepting fails, and serves new clients once descriptors
+/// are free again.
+#[test]
+fn descriptor_exhaustion_neither_crashes_nor_spins() {
+    use std::io::{Read, Write};
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(dir.path(), echo.addr.port(), port);
+    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
+    yaml.push_str("workers: 1\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    let cfg = cfg.to_str().unwrap().to_owned();
+    let child = Command::new("sh")
+        .args([
+            "-c",
+            &format!(
+                "ulimit -n 128 && exec {} serve --config {cfg}",
+                env!("CARGO_BIN_EXE_tokengate")
+            ),
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut server = Server(child);
+    wait_for_port(port);
+    let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let answered = |stream: &mut TcpStream| -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        if stream.write_all(request).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 1024];
+        matches!(stream.read(&mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"HTTP/1.1 200"))
+    };
+    // A client that came first, with its upstream connection made.
+    let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    assert!(answered(&mut first));
+    // Many more clients than descriptors: the kernel queues them, tokengate cannot take
+    // them all.
+    let crowd: Vec<TcpStream> = (0..400)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    assert!(crowd.len() > 200, "{} connected", crowd.len());
+    std::thread::sleep(Duration::from_millis(500));
+    // Accepting fails again and again: tokengate waits between tries instead of spinning.
+    let pid = server.0.id();
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let fields: Vec<u64> = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .skip(11)
+            .take(2)
+            .map(|f| f.parse().unwrap())
+            .collect();
+        fields[0] + fields[1]
+    };
+    let before = cpu();
+    std::thread::sleep(Duration::from_secs(2));
+    let ticks = cpu() - before;
+    let hz = 100; // USER_HZ on Linux
+    assert!(
+        ticks * 1000 / hz < 400,
+        "{ticks} ticks of CPU in 2 s while accepts fail: spinning"
+    );
+    // The client it has is still served.
+    assert!(answered(&mut first), "the first client lost its service");
+    // Descriptors come free: new clients are served again.
+    drop(crowd);
+    let mut served = false;
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(50));
+        if let Ok(mut late) = TcpStream::connect(("127.0.0.1", port)) {
+            if answered(&mut late) {
+                served = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        served,
+        "no new client was served once descriptors were free"
+    );
+    assert!(
+        server.0.try_wait().unwrap().is_none(),
+        "tokengate exited under descriptor exhaustion"
+    );
+    assert_eq!(server.signal("-TERM"), Some(0));
+}

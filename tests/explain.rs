@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 fn config() -> String {
     STANDARD.replace(
         "routes:\n",
-        "routes:\n  - path: /items/{id}\n    methods: [GET]\n    abilities: [read]\n  - path: /items/{id}\n    methods: [POST]\n    abilities: [create]\n  - path: /items/{id}\n    methods: [DELETE]\n    abilities: [delete]\n",
+        "routes:\n  - path: /reports/{id}\n    methods: [GET]\n    abilities: [admin]\n  - path: /items/{id}\n    methods: [GET]\n    abilities: [read]\n  - path: /items/{id}\n    methods: [POST]\n    abilities: [create]\n  - path: /items/{id}\n    methods: [DELETE]\n    abilities: [delete]\n",
     ) + "  - path: /**\n    auth: any\n"
 }
 
@@ -224,6 +224,23 @@ const CASES: &[Case] = &[
         400,
     ),
     case("GET", "/upload/x", Who::Reader, 200),
+    // A HEAD is a GET to the frameworks: the GET route guards it too.
+    case("HEAD", "/reports/7", Who::Reader, 403),
+    case("HEAD", "/reports/7", Who::Admin, 200),
+    // Readings found through another reading: `admin ` once `;x` is gone.
+    case("GET", "/admin%20;x/users", Who::Reader, 400),
+    // A body in an encoding tokengate cannot read for a `_method`.
+    with(
+        "POST",
+        "/items/1",
+        Who::Creator,
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-encoding", "gzip"),
+        ],
+        "",
+        415,
+    ),
 ];
 
 /// The credentials of the table's principals.
