@@ -106,6 +106,37 @@ fn method_index(method: &Method) -> usize {
     }
 }
 
+/// Why tokengate closed a connection or tunnel that made no progress (`watchdog`, `tunnel`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// No request in progress (an idle keep-alive connection, a slow request head).
+    Idle,
+    /// The client took nothing of its response (`timeouts.client_send_seconds`).
+    ClientSend,
+    /// The upstream sent nothing of its response body (`timeouts.upstream_body_idle_seconds`).
+    UpstreamBody,
+    /// A tunnel with no byte either way (`timeouts.tunnel_idle_seconds`).
+    TunnelIdle,
+}
+
+impl Closed {
+    const ALL: [Closed; 4] = [
+        Closed::Idle,
+        Closed::ClientSend,
+        Closed::UpstreamBody,
+        Closed::TunnelIdle,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Closed::Idle => "idle",
+            Closed::ClientSend => "client_send",
+            Closed::UpstreamBody => "upstream_body",
+            Closed::TunnelIdle => "tunnel_idle",
+        }
+    }
+}
+
 /// Where a request went, for its labels: a route's index, or one of the fixed values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RouteLabel {
@@ -132,6 +163,9 @@ pub struct Metrics {
     reloads_ok: IntCounter,
     reloads_error: IntCounter,
     last_reload_success: Gauge,
+    /// Rare events, counted straight into the shared series.
+    closed: [IntCounter; 4],
+    tunnels: IntGauge,
 }
 
 /// Latency buckets in seconds: 100 µs to 10 s.
@@ -229,6 +263,15 @@ impl Metrics {
         registry
             .register(Box::new(last_reload_success.clone()))
             .expect("registered once");
+        let closed = counter_vec(
+            "connections_closed_total",
+            "Connections and tunnels tokengate closed for making no progress, by reason: idle, client_send, upstream_body, tunnel_idle.",
+            &["reason"],
+        );
+        let tunnels = gauge(
+            "tunnels_open",
+            "Upgraded connections (WebSocket) relaying now.",
+        );
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -258,6 +301,8 @@ impl Metrics {
             reloads_error: reloads.with_label_values(&["error"]),
             last_reload_success,
             route_names: Arc::new(RwLock::new(Arc::new(route_names))),
+            closed: Closed::ALL.map(|reason| closed.with_label_values(&[reason.label()])),
+            tunnels,
             registry,
         }
     }
@@ -289,6 +334,8 @@ impl Metrics {
             route_names: Arc::clone(&self.route_names),
             local,
             in_flight,
+            closed: self.closed.clone(),
+            tunnels: self.tunnels.clone(),
         }
     }
 
@@ -395,9 +442,31 @@ pub struct WorkerMetrics {
     route_names: Names,
     local: Arc<Mutex<Local>>,
     in_flight: Arc<AtomicI64>,
+    closed: [IntCounter; 4],
+    tunnels: IntGauge,
+}
+
+/// An open tunnel, counted in `tunnels_open` until dropped.
+pub struct OpenTunnel(IntGauge);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 impl WorkerMetrics {
+    /// A connection or tunnel closed for making no progress.
+    pub fn closed(&self, reason: Closed) {
+        self.closed[Closed::ALL.iter().position(|r| *r == reason).unwrap_or(0)].inc();
+    }
+
+    /// A tunnel opens; it counts as open until the returned guard is dropped.
+    pub fn tunnel(&self) -> OpenTunnel {
+        self.tunnels.inc();
+        OpenTunnel(self.tunnels.clone())
+    }
+
     /// The local counter of a new series (made once per series and worker).
     fn request_counter(&self, key: (RouteLabel, u8, u16)) -> LocalIntCounter {
         let (route, m, status) = key;

@@ -206,7 +206,7 @@ fn log_access(
 struct Link<'a> {
     upstream: &'a Upstream,
     dedicated: &'a Arc<Dedicated>,
-    metrics: &'a WorkerMetrics,
+    metrics: &'a Arc<WorkerMetrics>,
 }
 
 async fn forward(
@@ -382,7 +382,7 @@ struct Relay<'a> {
 /// upgraded streams are joined (`tunnel::relay`); any other answer streams back as usual.
 async fn upgrade(
     upstream: &Upstream,
-    metrics: &WorkerMetrics,
+    metrics: &Arc<WorkerMetrics>,
     mut parts: request::Parts,
     added: &headers::Added<'_>,
     body: Outbound,
@@ -415,13 +415,16 @@ async fn upgrade(
         ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let (idle, slot) = (relay.idle, relay.conn.slot());
+    let (idle, slot, metrics) = (relay.idle, relay.conn.slot(), Arc::clone(metrics));
     tokio::spawn(async move {
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let client = hyper_util::rt::TokioIo::new(client);
                 let upstream = hyper_util::rt::TokioIo::new(upstream);
-                tunnel::relay(client, upstream, idle, slot).await;
+                let _open = metrics.tunnel();
+                if tunnel::relay(client, upstream, idle, slot).await == tunnel::Ended::Idle {
+                    metrics.closed(crate::metrics::Closed::TunnelIdle);
+                }
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }

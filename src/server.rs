@@ -110,6 +110,7 @@ async fn run_limited(
         let app = Arc::clone(&app);
         let current = Arc::clone(&current);
         let metrics = Arc::clone(&metrics);
+        let watch_metrics = Arc::clone(&metrics);
         let activity = Arc::new(Activity::default());
         let requests = Arc::clone(&activity);
         // The upstream connections this client connection's requests use, closed with it.
@@ -174,6 +175,7 @@ async fn run_limited(
         });
         let guard = Guard {
             activity,
+            metrics: Arc::clone(&watch_metrics),
             limits: watchdog::Limits {
                 idle: idle_limit,
                 client_send: config.timeouts.client_send,

@@ -77,10 +77,19 @@ fn protocol(
     Ok(Some(protocol.clone()))
 }
 
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A side closed (or failed).
+    Closed,
+    /// Neither side sent a byte for the idle limit.
+    Idle,
+}
+
 /// Relays bytes both ways between the upgraded client and upstream connections until
 /// either side closes or neither sends a byte for `idle`. `_slot` (the client connection's
 /// place under `limits.max_connections`) is held until then.
-pub async fn relay<C, U, S>(client: C, upstream: U, idle: Duration, _slot: S)
+pub async fn relay<C, U, S>(client: C, upstream: U, idle: Duration, _slot: S) -> Ended
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -99,9 +108,11 @@ where
             if let Err(e) = copied {
                 tracing::debug!(error = %e, "tunnel ended with an error");
             }
+            Ended::Closed
         }
         () = quiet_for(&activity, idle) => {
             tracing::debug!("tunnel closed after its idle limit");
+            Ended::Idle
         }
     }
 }
@@ -216,7 +227,7 @@ mod tests {
                 .unwrap();
         }
         assert!(!relay.is_finished());
-        relay.await.unwrap();
+        assert_eq!(relay.await.unwrap(), Ended::Idle);
         let quiet = started.elapsed() - Duration::from_secs(100);
         assert!(
             quiet >= Duration::from_secs(40) && quiet <= Duration::from_secs(50),

@@ -8,6 +8,7 @@
 //! and cancelled around every request head (hyper's `header_read_timeout`: ~1,300
 //! instructions per request, docs/performance.md). A request costs two counter updates.
 
+use crate::metrics::{Closed, WorkerMetrics};
 use hyper::body::{Body, Frame, SizeHint};
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -97,6 +98,8 @@ impl Limits {
 pub struct Guard {
     pub activity: Arc<Activity>,
     pub limits: Limits,
+    /// Where a close is counted.
+    pub metrics: Arc<WorkerMetrics>,
     pub peer: SocketAddr,
     /// Its sender is dropped with the connection's task.
     pub ended: oneshot::Receiver<()>,
@@ -116,6 +119,7 @@ impl Guard {
         let Guard {
             activity,
             limits,
+            metrics,
             peer,
             mut ended,
             connection,
@@ -125,7 +129,8 @@ impl Guard {
         tokio::select! {
             _ = &mut ended => {}
             why = stalled(&activity, limits) => {
-                tracing::debug!(%peer, why, "closing a connection that made no progress");
+                tracing::debug!(%peer, why = why.label(), "closing a connection that made no progress");
+                metrics.closed(why);
                 connection.abort();
             }
             () = async { drop(stopping.wait_for(|stop| *stop).await) } => {
@@ -145,7 +150,7 @@ impl Guard {
 /// A request whose response has not begun is bounded elsewhere (the upstream's response
 /// timeout, `timeouts.client_body_seconds` for its body). On an HTTP/2 connection the
 /// counters are the connection's: any stream that moves counts as progress.
-async fn stalled(activity: &Activity, limits: Limits) -> &'static str {
+async fn stalled(activity: &Activity, limits: Limits) -> Closed {
     let step = limits.step();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + step, step);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -161,20 +166,14 @@ async fn stalled(activity: &Activity, limits: Limits) -> &'static str {
         }
         quiet += step;
         let (limit, why) = if now.started == now.finished {
-            (limits.idle, "no request in progress")
+            (limits.idle, Closed::Idle)
         } else if now.responding == 0 {
             // Before its response: bounded by the other timeouts.
             continue;
         } else if now.waiting == now.responding {
-            (
-                limits.upstream_body,
-                "the upstream sent nothing of its response body",
-            )
+            (limits.upstream_body, Closed::UpstreamBody)
         } else if now.waiting == 0 {
-            (
-                limits.client_send,
-                "the client took nothing of its response",
-            )
+            (limits.client_send, Closed::ClientSend)
         } else {
             continue;
         };
@@ -330,7 +329,7 @@ mod tests {
         poll_once(&mut body);
         let started = tokio::time::Instant::now();
         let why = stalled(&activity, limits).await;
-        assert_eq!(why, "the upstream sent nothing of its response body");
+        assert_eq!(why, Closed::UpstreamBody);
         assert_eq!(started.elapsed(), Duration::from_secs(20));
         drop(body);
 
@@ -340,7 +339,7 @@ mod tests {
         poll_once(&mut body);
         let started = tokio::time::Instant::now();
         let why = stalled(&activity, limits).await;
-        assert_eq!(why, "the client took nothing of its response");
+        assert_eq!(why, Closed::ClientSend);
         assert_eq!(started.elapsed(), Duration::from_secs(8));
 
         // Progress (a client taking frames) keeps the connection.
@@ -354,7 +353,7 @@ mod tests {
         }
         assert!(!watching.is_finished(), "closed while the response moved");
         drop(body);
-        assert_eq!(watching.await.unwrap(), "no request in progress");
+        assert_eq!(watching.await.unwrap(), Closed::Idle);
     }
 
     /// A guard for a task that never ends by itself; `alive` ends it when dropped.
@@ -370,9 +369,12 @@ mod tests {
         let connection = tokio::spawn(std::future::pending::<()>());
         let (alive, ended) = oneshot::channel();
         let (drain, drained) = oneshot::channel();
+        let metrics =
+            crate::metrics::Metrics::new(&crate::routes::RouteTable::new(Vec::new()).unwrap());
         let guard = Guard {
             activity: Arc::clone(activity),
             limits: limits(PERIOD),
+            metrics: Arc::new(metrics.worker()),
             peer: "127.0.0.1:1".parse().unwrap(),
             ended,
             connection: connection.abort_handle(),

@@ -283,6 +283,10 @@ async fn an_upstream_body_that_stalls_is_cut_and_its_connection_closed() {
     tokio::time::timeout(Duration::from_secs(10), closed.recv())
         .await
         .expect("the upstream connection was closed");
+    assert_eq!(
+        gate.metric(r#"tokengate_connections_closed_total{reason="upstream_body"}"#),
+        1.0
+    );
     gate.stop().await;
 }
 
@@ -316,6 +320,10 @@ async fn a_client_that_stops_reading_lets_go_of_the_upstream_connection() {
     tokio::time::timeout(Duration::from_secs(10), closed.recv())
         .await
         .expect("the upstream connection was let go");
+    assert_eq!(
+        gate.metric(r#"tokengate_connections_closed_total{reason="client_send"}"#),
+        1.0
+    );
     drop(client);
     gate.stop().await;
 }

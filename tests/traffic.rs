@@ -252,6 +252,11 @@ async fn a_quiet_tunnel_is_closed_after_its_own_idle_limit() {
         "closed too soon: {:?}",
         quiet.elapsed()
     );
+    assert_eq!(
+        gate.metric(r#"tokengate_connections_closed_total{reason="tunnel_idle"}"#),
+        1.0
+    );
+    assert_eq!(gate.metric("tokengate_tunnels_open"), 0.0);
     gate.stop().await;
 }
 

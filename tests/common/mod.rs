@@ -161,6 +161,17 @@ impl Gate {
         addr
     }
 
+    /// The value of one series in the Prometheus exposition (`name{labels}` as written
+    /// there), or 0 when it is not there.
+    pub fn metric(&self, series: &str) -> f64 {
+        self.app
+            .metrics
+            .render(0, 0)
+            .lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
