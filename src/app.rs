@@ -157,10 +157,7 @@ impl App {
     pub async fn remove_user(&self, name: &str) -> Result<Option<RemovedUser>, StoreError> {
         let removed = self.tokens.store().delete_user(name).await?;
         if let Some(removed) = &removed {
-            self.tokens.forget_user(name);
-            for id in &removed.tokens {
-                self.tokens.evict(*id);
-            }
+            self.tokens.forget_user(name, &removed.tokens);
             self.sessions.forget(&removed.sessions);
         }
         Ok(removed)

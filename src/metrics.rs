@@ -166,6 +166,7 @@ pub struct Metrics {
     /// Rare events, counted straight into the shared series.
     closed: [IntCounter; 4],
     tunnels: IntGauge,
+    token_store_reads: IntCounter,
 }
 
 /// Latency buckets in seconds: 100 µs to 10 s.
@@ -272,6 +273,14 @@ impl Metrics {
             "tunnels_open",
             "Upgraded connections (WebSocket) relaying now.",
         );
+        let token_store_reads = IntCounter::new(
+            "token_store_reads_total",
+            "Presented tokens looked up in the store: not in the cache, and possibly stored.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(token_store_reads.clone()))
+            .expect("registered once");
         #[cfg(target_os = "linux")]
         {
             let process = prometheus::process_collector::ProcessCollector::for_self();
@@ -303,6 +312,7 @@ impl Metrics {
             route_names: Arc::new(RwLock::new(Arc::new(route_names))),
             closed: Closed::ALL.map(|reason| closed.with_label_values(&[reason.label()])),
             tunnels,
+            token_store_reads,
             registry,
         }
     }
@@ -377,7 +387,7 @@ impl Metrics {
 
     /// The text exposition format, with every worker's recordings added and the gauges
     /// read now.
-    pub fn render(&self, tokens: usize, sessions_active: usize) -> String {
+    pub fn render(&self, tokens: usize, sessions_active: usize, token_store_reads: u64) -> String {
         let mut in_flight = 0;
         for (local, worker_in_flight) in self
             .workers
@@ -391,6 +401,8 @@ impl Metrics {
         self.in_flight.set(in_flight);
         self.tokens.set(tokens as i64);
         self.sessions_active.set(sessions_active as i64);
+        self.token_store_reads
+            .inc_by(token_store_reads.saturating_sub(self.token_store_reads.get()));
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");

@@ -192,6 +192,113 @@ pub struct Tokens {
     owned: DashMap<String, usize, RandomState>,
     /// `owned` holds every user's count (set by `warm` or `count_owned`).
     counted: AtomicBool,
+    /// When the cache cannot hold every token: what is stored, so that a made-up token
+    /// costs no store read (`Stored`).
+    stored: RwLock<Option<Stored>>,
+    /// Presented tokens the cache did not hold, looked up in the store.
+    store_reads: AtomicU64,
+}
+
+/// Every stored token's id and the first eight bytes of its hash, kept for an exclusive
+/// store: a token the cache does not hold whose id is not stored, or whose hash does not
+/// match the stored one, or a bare token whose hash is not stored, is refused without
+/// reading the store (a flood of made-up tokens costs no store reads and never waits on
+/// one, however many tokens are stored). Exact: built by `warm`, kept so by create, import,
+/// revoke and user removal. About 16 bytes a token.
+#[derive(Debug, Default)]
+struct Stored {
+    /// Indexed by id: the short hash (never 0, see `key`), or 0 for no such token.
+    by_id: Vec<u64>,
+    /// Short hashes, sorted (for tokens presented without their id).
+    hashes: Vec<u64>,
+}
+
+impl Stored {
+    /// Ids up to this many times the count of tokens (plus a margin) are kept in a table
+    /// indexed by id; a store with sparser ids gets no filter.
+    const SPREAD: u64 = 16;
+
+    /// A short hash as kept: 0 means "no token" in `by_id`.
+    fn key(short: u64) -> u64 {
+        short | 1
+    }
+
+    /// Whether ids up to `most` fit a table for `count` tokens.
+    fn dense(most: u64, count: usize) -> bool {
+        most <= Self::SPREAD * count as u64 + 65_536
+    }
+
+    fn build(tokens: &[(TokenId, u64)]) -> Option<Self> {
+        let most = tokens.iter().map(|(id, _)| id.0).max().unwrap_or(0);
+        if !Self::dense(most, tokens.len()) {
+            return None;
+        }
+        let mut stored = Stored {
+            by_id: vec![0; usize::try_from(most).ok()? + 1],
+            hashes: tokens.iter().map(|(_, short)| Self::key(*short)).collect(),
+        };
+        for (id, short) in tokens {
+            stored.by_id[id.0 as usize] = Self::key(*short);
+        }
+        stored.hashes.sort_unstable();
+        Some(stored)
+    }
+
+    /// Adds stored tokens. False: their ids are too sparse for a table (drop the filter).
+    #[must_use]
+    fn add_all(&mut self, tokens: impl IntoIterator<Item = (TokenId, u64)>) -> bool {
+        tokens.into_iter().all(|(id, short)| self.add(id, short))
+    }
+
+    /// Adds a stored token (again: no change). False as for `add_all`.
+    #[must_use]
+    fn add(&mut self, id: TokenId, short: u64) -> bool {
+        if !Self::dense(id.0, self.hashes.len() + 1) {
+            return false;
+        }
+        let Ok(at) = usize::try_from(id.0) else {
+            return false;
+        };
+        if at >= self.by_id.len() {
+            self.by_id.resize(at + 1, 0);
+        }
+        let key = Self::key(short);
+        if self.by_id[at] == key {
+            return true;
+        }
+        self.remove(id);
+        self.by_id[at] = key;
+        let place = self.hashes.partition_point(|h| *h < key);
+        self.hashes.insert(place, key);
+        true
+    }
+
+    fn remove(&mut self, id: TokenId) {
+        let Some(slot) = usize::try_from(id.0)
+            .ok()
+            .and_then(|at| self.by_id.get_mut(at))
+        else {
+            return;
+        };
+        let key = std::mem::take(slot);
+        if key != 0 {
+            if let Ok(place) = self.hashes.binary_search(&key) {
+                self.hashes.remove(place);
+            }
+        }
+    }
+
+    /// Whether the store may hold the presented token (if not, it surely does not).
+    fn may_hold(&self, presented: &Presented<'_>, hash: &TokenHash) -> bool {
+        let key = Self::key(hash.short());
+        match presented {
+            Presented::WithId { id, .. } => usize::try_from(id.0)
+                .ok()
+                .and_then(|at| self.by_id.get(at))
+                .is_some_and(|stored| *stored == key),
+            Presented::Bare { .. } => self.hashes.binary_search(&key).is_ok(),
+        }
+    }
 }
 
 impl Tokens {
@@ -209,7 +316,15 @@ impl Tokens {
             touch_writes: AtomicU64::new(0),
             owned: DashMap::default(),
             counted: AtomicBool::new(false),
+            stored: RwLock::new(None),
+            store_reads: AtomicU64::new(0),
         }
+    }
+
+    /// How many presented tokens were looked up in the store (cache misses that the
+    /// filter of stored tokens let through).
+    pub fn store_reads(&self) -> u64 {
+        self.store_reads.load(Ordering::Relaxed)
     }
 
     /// The token rules in force (swapped by a config reload).
@@ -247,6 +362,7 @@ impl Tokens {
         let token = match cached {
             Some(token) => token,
             None if self.complete.load(Ordering::Acquire) => return Ok(None),
+            None if !self.may_be_stored(&presented, &hash) => return Ok(None),
             None => match self.load(presented, hash).await? {
                 Some(token) => token,
                 None => return Ok(None),
@@ -260,12 +376,32 @@ impl Tokens {
         Ok(Some(token))
     }
 
+    /// Whether a token the cache does not hold may be in the store (`Stored`; without it,
+    /// the store must be asked).
+    fn may_be_stored(&self, presented: &Presented<'_>, hash: &TokenHash) -> bool {
+        self.stored
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_none_or(|stored| stored.may_hold(presented, hash))
+    }
+
+    /// Applies a change to `Stored`, if it is kept; a change that returns false drops it
+    /// (the store is then asked about every token the cache does not hold).
+    fn restock(&self, change: impl FnOnce(&mut Stored) -> bool) {
+        let mut stored = self.stored.write().unwrap_or_else(|e| e.into_inner());
+        if stored.as_mut().is_some_and(|s| !change(s)) {
+            *stored = None;
+        }
+    }
+
     async fn load(
         &self,
         presented: Presented<'_>,
         hash: TokenHash,
     ) -> Result<Option<Arc<AccessToken>>, StoreError> {
         let generation = self.generation.load(Ordering::SeqCst);
+        self.store_reads.fetch_add(1, Ordering::Relaxed);
         let record = match presented {
             Presented::WithId { id, .. } => self.store.token(id).await?,
             Presented::Bare { .. } => self.store.token_by_hash(hash).await?,
@@ -314,6 +450,7 @@ impl Tokens {
         let mut after = None;
         let mut loaded = 0;
         let mut all_fit = true;
+        let mut every = Vec::new();
         self.owned.clear();
         loop {
             let page = self
@@ -328,6 +465,7 @@ impl Tokens {
             after = Some(last.id);
             for record in &page {
                 *self.owned.entry(record.user.clone()).or_insert(0) += 1;
+                every.push((record.id, record.hash.short()));
                 if loaded >= self.policy().cache_capacity {
                     all_fit = false;
                     continue;
@@ -341,8 +479,11 @@ impl Tokens {
                 break;
             }
         }
-        self.complete
-            .store(all_fit && self.store.is_exclusive(), Ordering::Release);
+        let exclusive = self.store.is_exclusive();
+        self.complete.store(all_fit && exclusive, Ordering::Release);
+        // What is stored stays known when the cache no longer holds it all.
+        *self.stored.write().unwrap_or_else(|e| e.into_inner()) =
+            exclusive.then(|| Stored::build(&every)).flatten();
         self.counted.store(true, Ordering::Release);
         Ok(loaded)
     }
@@ -394,9 +535,16 @@ impl Tokens {
         }
     }
 
-    /// Forgets a removed user's tokens (`App::remove_user`).
-    pub fn forget_user(&self, user: &str) {
+    /// Forgets a removed user's tokens (`App::remove_user`): `ids`, gone from the store.
+    pub fn forget_user(&self, user: &str, ids: &[TokenId]) {
         self.owned.remove(user);
+        self.restock(|stored| {
+            ids.iter().for_each(|id| stored.remove(*id));
+            true
+        });
+        for id in ids {
+            self.evict(*id);
+        }
     }
 
     /// How many tokens the cache holds (every stored token while `is_complete`).
@@ -464,6 +612,7 @@ impl Tokens {
     /// Forgets every cached token (for example when another writer changed the store).
     pub fn evict_all(&self) {
         self.complete.store(false, Ordering::Release);
+        *self.stored.write().unwrap_or_else(|e| e.into_inner()) = None;
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.by_id.clear();
         self.by_hash.clear();
@@ -585,6 +734,7 @@ impl Tokens {
             let (new, secret, dropped) = self.prepare(request.clone(), now)?;
             match self.store.create_token(new).await {
                 Ok(record) => {
+                    self.restock(|stored| stored.add(record.id, record.hash.short()));
                     self.cache_record(&record);
                     let plaintext = token::plaintext(record.id, &secret);
                     return Ok(Created {
@@ -642,6 +792,7 @@ impl Tokens {
                 return Err(e.into());
             }
         };
+        self.restock(|stored| stored.add_all(records.iter().map(|r| (r.id, r.hash.short()))));
         if self.is_complete() {
             for record in &records {
                 self.cache_record(record);
@@ -706,6 +857,10 @@ impl Tokens {
     pub async fn revoke(&self, id: TokenId) -> Result<bool, StoreError> {
         let owner = self.store.token(id).await.ok().flatten().map(|r| r.user);
         let deleted = self.store.delete_token(id).await;
+        self.restock(|stored| {
+            stored.remove(id);
+            true
+        });
         self.changed(id);
         if let (Ok(true), Some(owner)) = (&deleted, owner) {
             self.release(&owner, 1);
@@ -722,4 +877,52 @@ pub fn check_user(user: &str) -> Result<(), TokenError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_of_stored_tokens_is_exact() {
+        let hash = |s: &str| TokenHash::of(s);
+        let with_id = |id: u64| Presented::WithId {
+            id: TokenId(id),
+            secret: "",
+        };
+        let bare = Presented::Bare { secret: "" };
+        let mut stored = Stored::build(&[
+            (TokenId(1), hash("a").short()),
+            (TokenId(3), hash("c").short()),
+        ])
+        .expect("dense ids");
+        assert!(stored.may_hold(&with_id(1), &hash("a")));
+        assert!(!stored.may_hold(&with_id(1), &hash("b")), "a wrong secret");
+        assert!(!stored.may_hold(&with_id(2), &hash("a")), "no token 2");
+        assert!(
+            !stored.may_hold(&with_id(99), &hash("a")),
+            "beyond the table"
+        );
+        assert!(stored.may_hold(&bare, &hash("c")));
+        assert!(!stored.may_hold(&bare, &hash("zz")));
+        assert!(stored.add(TokenId(7), hash("g").short()));
+        assert!(
+            stored.add(TokenId(7), hash("g").short()),
+            "again: no change"
+        );
+        assert!(stored.add_all([(TokenId(8), hash("h").short())]));
+        assert!(stored.may_hold(&with_id(7), &hash("g")) && stored.may_hold(&bare, &hash("h")));
+        stored.remove(TokenId(1));
+        assert!(!stored.may_hold(&with_id(1), &hash("a")));
+        assert!(!stored.may_hold(&bare, &hash("a")));
+        assert!(stored.may_hold(&bare, &hash("c")));
+        stored.remove(TokenId(7));
+        assert!(
+            !stored.may_hold(&bare, &hash("g")),
+            "added twice, removed once"
+        );
+        // Ids too sparse for a table: no filter, the store decides.
+        assert!(Stored::build(&[(TokenId(u64::MAX / 2), 1)]).is_none());
+        assert!(!stored.add(TokenId(u64::MAX / 2), 1));
+    }
 }

@@ -554,10 +554,15 @@ async fn the_cache_is_authoritative_until_it_overflows_and_then_reads_the_store(
         tokens.push(gate.token(user, &["read"]).await);
     }
     assert!(!gate.app.tokens.is_complete(), "5 tokens do not fit in 2");
-    for _ in 0..2 {
-        for token in &tokens {
-            assert_eq!(client.get_bearer(&url, token).await.status, StatusCode::OK);
+    // Twice: once as kept since creation, once as read back from the store by `warm`.
+    for round in ["kept", "rebuilt"] {
+        for _ in 0..2 {
+            for token in &tokens {
+                assert_eq!(client.get_bearer(&url, token).await.status, StatusCode::OK);
+            }
         }
+        made_up_tokens_cost_no_store_read(&gate, &client, &url, &tokens, round).await;
+        gate.app.tokens.warm().await.unwrap();
     }
     let id: u64 = tokens[0].split('|').next().unwrap().parse().unwrap();
     gate.app
@@ -570,6 +575,43 @@ async fn the_cache_is_authoritative_until_it_overflows_and_then_reads_the_store(
         "revoked, not cached",
     );
     gate.stop().await;
+}
+
+/// Past the cache's capacity, tokens that are not stored are refused without a store read:
+/// unknown ids, a stored id with a wrong secret, bare tokens whose hash is not stored.
+async fn made_up_tokens_cost_no_store_read(
+    gate: &Gate,
+    client: &HttpClient,
+    url: &str,
+    tokens: &[String],
+    round: &str,
+) {
+    let (id, secret) = tokens[1].split_once('|').unwrap();
+    let wrong_secret = format!("{id}|{}x", &secret[..secret.len() - 1]);
+    let made_up = [
+        "4242|tg_unknown".to_string(),
+        "0|tg_unknown".to_string(),
+        format!("{}|{secret}", id.parse::<u64>().unwrap() + 1000),
+        wrong_secret,
+        "tg_bare_and_unknown".to_string(),
+    ];
+    let before = gate.app.tokens.store_reads();
+    for token in &made_up {
+        assert_unauthenticated(&client.get_bearer(url, token).await, token);
+    }
+    assert_eq!(
+        gate.app.tokens.store_reads(),
+        before,
+        "{round}: made-up tokens read the store"
+    );
+    // A stored token the cache does not hold is still read from the store and accepted.
+    let mut read = false;
+    for token in tokens {
+        let before = gate.app.tokens.store_reads();
+        assert_eq!(client.get_bearer(url, token).await.status, StatusCode::OK);
+        read |= gate.app.tokens.store_reads() > before;
+    }
+    assert!(read, "{round}: 5 tokens in a cache of 2, yet none read");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -98,9 +98,11 @@ async fn route(
     match (&method, path.as_str()) {
         (&Method::GET, "/healthz") => return json(StatusCode::OK, &status("ok")),
         (&Method::GET, "/metrics") => {
-            let text = app
-                .metrics
-                .render(app.tokens.cached(), app.sessions.active());
+            let text = app.metrics.render(
+                app.tokens.cached(),
+                app.sessions.active(),
+                app.tokens.store_reads(),
+            );
             let mut response = Response::new(Full::new(Bytes::from(text)));
             response.headers_mut().insert(
                 CONTENT_TYPE,

@@ -166,7 +166,7 @@ impl Gate {
     pub fn metric(&self, series: &str) -> f64 {
         self.app
             .metrics
-            .render(0, 0)
+            .render(0, 0, 0)
             .lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or(0.0)
