@@ -1,18 +1,21 @@
 //! The shared state of a running tokengate, passed explicitly as `Arc<App>`: the validated
 //! config, the token, session and user services over the store, the login throttle and the
-//! clock; and the background job that flushes batched `last_used_at`/`last_seen` writes. (Upstream connection pools belong to each
+//! clock, the open streams tied to a credential; and the background jobs that flush
+//! batched `last_used_at`/`last_seen` writes and end streams whose credential ended. (Upstream connection pools belong to each
 //! server worker, see `server`.)
 
+use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::sessions::{SessionPolicy, Sessions};
 use crate::store::{RemovedUser, SledStore, Store, StoreError};
+use crate::streams::Streams;
 use crate::throttle::LoginThrottle;
 use crate::tokens::Tokens;
 use crate::users::Users;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -38,6 +41,10 @@ pub struct App {
     pub login_throttle: LoginThrottle,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
+    /// WebSocket tunnels and event streams, ended when their credential ends.
+    pub streams: Arc<Streams>,
+    /// The task that checks `streams` runs (`spawn_stream_checker`).
+    checking_streams: AtomicBool,
 }
 
 impl App {
@@ -65,6 +72,8 @@ impl App {
             login_throttle: LoginThrottle::new(LOGIN_ATTEMPTS, LOGIN_WINDOW),
             metrics,
             clock,
+            streams: Arc::default(),
+            checking_streams: AtomicBool::new(false),
         })
     }
 
@@ -194,6 +203,58 @@ impl App {
                 }
             }
         })
+    }
+}
+
+impl App {
+    /// Starts, unless it runs, the task that ends open streams whose credential ended
+    /// (`streams`), every `streams::SWEEP` until the app is dropped elsewhere.
+    pub fn spawn_stream_checker(self: &Arc<Self>) {
+        if self.checking_streams.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let app = Arc::downgrade(self);
+        tokio::spawn(async move {
+            // Cleared however the task ends (its runtime may stop), so a server started
+            // again starts it again.
+            let _running = Running(app.clone());
+            let mut tick = tokio::time::interval(crate::streams::SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(app) = app.upgrade() else { return };
+                if app.streams.is_empty() {
+                    continue;
+                }
+                let ended = app.streams.sweep(|principal| app.current(principal)).await;
+                for _ in 0..ended {
+                    app.metrics.closed(crate::metrics::Closed::Credential);
+                }
+            }
+        });
+    }
+
+    /// A principal as it stands now, if its credential is still valid.
+    async fn current(&self, principal: Principal) -> Result<Option<Principal>, StoreError> {
+        Ok(match principal {
+            Principal::Token(token) => self.tokens.current(&token).await?.map(Principal::Token),
+            Principal::Session(session) => self
+                .sessions
+                .current(&session)
+                .await?
+                .map(Principal::Session),
+        })
+    }
+}
+
+/// Marks the stream checker stopped when dropped.
+struct Running(std::sync::Weak<App>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(app) = self.0.upgrade() {
+            app.checking_streams.store(false, Ordering::Release);
+        }
     }
 }
 

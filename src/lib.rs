@@ -56,6 +56,7 @@ pub mod routes;
 pub mod server;
 pub mod sessions;
 pub mod store;
+pub mod streams;
 pub mod throttle;
 pub mod tls;
 pub mod tokens;

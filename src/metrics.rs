@@ -117,14 +117,17 @@ pub enum Closed {
     UpstreamBody,
     /// A tunnel with no byte either way (`timeouts.tunnel_idle_seconds`).
     TunnelIdle,
+    /// A WebSocket tunnel or event stream whose token or session ended (`streams`).
+    Credential,
 }
 
 impl Closed {
-    const ALL: [Closed; 4] = [
+    const ALL: [Closed; 5] = [
         Closed::Idle,
         Closed::ClientSend,
         Closed::UpstreamBody,
         Closed::TunnelIdle,
+        Closed::Credential,
     ];
 
     pub fn label(self) -> &'static str {
@@ -133,8 +136,13 @@ impl Closed {
             Closed::ClientSend => "client_send",
             Closed::UpstreamBody => "upstream_body",
             Closed::TunnelIdle => "tunnel_idle",
+            Closed::Credential => "credential",
         }
     }
+}
+
+fn count_closed(counters: &[IntCounter; 5], reason: Closed) {
+    counters[Closed::ALL.iter().position(|r| *r == reason).unwrap_or(0)].inc();
 }
 
 /// Where a request went, for its labels: a route's index, or one of the fixed values.
@@ -164,7 +172,7 @@ pub struct Metrics {
     reloads_error: IntCounter,
     last_reload_success: Gauge,
     /// Rare events, counted straight into the shared series.
-    closed: [IntCounter; 4],
+    closed: [IntCounter; 5],
     tunnels: IntGauge,
     token_store_reads: IntCounter,
 }
@@ -266,7 +274,7 @@ impl Metrics {
             .expect("registered once");
         let closed = counter_vec(
             "connections_closed_total",
-            "Connections and tunnels tokengate closed for making no progress, by reason: idle, client_send, upstream_body, tunnel_idle.",
+            "Connections, tunnels and streams tokengate closed, by reason: idle, client_send, upstream_body, tunnel_idle (no progress); credential (a WebSocket or event stream whose token or session ended).",
             &["reason"],
         );
         let tunnels = gauge(
@@ -385,6 +393,11 @@ impl Metrics {
         *self.route_names.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
     }
 
+    /// Counts a connection, tunnel or stream closed (see `Closed`).
+    pub fn closed(&self, reason: Closed) {
+        count_closed(&self.closed, reason);
+    }
+
     /// The text exposition format, with every worker's recordings added and the gauges
     /// read now.
     pub fn render(&self, tokens: usize, sessions_active: usize, token_store_reads: u64) -> String {
@@ -454,7 +467,7 @@ pub struct WorkerMetrics {
     route_names: Names,
     local: Arc<Mutex<Local>>,
     in_flight: Arc<AtomicI64>,
-    closed: [IntCounter; 4],
+    closed: [IntCounter; 5],
     tunnels: IntGauge,
 }
 
@@ -470,7 +483,7 @@ impl Drop for OpenTunnel {
 impl WorkerMetrics {
     /// A connection or tunnel closed for making no progress.
     pub fn closed(&self, reason: Closed) {
-        self.closed[Closed::ALL.iter().position(|r| *r == reason).unwrap_or(0)].inc();
+        count_closed(&self.closed, reason);
     }
 
     /// A tunnel opens; it counts as open until the returned guard is dropped.

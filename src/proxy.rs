@@ -23,11 +23,12 @@ use crate::headers::{self, ConnInfo};
 use crate::method_override;
 use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, WorkerMetrics};
 use crate::pages;
+use crate::streams::{Grant, Watch};
 use crate::tunnel;
 use crate::upstream::{Dedicated, Upstream, UpstreamBody};
 use crate::watchdog::{InFlight, Watched};
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, COOKIE};
+use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
 use http::{request, Request, Response};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -247,11 +248,18 @@ async fn forward(
         dedicated,
         metrics,
     } = link;
+    // A tunnel or event stream ends with its credential (`streams`).
+    let watch = || {
+        principal
+            .clone()
+            .map(|principal| app.streams.watch(grant(config, &plan, principal)))
+    };
     if let Some(protocol) = upgrading {
         // Boxed: an upgrade is rare, and its future large.
         let relay = Relay {
             idle: config.timeouts.tunnel_idle,
             conn,
+            watch: watch(),
         };
         return Box::pin(upgrade(
             upstream, metrics, parts, &added, body, protocol, relay,
@@ -273,7 +281,35 @@ async fn forward(
     };
     metrics.upstream(sent.elapsed());
     headers::strip_hop_by_hop(response.headers_mut());
+    if principal.is_some() && is_event_stream(response.headers()) {
+        if let Some(watch) = watch() {
+            return Ok(response.map(|body| Either::Left(body.ending(watch))));
+        }
+    }
     Ok(response.map(Either::Left))
+}
+
+/// What a stream opened by this request was authorized with.
+fn grant(config: &Arc<Config>, plan: &decision::Plan<'_>, principal: Principal) -> Grant {
+    Grant {
+        principal,
+        config: Arc::clone(config),
+        routes: plan.routes().map(|route| route.index).collect(),
+    }
+}
+
+/// Whether an answer is a server-sent events stream (`text/event-stream`).
+fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers.get(CONTENT_TYPE).is_some_and(|value| {
+        let essence = value
+            .as_bytes()
+            .split(|&b| b == b';')
+            .next()
+            .unwrap_or_default();
+        essence
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"text/event-stream")
+    })
 }
 
 /// The decision's plan for a request (`decision::plan`); a POST whose body may name
@@ -371,10 +407,11 @@ async fn session(
     Ok(Some(Principal::Session(session)))
 }
 
-/// What a tunnel's relay needs from the request's connection.
+/// What a tunnel's relay needs from the request's connection, and its credential's watch.
 struct Relay<'a> {
     idle: std::time::Duration,
     conn: &'a ConnInfo,
+    watch: Option<Watch>,
 }
 
 /// An upgrade (WebSocket): the request goes upstream on a connection of its own with its
@@ -394,6 +431,7 @@ async fn upgrade(
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or(Rejection::BadRequest("This connection cannot be upgraded."))?;
     added.insert_into(&mut parts.headers);
+    let websocket = protocol.as_bytes().eq_ignore_ascii_case(b"websocket");
     headers::keep_upgrade(&mut parts.headers, protocol);
     let sent = Instant::now();
     let mut response = upstream
@@ -415,14 +453,25 @@ async fn upgrade(
         ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let (idle, slot, metrics) = (relay.idle, relay.conn.slot(), Arc::clone(metrics));
+    let (slot, metrics) = (relay.conn.slot(), Arc::clone(metrics));
+    let tunnel = tunnel::Tunnel {
+        idle: relay.idle,
+        websocket,
+        ending: async move {
+            match relay.watch {
+                Some(watch) => watch.await,
+                None => std::future::pending().await,
+            }
+        },
+    };
     tokio::spawn(async move {
         match tokio::try_join!(client_upgrade, upstream_upgrade) {
             Ok((client, upstream)) => {
                 let client = hyper_util::rt::TokioIo::new(client);
                 let upstream = hyper_util::rt::TokioIo::new(upstream);
                 let _open = metrics.tunnel();
-                if tunnel::relay(client, upstream, idle, slot).await == tunnel::Ended::Idle {
+                // (Ended by a credential: counted by the checker that ended it.)
+                if tunnel::relay(client, upstream, tunnel, slot).await == tunnel::Ended::Idle {
                     metrics.closed(crate::metrics::Closed::TunnelIdle);
                 }
             }

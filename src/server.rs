@@ -64,6 +64,7 @@ async fn run_limited(
 ) {
     let current = Arc::new(Current::new(&app));
     let metrics = Arc::new(app.metrics.worker());
+    app.spawn_stream_checker();
     // Graceful shutdown as hyper-util's `GracefulShutdown` does it (drain each connection,
     // wait for all under a grace period), but told to each connection by its watchdog:
     // hyper-util's watcher polls a `watch` receiver at every wake-up of every connection.

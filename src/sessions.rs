@@ -114,7 +114,21 @@ impl Sessions {
         &self,
         value: CookieValue<'_>,
     ) -> Result<Option<Arc<Session>>, StoreError> {
-        let hash = value.hash();
+        let session = self.find(value.hash()).await?;
+        if let Some(session) = &session {
+            self.mark_seen(session, self.clock.now());
+        }
+        Ok(session)
+    }
+
+    /// A session as it stands now, if it is still valid: not ended, not expired (an open
+    /// stream's check, `streams`; not a sighting, so it does not slide the idle expiry).
+    pub async fn current(&self, session: &Session) -> Result<Option<Arc<Session>>, StoreError> {
+        self.find(session.hash).await
+    }
+
+    /// The valid session whose cookie value hashes to `hash`.
+    async fn find(&self, hash: SessionHash) -> Result<Option<Arc<Session>>, StoreError> {
         let cached = self.cache.get(&hash).map(|s| Arc::clone(&s));
         let session = match cached {
             Some(session) => session,
@@ -124,12 +138,9 @@ impl Sessions {
                 None => return Ok(None),
             },
         };
-        let now = self.clock.now();
-        if !session.is_live(now, self.policy().idle) {
-            return Ok(None);
-        }
-        self.mark_seen(&session, now);
-        Ok(Some(session))
+        Ok(session
+            .is_live(self.clock.now(), self.policy().idle)
+            .then_some(session))
     }
 
     /// The first valid session among a request's cookie values (a client may send the

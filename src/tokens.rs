@@ -352,6 +352,32 @@ impl Tokens {
             return Ok(None);
         };
         let hash = TokenHash::of(presented.secret());
+        let token = self.find(presented, hash).await?;
+        if let Some(token) = &token {
+            self.mark_used(token, self.clock.now());
+        }
+        Ok(token)
+    }
+
+    /// A token as it stands now (its abilities may have changed), if it is still valid:
+    /// not revoked, not expired (an open stream's check, `streams`; not a use).
+    pub async fn current(
+        &self,
+        token: &AccessToken,
+    ) -> Result<Option<Arc<AccessToken>>, StoreError> {
+        let presented = Presented::WithId {
+            id: token.id,
+            secret: "",
+        };
+        self.find(presented, token.hash).await
+    }
+
+    /// The token a presented credential (whose secret hashes to `hash`) names, if valid.
+    async fn find(
+        &self,
+        presented: Presented<'_>,
+        hash: TokenHash,
+    ) -> Result<Option<Arc<AccessToken>>, StoreError> {
         let cached = match presented {
             Presented::WithId { id, .. } => self.by_id.get(&id).map(|t| Arc::clone(&t)),
             Presented::Bare { .. } => self
@@ -368,11 +394,9 @@ impl Tokens {
                 None => return Ok(None),
             },
         };
-        let now = self.clock.now();
-        if !token.hash.ct_eq(&hash) || !token.is_live(now) {
+        if !token.hash.ct_eq(&hash) || !token.is_live(self.clock.now()) {
             return Ok(None);
         }
-        self.mark_used(&token, now);
         Ok(Some(token))
     }
 

@@ -32,6 +32,7 @@ use crate::body::Outbound;
 use crate::config::{Config, UpstreamTarget};
 use crate::error::Rejection;
 use crate::headers::Added;
+use crate::streams::Watch;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
@@ -677,9 +678,17 @@ enum Kind {
         keep: bool,
     },
     Lean(lean::LeanBody),
+    /// An event stream tied to a credential: ends, as if the upstream had ended it, once
+    /// the credential does (`streams`). Its connection is then closed.
+    Ending(Box<(UpstreamBody, Watch)>),
 }
 
 impl UpstreamBody {
+    /// This body, ended early when `watch` resolves.
+    pub fn ending(self, watch: Watch) -> Self {
+        UpstreamBody(Kind::Ending(Box::new((self, watch))))
+    }
+
     /// An answer's body on a connection that is not kept (an upgrade that was refused).
     pub fn unpooled(body: Incoming) -> Self {
         UpstreamBody(Kind::Hyper {
@@ -701,6 +710,13 @@ impl Body for UpstreamBody {
         match &mut self.get_mut().0 {
             Kind::Hyper { body, .. } => Pin::new(body).poll_frame(cx).map_err(Into::into),
             Kind::Lean(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::Ending(ending) => {
+                let (body, watch) = &mut **ending;
+                if Pin::new(watch).poll(cx).is_ready() {
+                    return Poll::Ready(None);
+                }
+                Pin::new(body).poll_frame(cx)
+            }
         }
     }
 
@@ -708,6 +724,7 @@ impl Body for UpstreamBody {
         match &self.0 {
             Kind::Hyper { body, .. } => body.is_end_stream(),
             Kind::Lean(body) => body.is_end_stream(),
+            Kind::Ending(ending) => ending.0.is_end_stream(),
         }
     }
 
@@ -715,6 +732,7 @@ impl Body for UpstreamBody {
         match &self.0 {
             Kind::Hyper { body, .. } => body.size_hint(),
             Kind::Lean(body) => body.size_hint(),
+            Kind::Ending(ending) => ending.0.size_hint(),
         }
     }
 }
