@@ -621,24 +621,30 @@ async fn an_https_upstream_is_trusted_through_upstream_ca() {
     let url = format!("https://{}", upstream.addr);
     let gate = TlsGate::start(&url, Some(&pki.ca_pem), "").await;
     let reader = gate.token("tls-user", &["read"]).await;
-    let client = HttpClient::http1();
+    // One client connection, so that its upstream connection is kept for it: a pooling
+    // client may open a second connection when the first is not yet back in its pool.
+    let stream = TcpStream::connect(gate.addr).await.unwrap();
+    let (mut client, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
     for _ in 0..3 {
-        let answer = client.get_bearer(&gate.url("/api/posts/1"), &reader).await;
-        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
-        let json = answer.json();
+        let request = Request::get("/api/posts/1")
+            .header("host", gate.addr.to_string())
+            .header("authorization", format!("Bearer {reader}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.send_request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["version"], "HTTP/1.1");
         assert_eq!(json["path"], "/api/posts/1");
-        assert_eq!(
-            answer.upstream_header("x-token-abilities").as_deref(),
-            Some("read")
-        );
-        assert_eq!(
-            answer.upstream_header("x-auth-user").as_deref(),
-            Some("tls-user")
-        );
-        assert_eq!(answer.upstream_header("authorization"), None);
+        assert_eq!(json["headers"]["x-token-abilities"], "read");
+        assert_eq!(json["headers"]["x-auth-user"], "tls-user");
+        assert!(json["headers"].get("authorization").is_none());
     }
-    // One pooled TLS connection served the three requests, speaking HTTP/1.1.
+    // One TLS connection served the three requests, speaking HTTP/1.1.
     assert_eq!(
         *upstream.alpn.lock().unwrap(),
         vec![Some("http/1.1".to_owned())]
