@@ -50,3 +50,8 @@ trap 'rm -f "$log"' EXIT
 cargo test --locked --lib --bins --tests 2>&1 | tee "$log"
 # One closing line for the whole suite.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f; exit (f > 0 || p == 0) }' "$log"
+# The soak of bench/soak.sh for one minute (the release binary, every kind of traffic at
+# once; fails on any unexpected answer, RSS growth past warm-up or a leaked descriptor).
+echo "== soak (1 minute)"
+bench/soak.sh 1 >"$log" 2>&1 || { cat "$log"; exit 1; }
+grep -E '^(RSS|open fds|soak)' "$log"
