@@ -42,6 +42,8 @@ const BIG: usize = 16 << 20;
 const CLIENT_SEND: Duration = Duration::from_secs(3);
 const STORM_EVERY: Duration = Duration::from_secs(15);
 const STORM_TOKENS: usize = 100;
+/// The most threads tokengate may run at once.
+const MAX_THREADS: u64 = 64;
 
 #[derive(Clone)]
 struct Args {
@@ -1163,6 +1165,13 @@ async fn main() {
             "FAIL RSS grew {:+.1} % past warm-up (limit 10 %)",
             (rss_growth - 1.0) * 100.0
         );
+        failed += 1;
+    }
+    // Workers, their few blocking threads, the main runtime's, sled's: a few dozen. A burst
+    // of admin requests once started 150.
+    let threads = samples.iter().map(|s| s.threads).max().unwrap_or(0);
+    if threads > MAX_THREADS {
+        println!("FAIL tokengate ran {threads} threads at once (limit {MAX_THREADS})");
         failed += 1;
     }
     if settled.fds > fds_at_start {
