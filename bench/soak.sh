@@ -16,7 +16,7 @@
 #   KEEP=1             keep the work folder
 #   SOAK_ONLY=a,b      only these kinds of traffic (the task names in examples/soak.rs:
 #                      valid_tokens, uploads, revocation_storms, …), to find what grows
-# Ports: 127.0.0.1:19480 (upstream) 19481 (tokengate) 19482 (admin)
+# Ports: three free ones on 127.0.0.1 (upstream, tokengate, admin), chosen at start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-30}
@@ -33,15 +33,18 @@ cleanup() {
 }
 trap cleanup EXIT
 
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+UP=$(free_port) PROXY=$(free_port) ADMIN=$(free_port)
+
 TOKENGATE_ADMIN_KEY=$(head -c 24 /dev/urandom | base64)
 export TOKENGATE_ADMIN_KEY
 cat >"$WORK/config.yaml" <<YAML
-listen: 127.0.0.1:19481
-upstream: http://127.0.0.1:19480
+listen: 127.0.0.1:$PROXY
+upstream: http://127.0.0.1:$UP
 store:
   path: $WORK/store
 admin:
-  listen: 127.0.0.1:19482
+  listen: 127.0.0.1:$ADMIN
 tokens:
   prefix: tg_
 abilities: [read, create]
@@ -68,11 +71,11 @@ YAML
 
 RUST_LOG=warn "$TG_BIN" serve --config "$WORK/config.yaml" >"$WORK/log" 2>&1 &
 TG_PID=$!
-for _ in $(seq 1 2000); do (exec 3<>/dev/tcp/127.0.0.1/19482) 2>/dev/null && break; sleep 0.01; done
+for _ in $(seq 1 2000); do (exec 3<>/dev/tcp/127.0.0.1/$ADMIN) 2>/dev/null && break; sleep 0.01; done
 
 status=0
-target/debug/examples/soak --minutes "$MINUTES" --proxy 127.0.0.1:19481 --admin 127.0.0.1:19482 \
-  --upstream 127.0.0.1:19480 --pid "$TG_PID" --config "$WORK/config.yaml" >"$WORK/report.md" || status=$?
+target/debug/examples/soak --minutes "$MINUTES" --proxy "127.0.0.1:$PROXY" --admin "127.0.0.1:$ADMIN" \
+  --upstream "127.0.0.1:$UP" --pid "$TG_PID" --config "$WORK/config.yaml" >"$WORK/report.md" || status=$?
 if ! kill -0 "$TG_PID" 2>/dev/null; then
   echo "FAIL tokengate died during the soak" >>"$WORK/report.md"
   status=1
