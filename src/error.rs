@@ -1,5 +1,6 @@
 //! The one place where a refusal becomes an HTTP response. Clients get the status and a
-//! short JSON message of DESIGN.md's table; causes go to the log, never to the client.
+//! short JSON message of the README's table ("What a request gets"); causes go to the log,
+//! never to the client.
 
 use crate::auth::Denial;
 use crate::pages::LOGIN_PATH;

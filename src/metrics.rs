@@ -155,6 +155,9 @@ pub enum RouteLabel {
 
 pub struct Metrics {
     registry: Registry,
+    /// The process's CPU, memory and descriptors, unprefixed (`process_*`) as every
+    /// Prometheus client library names them, so that stock dashboards find them.
+    process: Registry,
     route_names: Names,
     duration_vec: HistogramVec,
     requests_vec: IntCounterVec,
@@ -289,10 +292,11 @@ impl Metrics {
         registry
             .register(Box::new(token_store_reads.clone()))
             .expect("registered once");
+        let process = Registry::new();
         #[cfg(target_os = "linux")]
         {
-            let process = prometheus::process_collector::ProcessCollector::for_self();
-            let _ = registry.register(Box::new(process));
+            let collector = prometheus::process_collector::ProcessCollector::for_self();
+            let _ = process.register(Box::new(collector));
         }
         Self {
             requests_vec,
@@ -322,6 +326,7 @@ impl Metrics {
             tunnels,
             token_store_reads,
             registry,
+            process,
         }
     }
 
@@ -417,7 +422,9 @@ impl Metrics {
         self.token_store_reads
             .inc_by(token_store_reads.saturating_sub(self.token_store_reads.get()));
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        let mut families = self.registry.gather();
+        families.extend(self.process.gather());
+        if let Err(e) = TextEncoder::new().encode(&families, &mut out) {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8(out).unwrap_or_default()

@@ -90,10 +90,17 @@ async fn the_exposition_passes_promtool_and_its_labels_are_bounded() {
         "tokengate_sessions_active 0",
         r#"tokengate_config_reloads_total{result="ok"} 1"#,
         "tokengate_config_last_reload_success_timestamp_seconds",
-        "process_resident_memory_bytes",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    // Process metrics under the names every Prometheus client gives them, unprefixed.
+    for series in ["process_resident_memory_bytes ", "process_open_fds "] {
+        assert!(
+            text.lines().any(|l| l.starts_with(series)),
+            "missing {series:?} in:\n{text}"
+        );
+    }
+    assert!(!text.contains("tokengate_process_"), "{text}");
     for raw in ["/api/posts/22", "/api/posts/333", "/no/such/route"] {
         assert!(!text.contains(raw), "a raw path became a label: {raw}");
     }

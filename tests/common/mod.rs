@@ -271,7 +271,7 @@ impl HttpClient {
     }
 }
 
-/// Asserts the 401 of DESIGN.md: status, `WWW-Authenticate: Bearer`, JSON message.
+/// Asserts the 401 of the README ("What a request gets"): status, `WWW-Authenticate: Bearer`, JSON message.
 pub fn assert_unauthenticated(answer: &Answer, what: &str) {
     assert_eq!(
         answer.status,
