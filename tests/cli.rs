@@ -1014,7 +1014,7 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
         "routes applied, still on the old port"
     );
 
-    // A bad file through the CLI: the messages come back, exit 1.
+    // A bad file through the CLI: the CLI validates it first and exits 64, as check-config.
     std::fs::write(&cfg_path, "routes: []\n").unwrap();
     let out = run_keyed(&["reload", "--config", cfg], key);
     assert_eq!(

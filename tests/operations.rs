@@ -135,9 +135,21 @@ async fn an_idle_keep_alive_connection_is_closed() {
         "{}",
         String::from_utf8_lossy(&buf[..n])
     );
+    // Closed after about the idle time, neither at once nor after the 10 s the test waits,
+    // and with nothing more sent on it.
+    let idle_from = Instant::now();
     let (rest, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let stayed_open = idle_from.elapsed();
     assert!(closed, "idle connection closed");
-    assert!(rest.is_empty() || rest.len() < 4096);
+    assert!(
+        rest.is_empty(),
+        "nothing after the answer: {:?}",
+        String::from_utf8_lossy(&rest)
+    );
+    assert!(
+        stayed_open >= Duration::from_millis(400) && stayed_open < Duration::from_secs(5),
+        "closed after {stayed_open:?} idle (idle_seconds: 0.5)"
+    );
     gate.stop().await;
 }
 

@@ -52,7 +52,12 @@ struct Reply {
     close: bool,
     /// Closed for writing only, and the upstream then waits for tokengate to close its end.
     half_close: bool,
+    /// The head written on its own, then the rest after `HEAD_FIRST_PAUSE`, so that the
+    /// head reaches the client before the body does.
+    head_first: bool,
 }
+
+const HEAD_FIRST_PAUSE: Duration = Duration::from_millis(100);
 
 /// Written and the connection kept open for the next request.
 fn keep(bytes: &[u8]) -> Reply {
@@ -61,6 +66,7 @@ fn keep(bytes: &[u8]) -> Reply {
         piece: None,
         close: false,
         half_close: false,
+        head_first: false,
     }
 }
 
@@ -79,6 +85,14 @@ fn half_close(bytes: &[u8]) -> Reply {
         close: true,
         half_close: true,
         ..keep(bytes)
+    }
+}
+
+/// `reply` with its head sent first and its body `HEAD_FIRST_PAUSE` later.
+fn head_first(reply: Reply) -> Reply {
+    Reply {
+        head_first: true,
+        ..reply
     }
 }
 
@@ -208,6 +222,20 @@ async fn serve_raw(
         log.lock().unwrap().push(Seen { conn, head });
         let reply = queue.lock().unwrap().pop_front().unwrap_or(keep(DEFAULT));
         let written = match reply.piece {
+            None if reply.head_first => {
+                let end = reply
+                    .bytes
+                    .windows(4)
+                    .position(|w| w == b"\r\n\r\n")
+                    .unwrap()
+                    + 4;
+                let head = stream.write_all(&reply.bytes[..end]).await;
+                tokio::time::sleep(HEAD_FIRST_PAUSE).await;
+                match head {
+                    Ok(()) => stream.write_all(&reply.bytes[end..]).await,
+                    failed => failed,
+                }
+            }
             None => stream.write_all(&reply.bytes).await,
             Some(size) => {
                 let mut result = Ok(());
@@ -1040,41 +1068,73 @@ async fn the_upstream_gets_the_request_head_tokengate_wrote() {
     s.stop().await;
 }
 
+/// Sends `reply` twice, for one request each: all at once, and with its head first. All at
+/// once, the answer breaks before its head is out: the client connection is closed with no
+/// response on it. Head first, the client gets the head and a body that ends in an error,
+/// holding at most `prefix`. Never a response that looks complete.
+async fn assert_cut_both_ways(s: &Setup, what: &str, reply: Reply, prefix: &str) {
+    s.raw.queue([reply.clone()]);
+    match s.try_send(Method::GET, "/public/cut", &[]).await {
+        Err(e) => assert!(
+            e.contains("IncompleteMessage"),
+            "{what}, all at once: failed otherwise than by a closed connection: {e}"
+        ),
+        Ok(got) => panic!(
+            "{what}, all at once: a {} with {:?} (error {:?})",
+            got.status,
+            got.text(),
+            got.error
+        ),
+    }
+    s.raw.queue([head_first(reply)]);
+    let got = s
+        .try_send(Method::GET, "/public/cut", &[])
+        .await
+        .unwrap_or_else(|e| panic!("{what}, head first: no response: {e}"));
+    assert_eq!(got.status, StatusCode::OK, "{what}, head first");
+    assert!(
+        got.error.is_some(),
+        "{what}, head first: the body ended cleanly with {:?}",
+        got.text()
+    );
+    assert!(
+        prefix.starts_with(&got.text()),
+        "{what}, head first: {:?}",
+        got.text()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_body_is_never_passed_off_as_complete() {
     let s = Setup::start().await;
-    s.raw.queue([
-        close(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc"),
-        close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nab"),
-        close(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"),
-        keep(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext"),
-    ]);
-    for what in ["short length", "cut mid-chunk", "cut before the last chunk"] {
-        // The client sees the exchange fail: no response at all (the head was not out yet)
-        // or a 200 whose body ends in an error. Never a body that looks complete.
-        match s.try_send(Method::GET, "/public/cut", &[]).await {
-            Err(_) => {}
-            Ok(cut) => {
-                assert_eq!(cut.status, StatusCode::OK, "{what}");
-                assert!(
-                    cut.error.is_some(),
-                    "{what}: a cut body must end in an error, got {:?}",
-                    cut.text()
-                );
-                assert!(
-                    "abc".starts_with(&cut.text()) || "hello".starts_with(&cut.text()),
-                    "{what}: {:?}",
-                    cut.text()
-                );
-            }
-        }
+    let cases: [(&str, &[u8], &str); 3] = [
+        (
+            "short length",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+            "abc",
+        ),
+        (
+            "cut mid-chunk",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n3\r\nab",
+            "hello",
+        ),
+        (
+            "cut before the last chunk",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+            "hello",
+        ),
+    ];
+    for (what, bytes, prefix) in cases {
+        assert_cut_both_ways(&s, what, close(bytes), prefix).await;
     }
+    s.raw
+        .queue([keep(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nnext")]);
     assert_ok(
         &s.get("/public/next").await,
         "next",
         "tokengate keeps serving",
     );
-    assert_eq!(s.raw.conns(), [1, 2, 3, 4]);
+    assert_eq!(s.raw.conns(), [1, 2, 3, 4, 5, 6, 7]);
     s.stop().await;
 }
 
@@ -1110,28 +1170,14 @@ async fn chunked_framing_that_breaks_after_the_head_cuts_the_response() {
         ),
     ];
     for (what, bytes, prefix) in cases {
-        s.raw.queue([keep(bytes)]);
-        // The head went to the client before the body broke: the response is cut (or, if
-        // the head was not out yet, never arrives). It never ends as if complete.
-        match s.try_send(Method::GET, "/public/x", &[]).await {
-            Err(_) => {}
-            Ok(got) => {
-                assert_eq!(got.status, StatusCode::OK, "{what}");
-                assert!(
-                    got.error.is_some(),
-                    "{what}: ended cleanly with {:?}",
-                    got.text()
-                );
-                assert!(prefix.starts_with(&got.text()), "{what}: {:?}", got.text());
-            }
-        }
+        assert_cut_both_ways(&s, what, keep(bytes), prefix).await;
     }
     s.raw
         .queue([keep(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nfine")]);
     assert_ok(&s.get("/public/x").await, "fine", "after the broken bodies");
     assert_eq!(
         s.raw.conns(),
-        [1, 2, 3, 4, 5, 6],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
         "no broken connection was used again"
     );
     s.stop().await;
