@@ -4,6 +4,8 @@
 //! without a key while the health endpoints keep working, and a token created or revoked
 //! through it takes effect on the proxy at once.
 
+mod common;
+
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -206,19 +208,6 @@ fn require_python_jsonschema() {
     }
 }
 
-/// Reads a child's pipe to the end on its own thread (so a full pipe never blocks it).
-fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut text = String::new();
-        if let Some(mut pipe) = pipe {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            text = String::from_utf8_lossy(&bytes).into_owned();
-        }
-        text
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_matches_its_openapi_description() {
     require_python_jsonschema();
@@ -242,8 +231,8 @@ async fn the_admin_api_matches_its_openapi_description() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start python3 tests/openapi/check.py");
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
+    let stdout = common::drain(child.stdout.take().expect("piped stdout"));
+    let stderr = common::drain(child.stderr.take().expect("piped stderr"));
 
     // Poll rather than block: the servers under test run on this runtime.
     let deadline = Instant::now() + CHECK_TIMEOUT;

@@ -6,7 +6,9 @@
 //! Needs Node, `e2e/node_modules` (`npm install` in `e2e/`) and Debian's chromium at
 //! /usr/bin/chromium; `scripts/test.sh` installs them. Without them this test fails.
 
-use std::io::Read;
+mod common;
+
+use common::drain;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -65,15 +67,6 @@ fn require_tools(e2e: &Path) {
         playwright.display()
     );
     assert!(Path::new(CHROMIUM).exists(), "{CHROMIUM} is missing; {HOW}");
-}
-
-/// Reads a child's pipe to the end on its own thread.
-fn drain(mut pipe: impl Read + Send + 'static) -> std::thread::JoinHandle<String> {
-    std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,9 @@
 //! The `tokengate` binary: exit codes, check-config messages, token management, explain,
 //! and `serve` with the contract the benchmark harness relies on.
 
+mod common;
+
+use common::{eventually_blocking, free_port};
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -23,14 +26,6 @@ fn stdout(o: &Output) -> String {
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn write_config(dir: &Path, upstream_port: u16, listen_port: u16) -> PathBuf {
@@ -903,18 +898,6 @@ fn metrics_text(admin_port: u16) -> String {
     )
 }
 
-/// Waits (bounded) until `check` holds.
-fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while !check() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never happened: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -975,7 +958,7 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
     )
     .unwrap();
     hup();
-    eventually("the new routes apply", || {
+    eventually_blocking("the new routes apply", || {
         get_status(port, "/bench/item", Some(&token)) == 403
     });
     assert!(metrics_text(admin_port).contains(r#"tokengate_config_reloads_total{result="ok"} 2"#));
@@ -983,7 +966,7 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
     // An invalid file changes nothing, and is counted.
     std::fs::write(&cfg_path, format!("{original}bogus_key: 1\n")).unwrap();
     hup();
-    eventually("the bad reload is counted", || {
+    eventually_blocking("the bad reload is counted", || {
         metrics_text(admin_port).contains(r#"tokengate_config_reloads_total{result="error"} 1"#)
     });
     assert_eq!(

@@ -109,17 +109,6 @@ async fn get_slow(gate: &Gate, token: &str) -> Incoming {
     response.into_body()
 }
 
-/// Waits (bounded) until `check` holds.
-async fn eventually(what: &str, check: impl Fn() -> bool) {
-    for _ in 0..1000 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("timed out waiting until {what}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20_mb_upload_streams_to_the_upstream() {
     let upstream = stream_upstream().await;

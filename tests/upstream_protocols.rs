@@ -291,9 +291,10 @@ async fn grpc_passes_through_with_its_trailers_over_one_h2c_connection() {
         })
     };
     let seen_before = upstream.seen.lock().unwrap().len();
-    while upstream.seen.lock().unwrap().len() == seen_before {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    common::eventually("the slow call reached the upstream", || {
+        upstream.seen.lock().unwrap().len() > seen_before
+    })
+    .await;
     upstream.go_away.send_modify(|n| *n += 1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let answer = grpc_call(&mut client, gate.addr, Some(&reader), b"again").await;
@@ -634,6 +635,7 @@ async fn an_https_upstream_is_trusted_through_upstream_ca() {
             .header("authorization", format!("Bearer {reader}"))
             .body(Full::new(Bytes::new()))
             .unwrap();
+        client.ready().await.unwrap();
         let response = client.send_request(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         let body = response.into_body().collect().await.unwrap().to_bytes();

@@ -11,6 +11,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokengate::app::App;
 use tokengate::clock::ManualClock;
 use tokengate::config::Config;
@@ -90,6 +91,44 @@ pub async fn serve(app: &Arc<App>) -> (SocketAddr, oneshot::Sender<()>, JoinHand
         let _ = rx.await;
     }));
     (addr, tx, server)
+}
+
+/// How long `eventually` waits before it fails.
+const EVENTUALLY: Duration = Duration::from_secs(15);
+
+/// Waits until `check` holds, failing after `EVENTUALLY` (a test waits on an event, never
+/// for a fixed time).
+pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `eventually` for a test without a runtime.
+pub fn eventually_blocking(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + EVENTUALLY;
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never happened: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Reads a child's pipe to the end on its own thread (so a full pipe never blocks it).
+pub fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut pipe = pipe;
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
 }
 
 /// A free loopback port (for a process that binds it itself).
