@@ -385,11 +385,16 @@ impl Tokens {
                 .get(&hash.short())
                 .and_then(|id| self.by_id.get(&*id).map(|t| Arc::clone(&t))),
         };
+        // A bare token whose short hash a cached token with another full hash holds: this
+        // one may still be stored, even in a complete cache (`by_hash` keeps one per short
+        // hash).
+        let shared = matches!(presented, Presented::Bare { .. })
+            && cached.as_ref().is_some_and(|t| !t.hash.ct_eq(&hash));
         let token = match cached {
-            Some(token) => token,
-            None if self.complete.load(Ordering::Acquire) => return Ok(None),
-            None if !self.may_be_stored(&presented, &hash) => return Ok(None),
-            None => match self.load(presented, hash).await? {
+            Some(token) if !shared => token,
+            _ if !shared && self.complete.load(Ordering::Acquire) => return Ok(None),
+            _ if !self.may_be_stored(&presented, &hash) => return Ok(None),
+            _ => match self.load(presented, hash).await? {
                 Some(token) => token,
                 None => return Ok(None),
             },
@@ -948,5 +953,64 @@ mod tests {
         // Ids too sparse for a table: no filter, the store decides.
         assert!(Stored::build(&[(TokenId(u64::MAX / 2), 1)]).is_none());
         assert!(!stored.add(TokenId(u64::MAX / 2), 1));
+        // Two tokens with one short hash: removing one leaves the other.
+        let mut stored = Stored::build(&[(TokenId(1), 42), (TokenId(2), 42)]).unwrap();
+        stored.remove(TokenId(1));
+        assert!(stored.hashes.binary_search(&Stored::key(42)).is_ok());
+        assert_eq!(stored.by_id[2], Stored::key(42));
+    }
+
+    fn policy(cache_capacity: usize) -> TokenPolicy {
+        TokenPolicy {
+            prefix: String::new(),
+            lifetime: None,
+            abilities: Vec::new(),
+            default_abilities: Vec::new(),
+            cache_capacity,
+            max_per_user: 1000,
+        }
+    }
+
+    /// A bare token whose first eight hash bytes another token shares: whichever holds
+    /// the short hash's place in the cache, each is found by its own secret, and a secret
+    /// of neither is refused.
+    #[tokio::test]
+    async fn a_bare_token_sharing_its_short_hash_is_still_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let real = TokenHash::of("bare-secret");
+        let mut twin = real;
+        twin.0[31] ^= 1;
+        assert_eq!(real.short(), twin.short());
+        let new = |hash| NewToken {
+            user: "u".into(),
+            name: "n".into(),
+            hash,
+            abilities: vec!["*".into()],
+            created_at: 0,
+            expires_at: None,
+        };
+        let records = store
+            .create_tokens(vec![new(real), new(twin)])
+            .await
+            .unwrap();
+        for capacity in [10, 1] {
+            let clock = Arc::new(crate::clock::ManualClock::new(0));
+            let tokens = Tokens::new(Arc::clone(&store), clock, policy(capacity));
+            tokens.warm().await.unwrap();
+            // The twin takes the short hash's place in the cache.
+            tokens.cache_record(&records[1]);
+            assert_eq!(
+                tokens.by_hash.get(&real.short()).map(|id| *id),
+                Some(records[1].id)
+            );
+            let found = tokens.authenticate("bare-secret").await.unwrap();
+            assert_eq!(
+                found.map(|t| t.id),
+                Some(records[0].id),
+                "capacity {capacity}"
+            );
+            assert!(tokens.authenticate("another").await.unwrap().is_none());
+        }
     }
 }
