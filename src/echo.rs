@@ -1,7 +1,8 @@
 //! A small echo upstream, for the demo and for tests: it answers every request with JSON
 //! describing what it received (method, path, headers, body size) and keeps a log of the
 //! requests it saw. Bodies are counted as they stream in, never buffered. `?delay_ms=N`
-//! makes it wait before answering.
+//! makes it wait before answering (a request is in `seen` once answered, and counted in
+//! `arrived` as soon as it arrives).
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response};
@@ -12,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 
@@ -29,6 +31,7 @@ pub struct Seen {
 pub struct Echo {
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<Seen>>>,
+    arrived: Arc<AtomicUsize>,
 }
 
 impl Echo {
@@ -38,7 +41,11 @@ impl Echo {
             .local_addr()
             .expect("a bound listener has an address");
         let log = Arc::new(Mutex::new(Vec::new()));
-        let echo = Self { addr, log };
+        let echo = Self {
+            addr,
+            log,
+            arrived: Arc::default(),
+        };
         let server = echo.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -58,6 +65,7 @@ impl Echo {
     }
 
     async fn answer(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        self.arrived.fetch_add(1, Ordering::Relaxed);
         let (parts, mut body) = request.into_parts();
         // `?delay_ms=N`: a slow app (for timeout and shutdown tests).
         let delay = parts
@@ -112,6 +120,11 @@ impl Echo {
     }
 
     /// Every request seen so far, oldest first.
+    /// How many requests have arrived, answered or not.
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(Ordering::Relaxed)
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.log.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
