@@ -345,19 +345,25 @@ impl Soak {
             .flatten()
     }
 
+    /// `call` for a GET with a bearer token.
+    async fn get_bearer(
+        &self,
+        kind: &str,
+        path: &str,
+        token: &str,
+        want: &[u16],
+    ) -> Option<(Response<()>, Bytes)> {
+        let bearer = format!("Bearer {token}");
+        let headers = [("authorization", bearer.as_str())];
+        self.call(kind, Method::GET, path, &headers, Bytes::new(), want)
+            .await
+    }
+
     async fn valid_tokens(&self) {
         while self.running() {
-            let bearer = format!("Bearer {}", self.token());
             let path = format!("/api/items/{}", rand::random_range(0..1000));
             let answer = self
-                .call(
-                    "valid token",
-                    Method::GET,
-                    &path,
-                    &[("authorization", &bearer)],
-                    Bytes::new(),
-                    &[200],
-                )
+                .get_bearer("valid token", &path, self.token(), &[200])
                 .await;
             if let Some((head, body)) = answer {
                 if body.len() != 512 || head.headers()["x-seen-abilities"] != "create,read" {
@@ -379,16 +385,8 @@ impl Soak {
                 1 => format!("tg_{:040x}", rand::random::<u128>()),
                 _ => format!("{}x", self.token()),
             };
-            let bearer = format!("Bearer {made_up}");
-            self.call(
-                "made-up token",
-                Method::GET,
-                "/api/items/1",
-                &[("authorization", &bearer)],
-                Bytes::new(),
-                &[401],
-            )
-            .await;
+            self.get_bearer("made-up token", "/api/items/1", &made_up, &[401])
+                .await;
         }
     }
 
@@ -709,16 +707,8 @@ impl Soak {
                 }
             }
             for (_, token) in &tokens {
-                let bearer = format!("Bearer {token}");
-                self.call(
-                    "storm token before",
-                    Method::GET,
-                    "/api/items/1",
-                    &[("authorization", &bearer)],
-                    Bytes::new(),
-                    &[200],
-                )
-                .await;
+                self.get_bearer("storm token before", "/api/items/1", token, &[200])
+                    .await;
             }
             let revoked = futures_util::future::join_all(tokens.iter().map(|(id, _)| async move {
                 let path = format!("/admin/tokens/{id}");
@@ -772,16 +762,8 @@ impl Soak {
                 revoked_at.elapsed().as_secs().max(1)
             ));
             for (_, token) in &tokens {
-                let bearer = format!("Bearer {token}");
-                self.call(
-                    "storm token after",
-                    Method::GET,
-                    "/api/items/1",
-                    &[("authorization", &bearer)],
-                    Bytes::new(),
-                    &[401],
-                )
-                .await;
+                self.get_bearer("storm token after", "/api/items/1", token, &[401])
+                    .await;
             }
             tokio::time::sleep_until(next.min(self.until).into()).await;
         }

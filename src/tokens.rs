@@ -473,13 +473,11 @@ impl Tokens {
         Ok(loaded)
     }
 
-    /// Reads every stored token: caches as many as fit and counts each user's.
-    async fn load_all(&self) -> Result<usize, StoreError> {
+    /// Reads every stored token, a page at a time, counting each user's; `each` sees
+    /// every record.
+    async fn read_all(&self, mut each: impl FnMut(&TokenRecord)) -> Result<(), StoreError> {
         const PAGE: usize = 1_000;
         let mut after = None;
-        let mut loaded = 0;
-        let mut all_fit = true;
-        let mut every = Vec::new();
         self.owned.clear();
         loop {
             let page = self
@@ -494,26 +492,38 @@ impl Tokens {
             after = Some(last.id);
             for record in &page {
                 *self.owned.entry(record.user.clone()).or_insert(0) += 1;
-                every.push((record.id, record.hash.short()));
-                if loaded >= self.policy().cache_capacity {
-                    all_fit = false;
-                    continue;
-                }
-                if let Some(token) = self.entry(record) {
-                    self.insert(&Arc::new(token), true);
-                    loaded += 1;
-                }
+                each(record);
             }
             if page.len() < PAGE {
                 break;
             }
         }
+        self.counted.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Reads every stored token: caches as many as fit and counts each user's.
+    async fn load_all(&self) -> Result<usize, StoreError> {
+        let mut loaded = 0;
+        let mut all_fit = true;
+        let mut every = Vec::new();
+        self.read_all(|record| {
+            every.push((record.id, record.hash.short()));
+            if loaded >= self.policy().cache_capacity {
+                all_fit = false;
+                return;
+            }
+            if let Some(token) = self.entry(record) {
+                self.insert(&Arc::new(token), true);
+                loaded += 1;
+            }
+        })
+        .await?;
         let exclusive = self.store.is_exclusive();
         self.complete.store(all_fit && exclusive, Ordering::Release);
         // What is stored stays known when the cache no longer holds it all.
         *self.stored.write().unwrap_or_else(|e| e.into_inner()) =
             exclusive.then(|| Stored::build(&every)).flatten();
-        self.counted.store(true, Ordering::Release);
         Ok(loaded)
     }
 
@@ -522,25 +532,7 @@ impl Tokens {
         if self.counted.load(Ordering::Acquire) {
             return Ok(());
         }
-        let mut after = None;
-        self.owned.clear();
-        loop {
-            let page = self
-                .store
-                .list_tokens(TokenQuery {
-                    user: None,
-                    after,
-                    limit: 1_000,
-                })
-                .await?;
-            let Some(last) = page.last() else { break };
-            after = Some(last.id);
-            for record in &page {
-                *self.owned.entry(record.user.clone()).or_insert(0) += 1;
-            }
-        }
-        self.counted.store(true, Ordering::Release);
-        Ok(())
+        self.read_all(|_| {}).await
     }
 
     /// Takes a place for a new token of `user` under `max_per_user`, or refuses it.

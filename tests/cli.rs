@@ -28,6 +28,20 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The echo upstream, served by `runtime`.
+fn start_echo(runtime: &tokio::runtime::Runtime) -> tokengate::echo::Echo {
+    runtime.block_on(async {
+        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    })
+}
+
+/// Adds `extra` (top-level YAML keys) to a config file.
+fn append_config(cfg: &Path, extra: &str) {
+    let mut yaml = std::fs::read_to_string(cfg).unwrap();
+    yaml.push_str(extra);
+    std::fs::write(cfg, yaml).unwrap();
+}
+
 fn write_config(dir: &Path, upstream_port: u16, listen_port: u16) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(
@@ -287,9 +301,7 @@ fn get_with(port: u16, path: &str, auth: &str) -> u16 {
 #[test]
 fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), echo.addr.port(), port);
@@ -490,9 +502,7 @@ fn run_with_stdin(args: &[&str], input: &str) -> Output {
 #[test]
 fn users_and_app_minted_sessions_through_the_cli() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), echo.addr.port(), port);
@@ -605,9 +615,7 @@ fn run_keyed(args: &[&str], key: &str) -> Output {
 #[test]
 fn the_cli_goes_through_the_admin_api_while_a_server_holds_the_store() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     // The same commands, offline and through a server; the answers must match.
     let script = |cfg: &str, key: &str| {
         let mut outputs = Vec::new();
@@ -751,15 +759,11 @@ fn exchange(port: u16, request: &str) -> String {
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), echo.addr.port(), port);
-    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml.push_str("shutdown_grace_seconds: 20\n");
-    std::fs::write(&cfg, yaml).unwrap();
+    append_config(&cfg, "shutdown_grace_seconds: 20\n");
     let cfg = cfg.to_str().unwrap();
     let child = bin()
         .args(["serve", "--config", cfg])
@@ -805,15 +809,11 @@ fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
 #[test]
 fn the_access_log_has_one_line_per_request_and_no_secrets() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), echo.addr.port(), port);
-    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml.push_str("access_log:\n  enabled: true\n  format: json\n");
-    std::fs::write(&cfg, yaml).unwrap();
+    append_config(&cfg, "access_log:\n  enabled: true\n  format: json\n");
     let cfg = cfg.to_str().unwrap();
     let out = run(&[
         "token",
@@ -901,9 +901,7 @@ fn metrics_text(admin_port: u16) -> String {
 #[test]
 fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg_path = write_config(dir.path(), echo.addr.port(), port);
@@ -1015,15 +1013,11 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
 fn descriptor_exhaustion_neither_crashes_nor_spins() {
     use std::io::{Read, Write};
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = runtime.block_on(async {
-        tokengate::echo::Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
-    });
+    let echo = start_echo(&runtime);
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let cfg = write_config(dir.path(), echo.addr.port(), port);
-    let mut yaml = std::fs::read_to_string(&cfg).unwrap();
-    yaml.push_str("workers: 1\n");
-    std::fs::write(&cfg, yaml).unwrap();
+    append_config(&cfg, "workers: 1\n");
     let cfg = cfg.to_str().unwrap().to_owned();
     let child = Command::new("sh")
         .args([
