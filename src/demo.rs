@@ -6,6 +6,7 @@ use crate::app::App;
 use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::echo::Echo;
+use crate::server;
 use crate::store::SledStore;
 use crate::tokens::CreateToken;
 use anyhow::Context;
@@ -100,12 +101,7 @@ Browser: open {base}/app/ and log in as demo-user, password {DEMO_PASSWORD}
 Press Ctrl-C to stop."#,
         upstream = echo.addr,
     );
-    crate::cli::serve_until_shutdown(app)
-        .await
-        .map_err(|e| match e {
-            crate::cli::Failure::Runtime(e) => e,
-            crate::cli::Failure::InvalidConfig(e) => anyhow::anyhow!("{e}"),
-        })?;
+    server::run(app, server::shutdown_signal()).await?;
     drop(dir);
     Ok(())
 }

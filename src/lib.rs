@@ -5,8 +5,10 @@
 //! How a request flows through the modules:
 //!
 //! ```text
-//! server    accept loop, one task per connection, HTTP/1.1 + HTTP/2 (hyper-util auto);
-//!           `watchdog` closes a connection with no request in progress for too long
+//! server    start-up (caches, admin listener, flusher, reloads), serve, drain, flush
+//! accept    the workers' accept loops, one task per connection, HTTP/1.1 + HTTP/2
+//!           (hyper-util auto); `watchdog` closes a connection with no request in progress
+//!           for too long
 //!   proxy   the pipeline, the one place that knows the order of the steps:
 //!     decision  what the request means to tokengate and to every common upstream, and
 //!               so which routes it must satisfy (pure; `explain` runs it too):
@@ -33,6 +35,7 @@
 //! login throttle), `clock` (injectable time), `cli`, `explain` and `demo`
 //! (the command line), `echo` (a small upstream for the demo and tests).
 
+pub mod accept;
 pub mod access_log;
 pub mod admin;
 pub mod app;

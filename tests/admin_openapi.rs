@@ -92,7 +92,7 @@ impl Gate {
 
         let (proxy_stop, proxy_stopped) = oneshot::channel::<()>();
         let (admin_stop, admin_stopped) = oneshot::channel::<()>();
-        let proxy_task = tokio::spawn(tokengate::server::run(proxy_listener, app.clone(), async {
+        let proxy_task = tokio::spawn(tokengate::accept::run(proxy_listener, app.clone(), async {
             let _ = proxy_stopped.await;
         }));
         let admin_task = tokio::spawn(tokengate::admin::run(

@@ -92,7 +92,7 @@ async fn api_token_page_in_a_real_browser() -> anyhow::Result<()> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(tokengate::server::run(listener, app.clone(), async {
+    let server = tokio::spawn(tokengate::accept::run(listener, app.clone(), async {
         let _ = stopped.await;
     }));
 

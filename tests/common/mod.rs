@@ -87,7 +87,7 @@ pub async fn serve(app: &Arc<App>) -> (SocketAddr, oneshot::Sender<()>, JoinHand
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    let server = tokio::spawn(tokengate::server::run(listener, app.clone(), async {
+    let server = tokio::spawn(tokengate::accept::run(listener, app.clone(), async {
         let _ = rx.await;
     }));
     (addr, tx, server)
