@@ -13,15 +13,15 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
-use tokengate::auth::token::{generate_secret, TokenHash};
 use tokengate::clock::SystemClock;
 use tokengate::config::Config;
+use tokengate::credential::token::{generate_secret, TokenHash};
 use tokengate::headers::{self, ConnInfo};
 use tokengate::metrics::{CredentialKind, Decision, Metrics, RouteLabel};
 use tokengate::path;
 use tokengate::routes::{AuthMode, Route, RouteTable};
 use tokengate::store::SledStore;
-use tokengate::tokens::{CreateToken, TokenPolicy, Tokens};
+use tokengate::token_cache::{CreateToken, TokenPolicy, Tokens};
 
 /// Polls a future once: a verification served from the cache completes without waiting,
 /// so this measures it without an executor's overhead. Anything else falls back to `rt`.

@@ -3,7 +3,7 @@
 //! in the file, and the typed `Config` the rest of tokengate uses.
 
 use crate::routes::{parse_pattern, AuthMode, Route, RouteTable};
-use crate::tokens::TokenPolicy;
+use crate::token_cache::TokenPolicy;
 use http::uri::{Authority, Scheme};
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;

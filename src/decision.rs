@@ -16,8 +16,8 @@ use crate::auth::{self, Denial, Principal};
 use crate::config::Config;
 use crate::error::Rejection;
 use crate::method_override::{self, Methods, OverrideError};
-use crate::pages;
 use crate::path::{self, Readings};
+use crate::reserved;
 use crate::routes::{AuthMode, Route};
 use http::header::HOST;
 use http::{request, Method};
@@ -259,7 +259,7 @@ pub fn authorize(
         if let Err(denial) = auth::authorize(route, principal) {
             if denial == Denial::Unauthenticated
                 && route.auth == AuthMode::Session
-                && pages::wants_html(&parts.headers)
+                && reserved::wants_html(&parts.headers)
             {
                 let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
                 return Err(Rejection::LoginRequired {

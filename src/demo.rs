@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::echo::Echo;
 use crate::server;
 use crate::store::SledStore;
-use crate::tokens::CreateToken;
+use crate::token_cache::CreateToken;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;

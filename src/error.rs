@@ -3,16 +3,15 @@
 //! never to the client.
 
 use crate::auth::Denial;
-use crate::pages::LOGIN_PATH;
 use crate::path::PathError;
-use crate::proxy::Body;
+use crate::reserved::login_location;
 use crate::store::StoreError;
-use crate::tokens::TokenError;
+use crate::token_cache::TokenError;
 use crate::users::UserError;
 use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
-use http_body_util::{Either, Full};
+use http_body_util::Full;
 use std::borrow::Cow;
 
 /// Why a request is answered by tokengate instead of the upstream.
@@ -112,8 +111,8 @@ impl Rejection {
     }
 
     /// The response a client gets for this refusal.
-    pub fn response(&self) -> Response<Body> {
-        let mut response = Response::new(Either::Right(Full::new(self.message())));
+    pub fn response(&self) -> Response<Full<Bytes>> {
+        let mut response = Response::new(Full::new(self.message()));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -122,8 +121,7 @@ impl Rejection {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
             Rejection::LoginRequired { next } => {
-                let location = format!("{LOGIN_PATH}?next={}", crate::pages::encode_query(next));
-                if let Ok(location) = HeaderValue::from_str(&location) {
+                if let Ok(location) = HeaderValue::from_str(&login_location(next)) {
                     headers.insert(LOCATION, location);
                 }
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

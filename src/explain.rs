@@ -10,8 +10,8 @@ use crate::decision::{self, Plan};
 use crate::error::Rejection;
 use crate::headers::ConnInfo;
 use crate::method_override;
-use crate::pages;
 use crate::proxy;
+use crate::reserved;
 use bytes::Bytes;
 use http::{request, Method, StatusCode};
 
@@ -58,7 +58,7 @@ pub async fn explain(
         steps: Vec::new(),
         verdict: Verdict::Allowed,
     };
-    if pages::is_reserved(parts.uri.path()) {
+    if reserved::is_reserved(parts.uri.path()) {
         explanation.steps.push(
             "path: reserved for tokengate's own pages (login, logout, csrf-cookie, api-tokens)"
                 .into(),

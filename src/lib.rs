@@ -17,17 +17,20 @@
 //!       routes           match the compiled route table, first match wins (403)
 //!     body      the request body on its way: a prefix read for `_method`, the rest
 //!               checked as it streams, forged trailers dropped
-//!     sessions  verify the session cookie (Sanctum's order: first), `auth::csrf` rules
-//!     tokens    verify the bearer token against the cache in front of the `store`
-//!     auth      does the principal satisfy each route? (401 / 403)
+//!     session_cache  verify the session cookie (Sanctum's order: first) against the
+//!                    cache in front of the `store`; `auth::csrf` rules
+//!     token_cache    verify the bearer token the same way (formats: `credential`)
+//!     auth      does the principal satisfy each route's `ability` names? (401 / 403)
 //!     headers   strip hop-by-hop, underscored, forged identity and forwarding headers,
 //!               inject ours
 //!     upstream  stream the request to the app and its answer back, on connections
 //!               dedicated to the client connection (`upstream::pool`); `upstream::lean`
 //!               for bodiless HTTP/1.1 requests, hyper's client for the rest, one set of
 //!               framing rules for both (`upstream::framing`, `upstream::chunked`)
-//!   pages   tokengate's own endpoints under `/_tokengate/` (login, logout, csrf-cookie)
-//!   error   the single mapping of a refusal to a status and JSON body
+//!   pages   tokengate's own endpoints under `/_tokengate/` (login, logout, csrf-cookie),
+//!           whose paths are in `reserved`
+//!   error   the single mapping of a refusal to a status and JSON body (an upstream's
+//!           failure reaches it as `upstream::UpstreamError`, mapped and counted by `proxy`)
 //! ```
 //!
 //! Around it: `config` (YAML → validated `Config`), `app` (the shared state), `store` (the
@@ -35,6 +38,7 @@
 //! login throttle), `clock` (injectable time), `cli`, `explain` and `demo`
 //! (the command line), `echo` (a small upstream for the demo and tests).
 
+pub mod ability;
 pub mod accept;
 pub mod access_log;
 pub mod admin;
@@ -44,6 +48,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod credential;
 pub mod decision;
 pub mod demo;
 pub mod echo;
@@ -55,14 +60,15 @@ pub mod metrics;
 pub mod pages;
 pub mod path;
 pub mod proxy;
+pub mod reserved;
 pub mod routes;
 pub mod server;
-pub mod sessions;
+pub mod session_cache;
 pub mod store;
 pub mod streams;
 pub mod throttle;
 pub mod tls;
-pub mod tokens;
+pub mod token_cache;
 pub mod tunnel;
 pub mod upstream;
 pub mod users;

@@ -83,7 +83,7 @@ impl CredentialKind {
 
 /// Why the upstream failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamError {
+pub enum UpstreamErrorKind {
     Connect,
     Timeout,
     Protocol,
@@ -557,11 +557,11 @@ impl WorkerMetrics {
         self.local().upstream.observe(took.as_secs_f64());
     }
 
-    pub fn upstream_error(&self, kind: UpstreamError) {
+    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
         let i = match kind {
-            UpstreamError::Connect => 0,
-            UpstreamError::Timeout => 1,
-            UpstreamError::Protocol => 2,
+            UpstreamErrorKind::Connect => 0,
+            UpstreamErrorKind::Timeout => 1,
+            UpstreamErrorKind::Protocol => 2,
         };
         self.local().upstream_errors[i].inc();
     }

@@ -14,18 +14,20 @@
 
 use crate::access_log;
 use crate::app::App;
-use crate::auth::{csrf, token, Principal};
+use crate::auth::{csrf, Principal};
 use crate::body::Outbound;
 use crate::config::{AccessLogFormat, Config};
+use crate::credential::token;
 use crate::decision;
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
 use crate::method_override;
-use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamError, WorkerMetrics};
+use crate::metrics::{CredentialKind, Decision, RouteLabel, UpstreamErrorKind, WorkerMetrics};
 use crate::pages;
+use crate::reserved;
 use crate::streams::{Grant, Watch};
 use crate::tunnel;
-use crate::upstream::{Dedicated, Upstream, UpstreamBody};
+use crate::upstream::{Dedicated, Upstream, UpstreamBody, UpstreamError};
 use crate::watchdog::{InFlight, Watched};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE, COOKIE};
@@ -93,10 +95,12 @@ pub async fn handle(
         principal: None,
         reason: None,
     };
-    let response = if pages::is_reserved(request.uri().path()) {
+    let response = if reserved::is_reserved(request.uri().path()) {
         trace.route = RouteLabel::Reserved;
         // Boxed, as the other cold paths: kept out of the request future's size.
-        Box::pin(pages::handle(app, request, conn)).await
+        Box::pin(pages::handle(app, request, conn))
+            .await
+            .map(Either::Right)
     } else {
         let link = Link {
             upstream,
@@ -111,7 +115,7 @@ pub async fn handle(
                 if config.access_log.is_some() {
                     trace.reason = Some(rejection.text());
                 }
-                rejection.response()
+                rejection.response().map(Either::Right)
             }
         }
     };
@@ -134,15 +138,26 @@ pub async fn handle(
     Ok(response.map(|body| Watched::new(body, in_flight)))
 }
 
-/// The `upstream_errors_total` kind of an upstream failure; `None` for a refusal of the
-/// request itself (its body, on its way).
-fn upstream_error_kind(rejection: &Rejection) -> Option<UpstreamError> {
-    match rejection {
-        Rejection::UpstreamTimeout => Some(UpstreamError::Timeout),
-        Rejection::UpstreamBroken => Some(UpstreamError::Protocol),
-        Rejection::UpstreamUnavailable => Some(UpstreamError::Connect),
-        _ => None,
+/// An upstream failure as the client gets it; the upstream's own failures are counted by
+/// kind (a refused request body is the client's, not the upstream's).
+fn upstream_failed(metrics: &WorkerMetrics, error: UpstreamError) -> Rejection {
+    let (kind, rejection) = match error {
+        UpstreamError::Connect => (
+            Some(UpstreamErrorKind::Connect),
+            Rejection::UpstreamUnavailable,
+        ),
+        UpstreamError::Timeout => (Some(UpstreamErrorKind::Timeout), Rejection::UpstreamTimeout),
+        UpstreamError::Protocol => (Some(UpstreamErrorKind::Protocol), Rejection::UpstreamBroken),
+        UpstreamError::Uri => (
+            None,
+            Rejection::BadRequest("The request URI cannot be forwarded."),
+        ),
+        UpstreamError::Body(rejection) => (None, rejection),
+    };
+    if let Some(kind) = kind {
+        metrics.upstream_error(kind);
     }
+    rejection
 }
 
 /// The decision a refusal stands for, if it is one.
@@ -272,12 +287,7 @@ async fn forward(
         .await
     {
         Ok(response) => response,
-        Err(rejection) => {
-            if let Some(kind) = upstream_error_kind(&rejection) {
-                metrics.upstream_error(kind);
-            }
-            return Err(rejection);
-        }
+        Err(error) => return Err(upstream_failed(metrics, error)),
     };
     metrics.upstream(sent.elapsed());
     headers::strip_hop_by_hop(response.headers_mut());
@@ -437,11 +447,7 @@ async fn upgrade(
     let mut response = upstream
         .send_upgrade(Request::from_parts(parts, body))
         .await
-        .inspect_err(|rejection| {
-            if let Some(kind) = upstream_error_kind(rejection) {
-                metrics.upstream_error(kind);
-            }
-        })?;
+        .map_err(|error| upstream_failed(metrics, error))?;
     metrics.upstream(sent.elapsed());
     if response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         // Refused by the app: its answer streams back like any other.

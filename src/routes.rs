@@ -7,7 +7,7 @@
 //! `**`), and subtrees whose earliest route is later than the best match so far are skipped,
 //! which keeps "first match wins" exact.
 
-use crate::auth::Ability;
+use crate::ability::Ability;
 use crate::path::CheckedPath;
 use foldhash::HashMap;
 use http::Method;

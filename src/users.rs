@@ -4,8 +4,8 @@
 //! has one that does not match: the unknown cases verify against a dummy hash with the
 //! same parameters.
 
-use crate::auth::session::random_bytes;
 use crate::clock::Clock;
+use crate::credential::random_bytes;
 use crate::store::{Store, StoreError, UserRecord};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;

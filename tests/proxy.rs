@@ -104,7 +104,7 @@ async fn missing_unknown_revoked_and_expired_tokens_are_401() {
     assert!(gate
         .app
         .tokens
-        .revoke(tokengate::auth::token::TokenId(id.parse().unwrap()))
+        .revoke(tokengate::credential::token::TokenId(id.parse().unwrap()))
         .await
         .unwrap());
     assert_unauthenticated(&client.get_bearer(&url, &real).await, "revoked");
@@ -493,7 +493,7 @@ async fn a_revocation_racing_cache_fills_never_leaves_the_token_valid() {
         };
         gate.app
             .tokens
-            .revoke(tokengate::auth::token::TokenId(id))
+            .revoke(tokengate::credential::token::TokenId(id))
             .await
             .unwrap();
         hammer.await.unwrap();
@@ -567,7 +567,7 @@ async fn the_cache_is_authoritative_until_it_overflows_and_then_reads_the_store(
     let id: u64 = tokens[0].split('|').next().unwrap().parse().unwrap();
     gate.app
         .tokens
-        .revoke(tokengate::auth::token::TokenId(id))
+        .revoke(tokengate::credential::token::TokenId(id))
         .await
         .unwrap();
     assert_unauthenticated(
@@ -619,7 +619,8 @@ async fn updated_abilities_apply_on_the_next_request() {
     let gate = Gate::start(STANDARD).await;
     let client = HttpClient::http1();
     let token = gate.token("u", &["read"]).await;
-    let id = tokengate::auth::token::TokenId(token.split('|').next().unwrap().parse().unwrap());
+    let id =
+        tokengate::credential::token::TokenId(token.split('|').next().unwrap().parse().unwrap());
     assert_forbidden(
         &client.post_bearer(&gate.url("/api/posts"), &token).await,
         "before",

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokengate::auth::token::TokenId;
+use tokengate::credential::token::TokenId;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -57,7 +57,7 @@ const ENDINGS: [Ending; 6] = [
 struct Credential {
     header: (&'static str, String),
     token: Option<TokenId>,
-    session: Option<tokengate::auth::session::SessionHash>,
+    session: Option<tokengate::credential::session::SessionHash>,
 }
 
 async fn credential(gate: &Gate, ending: Ending) -> Credential {

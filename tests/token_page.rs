@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use common::{assert_forbidden, assert_unauthenticated, Gate, HttpClient, STANDARD};
 use http::{Method, StatusCode};
-use tokengate::auth::session::CookieValue;
+use tokengate::credential::session::CookieValue;
 
 struct Browser {
     client: HttpClient,
@@ -324,7 +324,7 @@ async fn a_user_owns_at_most_max_per_user_tokens() {
         let tokens = &gate.app.tokens;
         async move {
             tokens
-                .create(tokengate::tokens::CreateToken {
+                .create(tokengate::token_cache::CreateToken {
                     user: "alice".into(),
                     name,
                     abilities: None,

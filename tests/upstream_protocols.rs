@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokengate::app::App;
 use tokengate::clock::ManualClock;
 use tokengate::config::Config;
-use tokengate::tokens::CreateToken;
+use tokengate::token_cache::CreateToken;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch, Notify};
 use tokio_tungstenite::tungstenite::Message;

@@ -246,7 +246,7 @@ fn authorize(app: &App, key: Option<&str>, headers: &http::HeaderMap) -> Result<
     };
     let presented = headers
         .get(AUTHORIZATION)
-        .and_then(|v| crate::auth::token::bearer(v.as_bytes()));
+        .and_then(|v| crate::credential::token::bearer(v.as_bytes()));
     match presented {
         Some(presented) if bool::from(presented.as_bytes().ct_eq(key.as_bytes())) => Ok(()),
         _ => Err(ApiError::unauthorized()),

@@ -4,10 +4,10 @@
 
 use super::views::*;
 use crate::app::App;
-use crate::auth::token::TokenId;
+use crate::credential::token::TokenId;
 use crate::error::ApiError;
 use crate::store::TokenQuery;
-use crate::tokens::CreateToken;
+use crate::token_cache::CreateToken;
 use async_trait::async_trait;
 
 /// Page size when none is asked for, and the largest allowed.

@@ -1,8 +1,8 @@
 //! The JSON shapes of the admin API (`docs/admin-openapi.json`), shared by the server side
 //! and the CLI's client, so both read and print the same things.
 
-use crate::auth::session::SessionHash;
 use crate::clock::{rfc3339, Timestamp};
+use crate::credential::session::SessionHash;
 use crate::store::{SessionRecord, TokenRecord, UserRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

@@ -8,7 +8,7 @@
 //!
 //! Bearer-token requests never come here: a browser does not attach them by itself.
 
-use crate::auth::session::CookieValue;
+use crate::credential::session::CookieValue;
 use http::{HeaderMap, Method};
 
 /// The header an SPA copies the `XSRF-TOKEN` cookie into (Axios does it by itself).
@@ -83,7 +83,7 @@ fn with_port(host: &str, scheme: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::session::generate_cookie_value;
+    use crate::credential::session::generate_cookie_value;
     use http::HeaderValue;
 
     fn check(method: Method, headers: &[(&str, &str)], session: &str) -> bool {

@@ -1,17 +1,13 @@
-//! Who is asking, and may they: credentials (token parsing lives in `token`) and the pure
-//! decision of whether a principal satisfies a route. Nothing here builds a response.
+//! Who is asking, and may they: the principal a credential stands for, and the pure decision
+//! of whether it satisfies a route (and `csrf`, whether a session's request is its own).
+//! The credentials' formats are in `credential`. Nothing here builds a response.
 
 pub mod csrf;
-pub mod session;
-pub mod token;
 
 use crate::routes::{AuthMode, Route};
-use crate::sessions::Session;
-use crate::tokens::AccessToken;
+use crate::session_cache::Session;
+use crate::token_cache::AccessToken;
 use std::sync::Arc;
-
-/// An ability name (Jetstream's "permission"): `[A-Za-z0-9:._-]+`, or `*` on a token.
-pub type Ability = String;
 
 /// The authenticated party of a request.
 #[derive(Debug, Clone)]

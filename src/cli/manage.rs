@@ -11,7 +11,7 @@ use crate::app::App;
 use crate::clock::{rfc3339, Clock, SystemClock};
 use crate::error::ApiError;
 use crate::store::StoreError;
-use crate::tokens::CreateToken;
+use crate::token_cache::CreateToken;
 use anyhow::Context;
 use std::path::Path;
 use std::sync::Arc;

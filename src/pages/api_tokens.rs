@@ -10,21 +10,21 @@
 //! Every POST is CSRF-checked: the browser's `Sec-Fetch-Site`/`Origin`, or the form's
 //! `_token` (the session's `XSRF-TOKEN`).
 
-use super::{
-    current_session, html_response, layout, read_form_pairs, redirect, store_failed, wants_html,
-};
+use super::{current_session, html_response, layout, read_form_pairs, redirect, store_failed};
 use crate::app::App;
 use crate::auth::csrf;
-use crate::auth::session::CookieValue;
-use crate::auth::token::TokenId;
 use crate::clock::{rfc3339, Timestamp};
+use crate::credential::session::CookieValue;
+use crate::credential::token::TokenId;
 use crate::error::Rejection;
 use crate::headers::{self, ConnInfo};
-use crate::proxy::Body;
-use crate::sessions::Session;
+use crate::reserved::{wants_html, LOGIN_PATH, LOGOUT_PATH};
+use crate::session_cache::Session;
 use crate::store::{TokenQuery, TokenRecord};
-use crate::tokens::{CreateToken, TokenError};
+use crate::token_cache::{CreateToken, TokenError};
+use bytes::Bytes;
 use http::{request, Method, Response, StatusCode};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use maud::{html, PreEscaped};
 use std::sync::Arc;
@@ -44,12 +44,12 @@ pub(super) async fn handle(
     parts: &request::Parts,
     body: Incoming,
     conn: &ConnInfo,
-) -> Result<Response<Body>, Rejection> {
+) -> Result<Response<Full<Bytes>>, Rejection> {
     let Some((session, cookie)) = current_session(app, &parts.headers).await? else {
         if wants_html(&parts.headers) {
             return Ok(redirect(
                 StatusCode::FOUND,
-                &format!("{}?next={PATH}", super::LOGIN_PATH),
+                &format!("{}?next={PATH}", LOGIN_PATH),
             ));
         }
         return Err(Rejection::Unauthenticated);
@@ -151,7 +151,10 @@ impl Page<'_> {
         }
     }
 
-    async fn create(&self, form: Vec<(String, String)>) -> Result<Response<Body>, Rejection> {
+    async fn create(
+        &self,
+        form: Vec<(String, String)>,
+    ) -> Result<Response<Full<Bytes>>, Rejection> {
         let name = values(&form, "name").pop().unwrap_or_default();
         let abilities = grantable(values(&form, "abilities"));
         let expires_at = match values(&form, "expires_on").pop().filter(|d| !d.is_empty()) {
@@ -198,7 +201,7 @@ impl Page<'_> {
         status: StatusCode,
         new_token: Option<&str>,
         error: Option<&str>,
-    ) -> Result<Response<Body>, Rejection> {
+    ) -> Result<Response<Full<Bytes>>, Rejection> {
         let tokens = self
             .app
             .tokens
@@ -213,7 +216,7 @@ impl Page<'_> {
         let markup = html! {
             header.bar {
                 span { "Signed in as " strong { (self.session.user()) } }
-                form method="post" action=(super::LOGOUT_PATH) {
+                form method="post" action=(LOGOUT_PATH) {
                     input type="hidden" name="_token" value=(self.xsrf);
                     button.link type="submit" { "Log out" }
                 }
@@ -307,7 +310,7 @@ impl Page<'_> {
         Ok(response)
     }
 
-    fn confirm_delete(&self, token: &TokenRecord) -> Response<Body> {
+    fn confirm_delete(&self, token: &TokenRecord) -> Response<Full<Bytes>> {
         let markup = html! {
             h1 { "Delete API Token" }
             p { "Are you sure you would like to delete the token " strong { (token.name) } "? Anything using it is refused from the next request on." }

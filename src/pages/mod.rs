@@ -13,11 +13,11 @@ mod api_tokens;
 
 use crate::app::App;
 use crate::auth::csrf;
-use crate::auth::session::{random_bytes, CookieValue};
+use crate::credential::{random_bytes, session::CookieValue};
 use crate::error::{csrf_status, Rejection};
 use crate::headers::{self, ConnInfo, LOGIN_CSRF_COOKIE, XSRF_COOKIE};
-use crate::proxy::Body;
-use crate::sessions::Session;
+use crate::reserved::{wants_html, CSRF_COOKIE_PATH, LOGIN_PATH, LOGOUT_PATH, PREFIX};
+use crate::session_cache::Session;
 use crate::throttle::LoginThrottle;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -25,17 +25,11 @@ use bytes::Bytes;
 use cookie::{Cookie, SameSite};
 use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, SET_COOKIE};
 use http::{request, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use maud::{html, Markup, DOCTYPE};
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
-
-pub const PREFIX: &str = "/_tokengate/";
-pub const LOGIN_PATH: &str = "/_tokengate/login";
-pub const LOGOUT_PATH: &str = "/_tokengate/logout";
-pub const CSRF_COOKIE_PATH: &str = "/_tokengate/csrf-cookie";
 
 /// Largest form body read (a login form is a few hundred bytes).
 const MAX_FORM_BYTES: usize = 16 * 1024;
@@ -43,13 +37,12 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 const FAILED_LOGIN: &str = "These credentials do not match our records.";
 const EXPIRED_FORM: &str = "This form has expired. Please try again.";
 
-/// Is this raw request path one of tokengate's own (never forwarded)?
-pub fn is_reserved(raw_path: &str) -> bool {
-    raw_path.starts_with(PREFIX) || raw_path == "/_tokengate"
-}
-
 /// Answers a request for a path under `/_tokengate/`.
-pub async fn handle(app: &App, request: Request<Incoming>, conn: &ConnInfo) -> Response<Body> {
+pub async fn handle(
+    app: &App,
+    request: Request<Incoming>,
+    conn: &ConnInfo,
+) -> Response<Full<Bytes>> {
     match route(app, request, conn).await {
         Ok(response) => response,
         Err(rejection) => rejection.response(),
@@ -60,7 +53,7 @@ async fn route(
     app: &App,
     request: Request<Incoming>,
     conn: &ConnInfo,
-) -> Result<Response<Body>, Rejection> {
+) -> Result<Response<Full<Bytes>>, Rejection> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_owned();
     match (path.as_str(), &parts.method) {
@@ -92,7 +85,7 @@ async fn login(
     parts: &request::Parts,
     body: Incoming,
     conn: &ConnInfo,
-) -> Result<Response<Body>, Rejection> {
+) -> Result<Response<Full<Bytes>>, Rejection> {
     let form: LoginForm = read_form(body).await?;
     let next = safe_next(&form.next).to_owned();
     let expected = headers::cookie_values(&parts.headers, LOGIN_CSRF_COOKIE);
@@ -169,7 +162,7 @@ async fn logout(
     parts: &request::Parts,
     body: Incoming,
     conn: &ConnInfo,
-) -> Result<Response<Body>, Rejection> {
+) -> Result<Response<Full<Bytes>>, Rejection> {
     let (session, cookie) = match current_session(app, &parts.headers).await? {
         Some(found) => found,
         None => return Ok(logged_out(app, &parts.headers)),
@@ -199,7 +192,7 @@ struct LogoutForm {
 
 /// After a logout: the cookies cleared; a browser goes to the login page, an API client
 /// gets 204.
-fn logged_out(app: &App, request_headers: &HeaderMap) -> Response<Body> {
+fn logged_out(app: &App, request_headers: &HeaderMap) -> Response<Full<Bytes>> {
     let mut response = if wants_html(request_headers) {
         redirect(StatusCode::SEE_OTHER, LOGIN_PATH)
     } else {
@@ -215,7 +208,10 @@ fn logged_out(app: &App, request_headers: &HeaderMap) -> Response<Body> {
     response
 }
 
-async fn csrf_cookie(app: &App, parts: &request::Parts) -> Result<Response<Body>, Rejection> {
+async fn csrf_cookie(
+    app: &App,
+    parts: &request::Parts,
+) -> Result<Response<Full<Bytes>>, Rejection> {
     let Some((session, cookie)) = current_session(app, &parts.headers).await? else {
         return Err(Rejection::Unauthenticated);
     };
@@ -358,26 +354,7 @@ pub fn safe_next(next: &str) -> &str {
     }
 }
 
-/// Percent-encodes a path and query for use as a query value.
-pub fn encode_query(value: &str) -> String {
-    const SET: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
-    utf8_percent_encode(value, SET).to_string()
-}
-
-/// Does the client want a page rather than JSON?
-pub fn wants_html(request_headers: &HeaderMap) -> bool {
-    request_headers
-        .get_all(http::header::ACCEPT)
-        .iter()
-        .any(|v| v.to_str().is_ok_and(|v| v.contains("text/html")))
-}
-
-fn redirect(status: StatusCode, location: &str) -> Response<Body> {
+fn redirect(status: StatusCode, location: &str) -> Response<Full<Bytes>> {
     let mut response = empty(status);
     if let Ok(location) = HeaderValue::from_str(location) {
         response.headers_mut().insert(LOCATION, location);
@@ -385,8 +362,8 @@ fn redirect(status: StatusCode, location: &str) -> Response<Body> {
     response
 }
 
-fn empty(status: StatusCode) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+fn empty(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -395,8 +372,8 @@ fn empty(status: StatusCode) -> Response<Body> {
 }
 
 /// An HTML page with the headers every tokengate page gets.
-pub fn html_response(status: StatusCode, markup: Markup) -> Response<Body> {
-    let mut response = Response::new(Either::Right(Full::new(Bytes::from(markup.into_string()))));
+pub fn html_response(status: StatusCode, markup: Markup) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(markup.into_string())));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(
@@ -426,7 +403,7 @@ fn login_page(
     next: &str,
     username: &str,
     error: Option<&str>,
-) -> Response<Body> {
+) -> Response<Full<Bytes>> {
     let token = URL_SAFE_NO_PAD.encode(random_bytes());
     let markup = layout(
         "Log in",
@@ -537,10 +514,5 @@ mod tests {
         ] {
             assert_eq!(safe_next(next), expected, "{next:?}");
         }
-    }
-
-    #[test]
-    fn next_is_encoded_as_one_query_value() {
-        assert_eq!(encode_query("/app/x?a=1&b=2"), "/app/x%3Fa%3D1%26b%3D2");
     }
 }

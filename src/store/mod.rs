@@ -7,9 +7,9 @@ mod sled;
 
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES};
 
-use crate::auth::session::SessionHash;
-use crate::auth::token::{TokenHash, TokenId};
 use crate::clock::Timestamp;
+use crate::credential::session::SessionHash;
+use crate::credential::token::{TokenHash, TokenId};
 use async_trait::async_trait;
 
 /// A personal access token as stored, with its `last_used_at`.

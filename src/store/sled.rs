@@ -11,9 +11,9 @@
 use super::{
     NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery, TokenRecord, UserRecord,
 };
-use crate::auth::session::SessionHash;
-use crate::auth::token::{TokenHash, TokenId};
 use crate::clock::Timestamp;
+use crate::credential::session::SessionHash;
+use crate::credential::token::{TokenHash, TokenId};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};

@@ -109,7 +109,7 @@ struct Shared {
 
 /// What a request waiting for a connection being opened gets: the sender and its
 /// generation, or why there is none.
-type Opened = Option<Result<(Http2Sender, u64), Rejection>>;
+type Opened = Option<Result<(Http2Sender, u64), UpstreamError>>;
 
 enum State {
     Down,
@@ -194,7 +194,7 @@ impl Upstream {
         mut request: Request<Outbound>,
         added: &Added<'_>,
         dedicated: &Arc<Dedicated>,
-    ) -> Result<Response<UpstreamBody>, Rejection> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         if !(self.http2.is_none() && self.dialer.tls.is_none() && lean::eligible(&request)) {
             added.insert_into(request.headers_mut());
             return self.send_hyper(request, dedicated).await;
@@ -208,7 +208,7 @@ impl Upstream {
         &self,
         request: Request<Outbound>,
         dedicated: &Arc<Dedicated>,
-    ) -> Result<Response<UpstreamBody>, Rejection> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         match &self.http2 {
             // Boxed: an exchange's future is large, and this one is moved several times per
             // request as it is awaited through the layers above.
@@ -225,24 +225,24 @@ impl Upstream {
 
     async fn timed<T>(
         &self,
-        exchange: impl Future<Output = Result<T, Rejection>>,
-    ) -> Result<T, Rejection> {
+        exchange: impl Future<Output = Result<T, UpstreamError>>,
+    ) -> Result<T, UpstreamError> {
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
             Err(_) => Err(self.timed_out()),
         }
     }
 
-    fn timed_out(&self) -> Rejection {
+    fn timed_out(&self) -> UpstreamError {
         tracing::warn!(upstream = %self.dialer.target, "upstream response timed out");
-        Rejection::UpstreamTimeout
+        UpstreamError::Timeout
     }
 
     async fn exchange(
         &self,
         mut request: Request<Outbound>,
         dedicated: &Arc<Dedicated>,
-    ) -> Result<Response<UpstreamBody>, Rejection> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.rewrite(&mut request)?;
         let method = request.method().clone();
 
@@ -283,7 +283,7 @@ impl Upstream {
         request: Request<Outbound>,
         added: &Added<'_>,
         dedicated: &Arc<Dedicated>,
-    ) -> Result<Response<UpstreamBody>, Rejection> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let (mut parts, _) = request.into_parts();
         self.ensure_host(&mut parts.headers);
         let conn = match dedicated.lean.take(&self.owner, lean::Conn::still_idle) {
@@ -315,7 +315,7 @@ impl Upstream {
         &self,
         shared: &Arc<Mutex<Shared>>,
         mut request: Request<Outbound>,
-    ) -> Result<Response<UpstreamBody>, Rejection> {
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
         self.rewrite_http2(&mut request)?;
         let (mut sender, generation) = self.http2_sender(shared).await?;
         let response = match sender.try_send_request(request).await {
@@ -349,7 +349,7 @@ impl Upstream {
     async fn http2_sender(
         &self,
         shared: &Arc<Mutex<Shared>>,
-    ) -> Result<(Http2Sender, u64), Rejection> {
+    ) -> Result<(Http2Sender, u64), UpstreamError> {
         loop {
             let mut opening = {
                 let mut guard = lock(shared);
@@ -389,7 +389,7 @@ impl Upstream {
     pub async fn send_upgrade(
         &self,
         mut request: Request<Outbound>,
-    ) -> Result<Response<Incoming>, Rejection> {
+    ) -> Result<Response<Incoming>, UpstreamError> {
         self.rewrite(&mut request)?;
         let exchange = async {
             // The connection's task is not aborted with its sender: after a `101` it hands
@@ -411,12 +411,12 @@ impl Upstream {
         };
         match tokio::time::timeout(self.response_timeout, exchange).await {
             Ok(result) => result,
-            Err(_) => Err(Rejection::UpstreamTimeout),
+            Err(_) => Err(UpstreamError::Timeout),
         }
     }
 
     /// Points a request at an HTTP/1.1 upstream: origin-form URI, HTTP/1.1, a `Host`.
-    fn rewrite<B>(&self, request: &mut Request<B>) -> Result<(), Rejection> {
+    fn rewrite<B>(&self, request: &mut Request<B>) -> Result<(), UpstreamError> {
         let path = request
             .uri()
             .path_and_query()
@@ -425,7 +425,7 @@ impl Upstream {
         *request.uri_mut() = Uri::builder()
             .path_and_query(path)
             .build()
-            .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
+            .map_err(|_| UpstreamError::Uri)?;
         *request.version_mut() = Version::HTTP_11;
         self.ensure_host(request.headers_mut());
         Ok(())
@@ -443,7 +443,7 @@ impl Upstream {
     /// request's `Host` (as an HTTP/1.1 upstream gets it), else the upstream's, and no
     /// `Host` header. gRPC's `te: trailers` is put back: it is hop-by-hop, so it was removed
     /// with the others, and gRPC servers look for it.
-    fn rewrite_http2(&self, request: &mut Request<Outbound>) -> Result<(), Rejection> {
+    fn rewrite_http2(&self, request: &mut Request<Outbound>) -> Result<(), UpstreamError> {
         let target = &self.dialer.target;
         let path = request
             .uri()
@@ -460,7 +460,7 @@ impl Upstream {
             .authority(authority)
             .path_and_query(path)
             .build()
-            .map_err(|_| Rejection::BadRequest("The request URI cannot be forwarded."))?;
+            .map_err(|_| UpstreamError::Uri)?;
         *request.version_mut() = Version::HTTP_2;
         let headers = request.headers_mut();
         if headers
@@ -533,7 +533,7 @@ fn drop_connection(shared: &Mutex<Shared>, generation: u64) {
 }
 
 impl Dialer {
-    async fn connect_http1(&self) -> Result<Client1, Rejection> {
+    async fn connect_http1(&self) -> Result<Client1, UpstreamError> {
         let (sender, task) = match &self.tls {
             None => self.handshake_http1(self.dial().await?, false).await?,
             Some(tls) => {
@@ -544,7 +544,7 @@ impl Dialer {
         Ok(Client1 { sender, task })
     }
 
-    async fn connect_http2(&self) -> Result<Http2Sender, Rejection> {
+    async fn connect_http2(&self) -> Result<Http2Sender, UpstreamError> {
         match &self.tls {
             None => self.handshake_http2(self.dial().await?).await,
             Some(tls) => {
@@ -560,7 +560,7 @@ impl Dialer {
         &self,
         io: T,
         upgrades: bool,
-    ) -> Result<(Sender, tokio::task::AbortHandle), Rejection>
+    ) -> Result<(Sender, tokio::task::AbortHandle), UpstreamError>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -581,7 +581,7 @@ impl Dialer {
         Ok((sender, task.abort_handle()))
     }
 
-    async fn handshake_http2<T>(&self, io: T) -> Result<Http2Sender, Rejection>
+    async fn handshake_http2<T>(&self, io: T) -> Result<Http2Sender, UpstreamError>
     where
         T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
@@ -598,10 +598,10 @@ impl Dialer {
     }
 
     /// A TCP connection to the upstream, within the connect timeout.
-    async fn dial(&self) -> Result<TcpStream, Rejection> {
+    async fn dial(&self) -> Result<TcpStream, UpstreamError> {
         if self.tls.is_none() && self.target.scheme == Scheme::HTTPS {
             // Never plaintext to an https:// upstream (no TLS settings: see `Upstream::new`).
-            return Err(Rejection::UpstreamUnavailable);
+            return Err(UpstreamError::Connect);
         }
         let stream = tokio::time::timeout(
             self.connect_timeout,
@@ -610,11 +610,11 @@ impl Dialer {
         .await
         .map_err(|_| {
             tracing::warn!(upstream = %self.target, "upstream connect timed out");
-            Rejection::UpstreamUnavailable
+            UpstreamError::Connect
         })?
         .map_err(|e| {
             tracing::warn!(upstream = %self.target, error = %e, "upstream connect failed");
-            Rejection::UpstreamUnavailable
+            UpstreamError::Connect
         })?;
         let _ = stream.set_nodelay(true);
         Ok(stream)
@@ -622,11 +622,14 @@ impl Dialer {
 
     /// A TLS connection to the upstream, TCP and TLS handshake within the connect timeout.
     /// A certificate the upstream cannot prove is a connect failure (502).
-    async fn dial_tls(&self, connector: &TlsConnector) -> Result<TlsStream<TcpStream>, Rejection> {
+    async fn dial_tls(
+        &self,
+        connector: &TlsConnector,
+    ) -> Result<TlsStream<TcpStream>, UpstreamError> {
         let started = tokio::time::Instant::now();
         let Some(server_name) = self.tls.as_ref().and_then(|t| t.server_name.clone()) else {
             tracing::warn!(upstream = %self.target, "the upstream host is not a TLS server name");
-            return Err(Rejection::UpstreamUnavailable);
+            return Err(UpstreamError::Connect);
         };
         let stream = self.dial().await?;
         tokio::time::timeout_at(
@@ -636,32 +639,53 @@ impl Dialer {
         .await
         .map_err(|_| {
             tracing::warn!(upstream = %self.target, "upstream TLS handshake timed out");
-            Rejection::UpstreamUnavailable
+            UpstreamError::Connect
         })?
         .map_err(|e| {
             tracing::warn!(upstream = %self.target, error = %e, "upstream TLS handshake failed");
-            Rejection::UpstreamUnavailable
+            UpstreamError::Connect
         })
     }
 
-    fn failed(&self, e: &dyn std::fmt::Display) -> Rejection {
+    fn failed(&self, e: &dyn std::fmt::Display) -> UpstreamError {
         tracing::warn!(upstream = %self.target, error = %e, "upstream request failed");
-        Rejection::UpstreamBroken
+        UpstreamError::Protocol
     }
 
     /// A failed exchange of hyper's client: the request body's own refusal (`body`), or
     /// the upstream's failure.
-    fn failed_hyper(&self, e: &hyper::Error) -> Rejection {
+    fn failed_hyper(&self, e: &hyper::Error) -> UpstreamError {
         let mut source = std::error::Error::source(e);
         while let Some(cause) = source {
             if let Some(refused) = cause.downcast_ref::<crate::body::Refused>() {
                 tracing::debug!(error = %refused, "request body refused on its way upstream");
-                return refused.rejection();
+                return UpstreamError::Body(refused.rejection());
             }
             source = cause.source();
         }
         self.failed(e)
     }
+}
+
+/// Why an exchange with the upstream failed. `proxy` counts the upstream's failures by kind
+/// and answers the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection (refused, timed out, TLS handshake failed).
+    #[error("upstream unreachable")]
+    Connect,
+    /// No answer within `timeouts.upstream_response`.
+    #[error("upstream timed out")]
+    Timeout,
+    /// The upstream broke the exchange (closed mid-way, spoke no HTTP).
+    #[error("upstream failed")]
+    Protocol,
+    /// The request's URI cannot be written in the form the upstream needs.
+    #[error("the request URI cannot be forwarded")]
+    Uri,
+    /// The client's request body was refused on its way upstream: the client's fault.
+    #[error("request body refused: {0}")]
+    Body(Rejection),
 }
 
 /// An upstream response body, streamed frame by frame (trailers included). Over HTTP/1.1,

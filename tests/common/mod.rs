@@ -17,7 +17,7 @@ use tokengate::clock::ManualClock;
 use tokengate::config::Config;
 pub use tokengate::echo::Echo;
 use tokengate::store::SledStore;
-use tokengate::tokens::CreateToken;
+use tokengate::token_cache::CreateToken;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;

@@ -5,8 +5,8 @@
 //! A session is valid while `now < expires_at` (absolute: `sessions.lifetime_minutes` from
 //! creation) and `now < last_seen + sessions.idle_minutes` (sliding).
 
-use crate::auth::session::{generate_cookie_value, CookieValue, SessionHash};
 use crate::clock::{Clock, Timestamp};
+use crate::credential::session::{generate_cookie_value, CookieValue, SessionHash};
 use crate::store::{SessionRecord, Store, StoreError};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;

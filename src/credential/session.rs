@@ -6,9 +6,9 @@
 //! with SHA-256 under a fixed label, so it is bound to that session, needs no storage, and
 //! reveals nothing about the cookie (which JavaScript cannot read: it is `HttpOnly`).
 
+use super::random_bytes;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use rand::{RngCore, TryRngCore};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use subtle::ConstantTimeEq;
@@ -66,13 +66,6 @@ impl<'a> CookieValue<'a> {
 /// A new cookie value from the OS CSPRNG.
 pub fn generate_cookie_value() -> String {
     URL_SAFE_NO_PAD.encode(random_bytes())
-}
-
-/// 32 bytes from the OS CSPRNG.
-pub fn random_bytes() -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng.unwrap_err().fill_bytes(&mut bytes);
-    bytes
 }
 
 #[cfg(test)]

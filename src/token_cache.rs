@@ -6,9 +6,9 @@
 //! store read, no allocation, no lock. A revocation removes the cache entry before it
 //! returns, so the very next request is refused.
 
-use crate::auth::token::{self, Presented, TokenHash, TokenId};
-use crate::auth::Ability;
+use crate::ability::Ability;
 use crate::clock::{Clock, Timestamp};
+use crate::credential::token::{self, Presented, TokenHash, TokenId};
 use crate::store::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
 use bytes::Bytes;
 use dashmap::DashMap;
