@@ -159,19 +159,32 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Builds the table; the patterns must already have been accepted by `parse_pattern`
-    /// (config validation does that and reports every bad one).
+    /// Builds the table, parsing each route's pattern; the first bad pattern is the error.
+    /// (Config validation parses the patterns itself, reporting every bad one, and calls
+    /// `from_parsed`.)
     pub fn new(routes: Vec<Route>) -> Result<Self, String> {
+        let parsed = routes
+            .into_iter()
+            .map(|route| {
+                let segments = parse_pattern(&route.pattern)
+                    .map_err(|e| format!("route pattern {}: {e}", route.pattern))?;
+                Ok((route, segments))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self::from_parsed(parsed))
+    }
+
+    /// Builds the table from routes and their patterns as `parse_pattern` returned them.
+    pub fn from_parsed(parsed: Vec<(Route, Vec<Segment>)>) -> Self {
         let mut root = Node::default();
         let mut folded = Node::default();
-        for route in &routes {
-            let segments = parse_pattern(&route.pattern)
-                .map_err(|e| format!("route pattern {}: {e}", route.pattern))?;
-            insert(&mut root, route, &segments, |lit| lit.into());
-            insert(&mut folded, route, &segments, |lit| {
+        for (route, segments) in &parsed {
+            insert(&mut root, route, segments, |lit| lit.into());
+            insert(&mut folded, route, segments, |lit| {
                 lit.to_lowercase().into()
             });
         }
+        let routes: Vec<Route> = parsed.into_iter().map(|(route, _)| route).collect();
         root.seal();
         folded.seal();
         let mut methods: Vec<Method> = routes
@@ -187,13 +200,13 @@ impl RouteTable {
         let upper_case = routes
             .iter()
             .any(|r| r.pattern.chars().any(char::is_uppercase));
-        Ok(Self {
+        Self {
             routes,
             root,
             folded,
             methods,
             upper_case,
-        })
+        }
     }
 
     pub fn routes(&self) -> &[Route] {

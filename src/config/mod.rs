@@ -1,0 +1,244 @@
+//! The typed configuration the rest of tokengate uses, and its entry points: `Config::load`
+//! and `Config::parse` read the YAML into the raw structs of `raw` (every one
+//! `deny_unknown_fields`, since a typo in an auth config is a hole), and `validate` checks
+//! every section, reporting every problem with its place in the file at once.
+
+mod raw;
+mod validate;
+
+use crate::routes::RouteTable;
+use crate::token_cache::TokenPolicy;
+use http::uri::{Authority, Scheme};
+use http::HeaderName;
+use ipnet::IpNet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every problem found in a config file, each with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Where in the file: `routes[2].abilities[0]`, or a line and column.
+    pub place: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", p.place, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ConfigError {
+    fn one(place: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            problems: vec![Problem {
+                place: place.into(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Proxy worker threads, each with its own listener and upstream pool.
+    pub workers: usize,
+    pub upstream: UpstreamTarget,
+    /// Speak HTTP/2 with prior knowledge (h2c, or h2 over TLS) to the upstream (gRPC).
+    pub upstream_http2: bool,
+    /// TLS towards an `https://` upstream.
+    pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
+    /// HTTPS on the proxy listener.
+    pub tls: Option<TlsFiles>,
+    pub store_path: PathBuf,
+    /// Bytes of sled's page cache.
+    pub store_cache_bytes: u64,
+    pub admin: AdminConfig,
+    pub tokens: TokenPolicy,
+    /// Send the client's `Authorization` header upstream after tokengate used it.
+    pub forward_authorization: bool,
+    pub sessions: SessionConfig,
+    pub headers: IdentityHeaders,
+    /// Peers whose `X-Forwarded-*` headers are kept (extended) rather than replaced.
+    pub trusted_proxies: Vec<IpNet>,
+    pub routes: RouteTable,
+    pub access_log: Option<AccessLogFormat>,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    /// The `Upgrade` protocols that may pass (lower case): WebSocket by default.
+    pub upgrades: Vec<String>,
+}
+
+/// The server certificate and key, and the TLS config built from them.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub server: Arc<rustls::ServerConfig>,
+}
+
+/// One line per request on stdout, in this format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Connecting to the upstream (then 502).
+    pub upstream_connect: Duration,
+    /// From sending a request to the upstream's response headers (then 504).
+    pub upstream_response: Duration,
+    /// A client's request headers must arrive within this (slowloris; then the connection
+    /// is closed).
+    pub client_header: Duration,
+    /// A keep-alive connection with no request in flight is closed after this.
+    pub idle: Duration,
+    /// A request body that sends nothing for this long ends with 408.
+    pub client_body: Duration,
+    /// A client that takes nothing of its response for this long is disconnected.
+    pub client_send: Duration,
+    /// An upstream response body that sends nothing for this long is cut.
+    pub upstream_body_idle: Duration,
+    /// A tunnel (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest request head (request line and headers); larger gets 431.
+    pub max_header_bytes: usize,
+    /// Open client connections per process; more wait in the kernel's accept queue.
+    pub max_connections: usize,
+    /// How much of a POST body is read, before it goes upstream, for a `_method` field
+    /// (`method_override`); the rest is checked as it streams.
+    pub body_scan_bytes: usize,
+}
+
+/// Where allowed requests go: scheme and authority, parsed once.
+#[derive(Debug, Clone)]
+pub struct UpstreamTarget {
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl fmt::Display for UpstreamTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub key_env: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    pub cookie: String,
+    pub idle_minutes: i64,
+    pub lifetime_minutes: i64,
+    pub secure: bool,
+    pub forward_cookie: bool,
+}
+
+/// The names of the identity headers sent upstream.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub abilities: HeaderName,
+    pub user: HeaderName,
+    pub token_id: HeaderName,
+    pub method: HeaderName,
+}
+
+impl IdentityHeaders {
+    pub fn all(&self) -> [&HeaderName; 4] {
+        [&self.abilities, &self.user, &self.token_id, &self.method]
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::one(path.display().to_string(), e.to_string()))?;
+        Self::parse(&text)
+    }
+
+    /// Parses and validates YAML text.
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let raw: raw::RawConfig = serde_yaml::from_str(text).map_err(|e| {
+            let place = match e.location() {
+                Some(at) => format!("line {} column {}", at.line(), at.column()),
+                None => "config".into(),
+            };
+            ConfigError::one(place, e.to_string())
+        })?;
+        validate::validate(raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routes::AuthMode;
+
+    const MINIMAL: &str = "upstream: http://127.0.0.1:3000\nroutes:\n  - path: /**\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::parse(MINIMAL).unwrap();
+        assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(c.upstream.to_string(), "http://127.0.0.1:3000");
+        assert_eq!(c.store_path, PathBuf::from("./data/tokengate"));
+        assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.admin.key_env, "TOKENGATE_ADMIN_KEY");
+        assert_eq!(c.tokens.prefix, "");
+        assert_eq!(c.tokens.lifetime, None);
+        assert_eq!(c.headers.abilities, "x-token-abilities");
+        assert_eq!(c.headers.token_id, "x-auth-token-id");
+        assert!(c.sessions.secure);
+        assert!(!c.forward_authorization);
+        assert_eq!(c.routes.routes().len(), 1);
+        assert_eq!(c.routes.routes()[0].auth, AuthMode::Any);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.workers, (cpus / 2).max(1));
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../config.example.yaml");
+        let c = Config::parse(text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.tokens.prefix, "tg_");
+        assert_eq!(c.tokens.default_abilities, vec!["read".to_string()]);
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_read_is_one_problem_at_its_path() {
+        let e = Config::load(Path::new("/nonexistent/tokengate.yaml")).unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert_eq!(e.problems[0].place, "/nonexistent/tokengate.yaml");
+    }
+}
