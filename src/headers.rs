@@ -11,6 +11,7 @@
 
 use crate::auth::Principal;
 use crate::config::Config;
+use crate::cookies::{self, LOGIN_CSRF_COOKIE, XSRF_COOKIE};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request;
 use ipnet::IpNet;
@@ -28,11 +29,6 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const METHOD_TOKEN: HeaderValue = HeaderValue::from_static("token");
 const METHOD_SESSION: HeaderValue = HeaderValue::from_static("session");
 const ALL_ABILITIES: HeaderValue = HeaderValue::from_static("*");
-
-/// The cookie holding a session's `XSRF-TOKEN` (readable by the page's scripts).
-pub const XSRF_COOKIE: &str = "XSRF-TOKEN";
-/// The cookie that protects the login form (double submit: cookie and form field).
-pub const LOGIN_CSRF_COOKIE: &str = "tokengate_login_csrf";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1 and the usual extras), never forwarded.
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -310,7 +306,7 @@ pub fn prepare_request<'a>(
     forwarded(headers, conn, host, &mut added);
 
     if !config.sessions.forward_cookie && headers.contains_key(header::COOKIE) {
-        strip_cookies(headers, &tokengate_cookies(config));
+        cookies::strip(headers, &tokengate_cookies(config));
     }
 
     let names = &config.headers;
@@ -348,59 +344,6 @@ fn tokengate_cookies(config: &Config) -> [&str; 3] {
         XSRF_COOKIE,
         LOGIN_CSRF_COOKIE,
     ]
-}
-
-/// Removes the named cookies from every `Cookie` header (HTTP/2 may send several), and a
-/// header left empty. The other cookies pass byte for byte.
-pub fn strip_cookies(headers: &mut HeaderMap, names: &[&str]) {
-    let ours = |pair: &str| {
-        let name = pair.split_once('=').map_or(pair, |(name, _)| name).trim();
-        names.contains(&name)
-    };
-    let carries_ours = headers.get_all(header::COOKIE).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b';')
-            .any(|p| ours(&String::from_utf8_lossy(p)))
-    });
-    if !carries_ours {
-        return;
-    }
-    let kept: Vec<HeaderValue> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|value| {
-            let text = String::from_utf8_lossy(value.as_bytes());
-            let rest: Vec<&str> = text
-                .split(';')
-                .map(str::trim)
-                .filter(|pair| !pair.is_empty() && !ours(pair))
-                .collect();
-            HeaderValue::from_str(&rest.join("; "))
-                .ok()
-                .filter(|v| !v.is_empty())
-        })
-        .collect();
-    headers.remove(header::COOKIE);
-    for value in kept {
-        headers.append(header::COOKIE, value);
-    }
-}
-
-/// The values of every cookie named `name` the request carries (a client may send a name
-/// more than once).
-pub fn cookie_values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
-    let mut found = Vec::new();
-    for value in headers.get_all(header::COOKIE) {
-        let Ok(text) = value.to_str() else { continue };
-        for c in cookie::Cookie::split_parse(text).flatten() {
-            if c.name() == name {
-                if let Some(raw) = c.value_raw() {
-                    found.push(raw);
-                }
-            }
-        }
-    }
-    found
 }
 
 /// The client's address: the peer, or, when the peer is a trusted proxy, the nearest

@@ -48,6 +48,7 @@ pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod cookies;
 pub mod credential;
 pub mod decision;
 pub mod demo;

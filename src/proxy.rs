@@ -17,6 +17,7 @@ use crate::app::App;
 use crate::auth::{csrf, Principal};
 use crate::body::Outbound;
 use crate::config::{AccessLogFormat, Config};
+use crate::cookies;
 use crate::credential::token;
 use crate::decision;
 use crate::error::Rejection;
@@ -396,7 +397,7 @@ async fn session(
     parts: &request::Parts,
     conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
-    let values = headers::cookie_values(&parts.headers, &config.sessions.cookie);
+    let values = cookies::values(&parts.headers, &config.sessions.cookie);
     let found = app.sessions.from_cookies(values).await.map_err(|e| {
         tracing::error!(error = %e, "session store lookup failed");
         Rejection::StoreUnavailable

@@ -13,9 +13,10 @@ mod api_tokens;
 
 use crate::app::App;
 use crate::auth::csrf;
+use crate::cookies::{self, LOGIN_CSRF_COOKIE, XSRF_COOKIE};
 use crate::credential::{random_bytes, session::CookieValue};
 use crate::error::{csrf_status, Rejection};
-use crate::headers::{self, ConnInfo, LOGIN_CSRF_COOKIE, XSRF_COOKIE};
+use crate::headers::{self, ConnInfo};
 use crate::reserved::{wants_html, CSRF_COOKIE_PATH, LOGIN_PATH, LOGOUT_PATH, PREFIX};
 use crate::session_cache::Session;
 use crate::throttle::LoginThrottle;
@@ -88,7 +89,7 @@ async fn login(
 ) -> Result<Response<Full<Bytes>>, Rejection> {
     let form: LoginForm = read_form(body).await?;
     let next = safe_next(&form.next).to_owned();
-    let expected = headers::cookie_values(&parts.headers, LOGIN_CSRF_COOKIE);
+    let expected = cookies::values(&parts.headers, LOGIN_CSRF_COOKIE);
     let token_ok = !form.token.is_empty()
         && expected
             .iter()
@@ -225,7 +226,7 @@ async fn current_session<'h>(
     app: &App,
     request_headers: &'h HeaderMap,
 ) -> Result<Option<(Arc<Session>, CookieValue<'h>)>, Rejection> {
-    let values = headers::cookie_values(request_headers, &app.config().sessions.cookie);
+    let values = cookies::values(request_headers, &app.config().sessions.cookie);
     app.sessions
         .from_cookies(values)
         .await
