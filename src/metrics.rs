@@ -584,3 +584,276 @@ impl Drop for InFlight<'_> {
 
 /// The content type of `render`'s output.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::collections::HashMap;
+
+    fn routes(paths: &[&str]) -> RouteTable {
+        let mut yaml = String::from(
+            "upstream: http://127.0.0.1:1\nstore:\n  path: /nonexistent\nabilities: [read]\nroutes:\n",
+        );
+        for path in paths {
+            yaml.push_str(&format!("  - path: {path}\n    abilities: [read]\n"));
+        }
+        Config::parse(&yaml).expect("a valid config").routes
+    }
+
+    /// Every sample of an exposition: `name{labels}` as written there → its value.
+    fn samples(text: &str) -> HashMap<String, f64> {
+        text.lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| {
+                let (series, value) = line
+                    .rsplit_once(' ')
+                    .unwrap_or_else(|| panic!("not `series value`: {line}"));
+                (series.to_owned(), value.parse().expect("a number"))
+            })
+            .collect()
+    }
+
+    /// Asserts each series is in `text` with exactly this value.
+    fn assert_samples(text: &str, expected: &[(&str, f64)]) {
+        let got = samples(text);
+        for (series, value) in expected {
+            assert_eq!(got.get(*series), Some(value), "{series} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn requests_are_counted_under_their_route_pattern_method_and_status() {
+        let metrics = Metrics::new(&routes(&["/a/{id}", "/b/**"]));
+        let (one, two) = (metrics.worker(), metrics.worker());
+        let ms = Duration::from_millis(1);
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        one.request(RouteLabel::Route(0), &Method::GET, StatusCode::OK, ms);
+        two.request(RouteLabel::Route(0), &Method::GET, StatusCode::OK, ms);
+        one.request(
+            RouteLabel::Route(1),
+            &Method::DELETE,
+            StatusCode::FORBIDDEN,
+            ms,
+        );
+        one.request(RouteLabel::Unmatched, &propfind, StatusCode::FORBIDDEN, ms);
+        one.request(RouteLabel::Reserved, &Method::POST, StatusCode::FOUND, ms);
+        // A route index the table no longer has (a reload raced the request).
+        one.request(RouteLabel::Route(9), &Method::GET, StatusCode::OK, ms);
+        let text = metrics.render(0, 0, 0);
+        assert_samples(
+            &text,
+            &[
+                (
+                    r#"tokengate_requests_total{method="GET",route="/a/{id}",status="200"}"#,
+                    2.0,
+                ),
+                (
+                    r#"tokengate_requests_total{method="DELETE",route="/b/**",status="403"}"#,
+                    1.0,
+                ),
+                (
+                    r#"tokengate_requests_total{method="other",route="unmatched",status="403"}"#,
+                    1.0,
+                ),
+                (
+                    r#"tokengate_requests_total{method="POST",route="_tokengate",status="302"}"#,
+                    1.0,
+                ),
+                (
+                    r#"tokengate_requests_total{method="GET",route="unmatched",status="200"}"#,
+                    1.0,
+                ),
+                (
+                    r#"tokengate_request_duration_seconds_count{route="/a/{id}"}"#,
+                    2.0,
+                ),
+                (
+                    r#"tokengate_request_duration_seconds_count{route="unmatched"}"#,
+                    2.0,
+                ),
+                (
+                    r#"tokengate_request_duration_seconds_count{route="_tokengate"}"#,
+                    1.0,
+                ),
+            ],
+        );
+        let requests = samples(&text)
+            .into_iter()
+            .filter(|(series, _)| series.starts_with("tokengate_requests_total{"))
+            .count();
+        assert_eq!(
+            requests, 5,
+            "one series per route, method and status:\n{text}"
+        );
+    }
+
+    #[test]
+    fn every_event_is_counted_under_its_exact_series() {
+        // Each case: what happens, and the series with the value it must then have (all
+        // cases recorded on one registry, so each also checks it does not count for the
+        // others).
+        type Record = fn(&Metrics, &WorkerMetrics);
+        type Case<'a> = (&'a str, Record, &'a [(&'a str, f64)]);
+        let cases: &[Case<'_>] = &[
+            (
+                "a forbidden session",
+                |_, w| w.decision(Decision::Forbidden, CredentialKind::Session),
+                &[
+                    (
+                        r#"tokengate_auth_decisions_total{decision="forbidden",method="session"}"#,
+                        1.0,
+                    ),
+                    (
+                        r#"tokengate_auth_decisions_total{decision="forbidden",method="token"}"#,
+                        0.0,
+                    ),
+                ],
+            ),
+            (
+                "two allowed tokens",
+                |_, w| {
+                    w.decision(Decision::Allowed, CredentialKind::Token);
+                    w.decision(Decision::Allowed, CredentialKind::Token);
+                },
+                &[(
+                    r#"tokengate_auth_decisions_total{decision="allowed",method="token"}"#,
+                    2.0,
+                )],
+            ),
+            (
+                "a CSRF refusal",
+                |_, w| w.decision(Decision::Csrf, CredentialKind::Session),
+                &[(
+                    r#"tokengate_auth_decisions_total{decision="csrf",method="session"}"#,
+                    1.0,
+                )],
+            ),
+            (
+                "an upstream timeout",
+                |_, w| w.upstream_error(UpstreamError::Timeout),
+                &[
+                    (r#"tokengate_upstream_errors_total{kind="timeout"}"#, 1.0),
+                    (r#"tokengate_upstream_errors_total{kind="connect"}"#, 0.0),
+                    (r#"tokengate_upstream_errors_total{kind="protocol"}"#, 0.0),
+                ],
+            ),
+            (
+                "an upstream answer",
+                |_, w| w.upstream(Duration::from_millis(3)),
+                &[("tokengate_upstream_duration_seconds_count", 1.0)],
+            ),
+            (
+                "connections closed by a worker and by the app",
+                |m, w| {
+                    w.closed(Closed::Idle);
+                    m.closed(Closed::Credential);
+                },
+                &[
+                    (r#"tokengate_connections_closed_total{reason="idle"}"#, 1.0),
+                    (
+                        r#"tokengate_connections_closed_total{reason="credential"}"#,
+                        1.0,
+                    ),
+                    (
+                        r#"tokengate_connections_closed_total{reason="tunnel_idle"}"#,
+                        0.0,
+                    ),
+                ],
+            ),
+            (
+                "a good reload, then a bad one",
+                |m, _| {
+                    m.reload(true, 1_000);
+                    m.reload(false, 2_000);
+                },
+                &[
+                    (r#"tokengate_config_reloads_total{result="ok"}"#, 1.0),
+                    (r#"tokengate_config_reloads_total{result="error"}"#, 1.0),
+                    (
+                        "tokengate_config_last_reload_success_timestamp_seconds",
+                        1_000.0,
+                    ),
+                ],
+            ),
+        ];
+        let metrics = Metrics::new(&routes(&["/a"]));
+        let worker = metrics.worker();
+        for (_, record, _) in cases {
+            record(&metrics, &worker);
+        }
+        let text = metrics.render(0, 0, 0);
+        for (what, _, expected) in cases {
+            let got = samples(&text);
+            for (series, value) in *expected {
+                assert_eq!(
+                    got.get(*series),
+                    Some(value),
+                    "{what}: {series} in:\n{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn gauges_read_now_at_each_scrape() {
+        let metrics = Metrics::new(&routes(&["/a"]));
+        let worker = metrics.worker();
+        let tunnel = worker.tunnel();
+        let request = worker.in_flight();
+        assert_samples(
+            &metrics.render(5, 2, 7),
+            &[
+                ("tokengate_tunnels_open", 1.0),
+                ("tokengate_requests_in_flight", 1.0),
+                ("tokengate_tokens", 5.0),
+                ("tokengate_sessions_active", 2.0),
+                ("tokengate_token_store_reads_total", 7.0),
+            ],
+        );
+        drop((tunnel, request));
+        assert_samples(
+            &metrics.render(4, 0, 9),
+            &[
+                ("tokengate_tunnels_open", 0.0),
+                ("tokengate_requests_in_flight", 0.0),
+                ("tokengate_tokens", 4.0),
+                ("tokengate_sessions_active", 0.0),
+                // A counter: the store's running total, not the reads since the last scrape.
+                ("tokengate_token_store_reads_total", 9.0),
+            ],
+        );
+    }
+
+    #[test]
+    fn after_a_reload_requests_count_under_the_new_routes_and_the_old_counts_stay() {
+        let metrics = Metrics::new(&routes(&["/old"]));
+        let worker = metrics.worker();
+        let ms = Duration::from_millis(1);
+        worker.request(RouteLabel::Route(0), &Method::GET, StatusCode::OK, ms);
+        metrics.set_routes(&routes(&["/new"]));
+        worker.request(RouteLabel::Route(0), &Method::GET, StatusCode::OK, ms);
+        worker.request(RouteLabel::Route(0), &Method::GET, StatusCode::OK, ms);
+        assert_samples(
+            &metrics.render(0, 0, 0),
+            &[
+                (
+                    r#"tokengate_requests_total{method="GET",route="/old",status="200"}"#,
+                    1.0,
+                ),
+                (
+                    r#"tokengate_requests_total{method="GET",route="/new",status="200"}"#,
+                    2.0,
+                ),
+                (
+                    r#"tokengate_request_duration_seconds_count{route="/old"}"#,
+                    1.0,
+                ),
+                (
+                    r#"tokengate_request_duration_seconds_count{route="/new"}"#,
+                    2.0,
+                ),
+            ],
+        );
+    }
+}

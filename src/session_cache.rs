@@ -315,3 +315,221 @@ impl Sessions {
         Ok(count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::store::{SledStore, UserRecord};
+
+    const T0: Timestamp = 1_767_225_600;
+    const POLICY: SessionPolicy = SessionPolicy {
+        idle: 600,
+        lifetime: 3600,
+    };
+
+    struct Fixture {
+        sessions: Sessions,
+        store: Arc<dyn Store>,
+        clock: Arc<ManualClock>,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Sessions over a fresh sled store holding users `alice` and `bob`, at `T0`.
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+        for name in ["alice", "bob"] {
+            store
+                .create_user(UserRecord {
+                    name: name.into(),
+                    password_hash: None,
+                    created_at: T0,
+                })
+                .await
+                .unwrap();
+        }
+        let clock = Arc::new(ManualClock::new(T0));
+        let sessions = Sessions::new(Arc::clone(&store), clock.clone(), POLICY);
+        Fixture {
+            sessions,
+            store,
+            clock,
+            _dir: dir,
+        }
+    }
+
+    async fn valid(sessions: &Sessions, cookie: &str) -> bool {
+        let value = CookieValue::parse(cookie).expect("a well-formed cookie value");
+        sessions.authenticate(value).await.unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn a_session_lives_until_its_idle_time_or_its_lifetime_ends() {
+        // Each case: the cookie presented at these seconds after creation, and whether it
+        // is valid then (idle 600 s, sliding; lifetime 3600 s, absolute).
+        let cases: &[(&str, &[(i64, bool)])] = &[
+            ("just inside the idle time", &[(599, true)]),
+            ("at the idle time", &[(600, false)]),
+            (
+                "each sighting slides the idle expiry",
+                &[(500, true), (1000, true), (1599, true)],
+            ),
+            (
+                "a refused cookie is no sighting",
+                &[(600, false), (601, false)],
+            ),
+            (
+                "the lifetime ends a session in steady use",
+                &[
+                    (500, true),
+                    (1000, true),
+                    (1500, true),
+                    (2000, true),
+                    (2500, true),
+                    (3000, true),
+                    (3500, true),
+                    (3599, true),
+                    (3600, false),
+                ],
+            ),
+        ];
+        for (what, presented) in cases {
+            let f = fixture().await;
+            let new = f.sessions.create("alice").await.unwrap();
+            for &(at, want) in *presented {
+                f.clock.set(T0 + at);
+                assert_eq!(
+                    valid(&f.sessions, &new.cookie_value).await,
+                    want,
+                    "{what}: at +{at} s"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_check_of_an_open_stream_does_not_slide_the_idle_expiry() {
+        let f = fixture().await;
+        let new = f.sessions.create("alice").await.unwrap();
+        f.clock.set(T0 + 500);
+        assert!(f.sessions.current(&new.session).await.unwrap().is_some());
+        assert_eq!(new.session.last_seen(), T0, "current() is not a sighting");
+        f.clock.set(T0 + 600);
+        assert!(f.sessions.current(&new.session).await.unwrap().is_none());
+        assert!(!valid(&f.sessions, &new.cookie_value).await);
+    }
+
+    #[tokio::test]
+    async fn revocation_refuses_the_cookie_at_once_and_only_that_cookie() {
+        let f = fixture().await;
+        let a1 = f.sessions.create("alice").await.unwrap();
+        let a2 = f.sessions.create("alice").await.unwrap();
+        let b = f.sessions.create("bob").await.unwrap();
+        assert_eq!(f.sessions.active(), 3);
+
+        assert!(f.sessions.revoke(a1.session.hash).await.unwrap());
+        assert!(!valid(&f.sessions, &a1.cookie_value).await);
+        assert!(f.store.session(a1.session.hash).await.unwrap().is_none());
+        assert!(
+            !f.sessions.revoke(a1.session.hash).await.unwrap(),
+            "a second revocation finds nothing"
+        );
+        assert!(valid(&f.sessions, &a2.cookie_value).await);
+
+        assert_eq!(f.sessions.revoke_user("alice").await.unwrap(), 1);
+        assert!(!valid(&f.sessions, &a2.cookie_value).await);
+        assert!(valid(&f.sessions, &b.cookie_value).await, "bob's stays");
+        assert_eq!(f.sessions.active(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_cache_miss_reads_the_store_until_the_cache_is_complete() {
+        let f = fixture().await;
+        let new = f.sessions.create("alice").await.unwrap();
+        // Another `Sessions` over the same store: its empty cache is not yet complete, so
+        // it looks the cookie up in the store.
+        let other = Sessions::new(Arc::clone(&f.store), f.clock.clone(), POLICY);
+        assert!(
+            valid(&other, &new.cookie_value).await,
+            "read from the store"
+        );
+
+        let warmed = Sessions::new(Arc::clone(&f.store), f.clock.clone(), POLICY);
+        assert_eq!(warmed.warm().await.unwrap(), 1);
+        assert!(valid(&warmed, &new.cookie_value).await);
+        // Stored behind the warmed cache's back: its complete (authoritative) cache says
+        // there is no such session, without asking the store.
+        let later = f.sessions.create("bob").await.unwrap();
+        assert!(valid(&f.sessions, &later.cookie_value).await);
+        assert!(!valid(&warmed, &later.cookie_value).await);
+        // Unknown or malformed cookie values are refused.
+        assert!(!valid(&f.sessions, &generate_cookie_value()).await);
+        assert!(CookieValue::parse("not a cookie value").is_none());
+    }
+
+    #[tokio::test]
+    async fn warming_drops_expired_sessions_from_the_store() {
+        let f = fixture().await;
+        let old = f.sessions.create("alice").await.unwrap();
+        f.clock.set(T0 + 500);
+        let fresh = f.sessions.create("bob").await.unwrap();
+        f.clock.set(T0 + 700); // alice's idle time is over, bob's is not
+        let warmed = Sessions::new(Arc::clone(&f.store), f.clock.clone(), POLICY);
+        assert_eq!(warmed.warm().await.unwrap(), 1);
+        assert!(f.store.session(old.session.hash).await.unwrap().is_none());
+        assert!(f.store.session(fresh.session.hash).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn the_first_valid_cookie_of_several_wins() {
+        let f = fixture().await;
+        let new = f.sessions.create("bob").await.unwrap();
+        let unknown = generate_cookie_value();
+        let values = vec!["garbage", unknown.as_str(), new.cookie_value.as_str()];
+        let (session, cookie) = f
+            .sessions
+            .from_cookies(values)
+            .await
+            .unwrap()
+            .expect("the third value names a session");
+        assert_eq!(session.user(), "bob");
+        assert_eq!(cookie.hash(), new.session.hash);
+        assert!(f
+            .sessions
+            .from_cookies(vec!["garbage", unknown.as_str()])
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    #[tokio::test]
+    async fn last_seen_is_written_in_batches_at_most_once_a_resolution() {
+        let f = fixture().await;
+        let new = f.sessions.create("alice").await.unwrap();
+        let stored = |f: &Fixture| {
+            let store = Arc::clone(&f.store);
+            let hash = new.session.hash;
+            async move { store.session(hash).await.unwrap().unwrap().last_seen }
+        };
+        // Seen within the resolution: exact in memory, nothing to write.
+        f.clock.set(T0 + LAST_SEEN_RESOLUTION - 1);
+        assert!(valid(&f.sessions, &new.cookie_value).await);
+        assert_eq!(new.session.last_seen(), T0 + LAST_SEEN_RESOLUTION - 1);
+        assert_eq!(f.sessions.flush_last_seen().await.unwrap(), 0);
+        assert_eq!(stored(&f).await, T0);
+        // A resolution after the stored value: written once, however often seen.
+        f.clock.set(T0 + LAST_SEEN_RESOLUTION);
+        assert!(valid(&f.sessions, &new.cookie_value).await);
+        f.clock.set(T0 + LAST_SEEN_RESOLUTION + 5);
+        assert!(valid(&f.sessions, &new.cookie_value).await);
+        assert_eq!(f.sessions.flush_last_seen().await.unwrap(), 1);
+        assert_eq!(stored(&f).await, T0 + LAST_SEEN_RESOLUTION + 5);
+        assert_eq!(f.sessions.flush_last_seen().await.unwrap(), 0);
+        // Past its idle time, the flush removes it from the store.
+        f.clock.set(T0 + LAST_SEEN_RESOLUTION + 5 + POLICY.idle);
+        assert_eq!(f.sessions.flush_last_seen().await.unwrap(), 0);
+        assert!(f.store.session(new.session.hash).await.unwrap().is_none());
+        assert_eq!(f.sessions.active(), 0);
+    }
+}

@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{eventually_blocking, free_port};
+use common::{eventually_blocking, wait_listening};
 use std::io::{BufRead, BufReader};
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -42,18 +42,41 @@ fn append_config(cfg: &Path, extra: &str) {
     std::fs::write(cfg, yaml).unwrap();
 }
 
-fn write_config(dir: &Path, upstream_port: u16, listen_port: u16) -> PathBuf {
+/// A config whose listeners take any free port (port 0: the proxy on 127.0.0.1, the admin
+/// listener on 127.0.0.2, as two port-0 addresses on one IP would fail validation), with one
+/// worker (each worker binds its own listener, so with port 0 each would get its own port).
+/// `Server::start` finds the ports the kernel gave them.
+fn write_config(dir: &Path, upstream_port: u16) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
-            "listen: 127.0.0.1:{listen_port}\nupstream: http://127.0.0.1:{upstream_port}\nstore:\n  path: {}\nadmin:\n  listen: 127.0.0.1:{}\ntokens:\n  prefix: tg_\nabilities: [read, write]\ndefault_abilities: [read]\nroutes:\n  - path: /healthz\n    auth: none\n  - path: /bench/**\n    abilities: [read]\n  - path: /w/**\n    abilities: [write]\n",
+            "listen: 127.0.0.1:0\nworkers: 1\nupstream: http://127.0.0.1:{upstream_port}\nstore:\n  path: {}\nadmin:\n  listen: {ADMIN_ANY_PORT}\ntokens:\n  prefix: tg_\nabilities: [read, write]\ndefault_abilities: [read]\nroutes:\n  - path: /healthz\n    auth: none\n  - path: /bench/**\n    abilities: [read]\n  - path: /w/**\n    abilities: [write]\n",
             dir.join("store").display(),
-            free_port()
         ),
     )
     .unwrap();
     path
+}
+
+const ADMIN_ANY_PORT: &str = "127.0.0.2:0";
+
+/// Names the admin port a server got in its config file, for the CLI, which finds the
+/// admin API there. The server keeps the `admin.listen` it started with, so a reload of
+/// this file lists `admin.listen` as needing a restart.
+fn name_admin_port(cfg: &Path, admin_port: u16) {
+    let yaml = std::fs::read_to_string(cfg).unwrap();
+    let named = yaml.replace(
+        &format!("  listen: {ADMIN_ANY_PORT}\n"),
+        &format!("  listen: 127.0.0.2:{admin_port}\n"),
+    );
+    assert_ne!(
+        named,
+        yaml,
+        "no admin listen address to name in {}",
+        cfg.display()
+    );
+    std::fs::write(cfg, named).unwrap();
 }
 
 #[test]
@@ -75,7 +98,7 @@ fn check_config_prints_every_problem_and_exits_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(stderr(&out).contains("routes[0].path: must start with '/'"));
 
-    let good = write_config(dir.path(), 1, free_port());
+    let good = write_config(dir.path(), 1);
     let out = run(&["check-config", "--config", good.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
@@ -98,7 +121,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn token_lifecycle_through_the_cli() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 1, free_port());
+    let cfg = write_config(dir.path(), 1);
     let cfg = cfg.to_str().unwrap();
 
     let out = run(&[
@@ -198,7 +221,7 @@ fn token_lifecycle_through_the_cli() {
 #[test]
 fn explain_without_a_token() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 1, free_port());
+    let cfg = write_config(dir.path(), 1);
     let cfg = cfg.to_str().unwrap();
     let cases = [
         ("GET", "/healthz", "decision: allowed"),
@@ -238,55 +261,133 @@ fn explain_without_a_token() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }
 
-struct Server(Child);
+/// A running `tokengate serve` (or `demo`) and the addresses it bound.
+struct Server {
+    child: Child,
+    /// The proxy's.
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
 
 impl Server {
+    /// Spawns `command`, a server on a `write_config` config, and waits until it listens:
+    /// the proxy on 127.0.0.1, the admin listener on 127.0.0.2, on the ports the kernel gave.
+    fn start(command: &mut Command) -> Server {
+        let mut child = command.spawn().expect("tokengate starts");
+        let pid = child.id();
+        let mut exited = || child.try_wait().unwrap().map(|status| status.to_string());
+        let addr = wait_listening("tokengate's proxy", pid, [127, 0, 0, 1], &mut exited);
+        let admin = wait_listening(
+            "tokengate's admin listener",
+            pid,
+            [127, 0, 0, 2],
+            &mut exited,
+        );
+        Server { child, addr, admin }
+    }
+
     /// Sends a signal (`-TERM`, `-INT`) and waits (bounded) for the exit code.
     fn signal(&mut self, signal: &str) -> Option<i32> {
-        let pid = self.0.id().to_string();
+        let pid = self.child.id().to_string();
         assert!(Command::new("kill")
             .args([signal, &pid])
             .status()
             .unwrap()
             .success());
-        for _ in 0..500 {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
+        let mut code = None;
+        eventually_blocking(&format!("tokengate exits after {signal}"), || {
+            match self.child.try_wait().unwrap() {
+                Some(status) => {
+                    code = Some(status.code());
+                    true
+                }
+                None => false,
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no exit within 10 s of {signal}");
+        });
+        code.expect("exited")
+    }
+
+    /// Stops the server as its supervisor does: SIGTERM, then exit 0.
+    fn stop(&mut self) {
+        assert_eq!(self.signal("-TERM"), Some(0), "serve exits 0 after SIGTERM");
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.0.kill();
+        let _ = self.child.kill();
     }
 }
 
-fn wait_for_port(port: u16) {
-    for _ in 0..500 {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
+/// An echo upstream (served by its own runtime) and, in a temporary directory, a
+/// `write_config` config for a server in front of it.
+struct Setup {
+    echo: tokengate::echo::Echo,
+    _runtime: tokio::runtime::Runtime,
+    _dir: tempfile::TempDir,
+    cfg: PathBuf,
+}
+
+impl Setup {
+    /// `extra`: more top-level config keys.
+    fn new(extra: &str) -> Setup {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let echo = start_echo(&runtime);
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(dir.path(), echo.addr.port());
+        append_config(&cfg, extra);
+        Setup {
+            echo,
+            _runtime: runtime,
+            _dir: dir,
+            cfg,
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("nothing listens on {port}");
+
+    fn cfg(&self) -> &str {
+        self.cfg.to_str().unwrap()
+    }
+
+    /// `tokengate serve` on this config, its stderr dropped.
+    fn serve_command(&self) -> Command {
+        let mut command = bin();
+        command
+            .args(["serve", "--config", self.cfg()])
+            .stderr(Stdio::null());
+        command
+    }
+
+    /// A token created through the CLI (with the store free): `id|secret`.
+    fn token(&self, user: &str, abilities: &str) -> String {
+        let out = run(&[
+            "token",
+            "create",
+            "--config",
+            self.cfg(),
+            "--user",
+            user,
+            "--name",
+            user,
+            "--abilities",
+            abilities,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().last().unwrap().to_owned()
+    }
 }
 
 /// A raw HTTP/1.1 GET; returns the status code.
-fn get_status(port: u16, path: &str, auth: Option<&str>) -> u16 {
+fn get_status(gate: SocketAddr, path: &str, auth: Option<&str>) -> u16 {
     let auth = auth
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    get_with(port, path, &auth)
+    get_with(gate, path, &auth)
 }
 
 /// A raw HTTP/1.1 GET with extra header lines (each ending in CRLF); returns the status.
-fn get_with(port: u16, path: &str, auth: &str) -> u16 {
+fn get_with(gate: SocketAddr, path: &str, auth: &str) -> u16 {
     use std::io::Write;
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = TcpStream::connect(gate).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
@@ -298,40 +399,25 @@ fn get_with(port: u16, path: &str, auth: &str) -> u16 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The benchmark harness's sequence (create a token, serve, request), and what a shutdown
+/// leaves: the last use of a token written to the store, and no token in the log. (Every
+/// served test stops the server with `Server::stop`, which checks the exit code.)
 #[test]
-fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = start_echo(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), echo.addr.port(), port);
-    let cfg = cfg.to_str().unwrap();
-    // the benchmark harness's sequence: create a token, then serve
-    let out = run(&[
-        "token",
-        "create",
-        "--config",
-        cfg,
-        "--user",
-        "bench",
-        "--name",
-        "bench",
-        "--abilities",
-        "read",
-    ]);
-    let token = stdout(&out).lines().last().unwrap().to_string();
-
-    let child = bin()
-        .args(["serve", "--config", cfg])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
-    assert_eq!(get_status(port, "/bench/item", Some(&token)), 200);
-    assert_eq!(get_status(port, "/bench/item", None), 401);
-    assert_eq!(get_status(port, "/healthz", None), 200);
+fn serve_guards_an_upstream_and_flushes_on_sigterm() {
+    let setup = Setup::new("");
+    let cfg = setup.cfg();
+    let token = setup.token("bench", "read");
+    let mut server = Server::start(
+        setup
+            .serve_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped()),
+    );
+    let log = common::drain(server.child.stderr.take().unwrap());
+    let gate = server.addr;
+    assert_eq!(get_status(gate, "/bench/item", Some(&token)), 200);
+    assert_eq!(get_status(gate, "/bench/item", None), 401);
+    assert_eq!(get_status(gate, "/healthz", None), 200);
 
     // while serving without an admin key, the CLI can use neither the store nor the API,
     // and says why
@@ -344,18 +430,12 @@ fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
         stderr(&out)
     );
 
-    assert_eq!(
-        server.signal("-TERM"),
-        Some(0),
-        "serve exits 0 after SIGTERM"
-    );
-
+    server.stop();
     // last_used_at was flushed at shutdown
     let out = run(&["token", "list", "--config", cfg, "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(list[0]["last_used_at"].is_string(), "{list}");
-    let mut log = String::new();
-    std::io::Read::read_to_string(server.0.stderr.as_mut().unwrap(), &mut log).unwrap();
+    let log = log.join().unwrap();
     assert!(
         !log.contains(token.split('|').nth(1).unwrap()),
         "no token in the log"
@@ -364,9 +444,10 @@ fn serve_guards_an_upstream_and_stops_cleanly_on_sigterm() {
 
 #[test]
 fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
-    let port = free_port();
+    // The demo's admin listener takes any port on 127.0.0.1, so the proxy goes on
+    // 127.0.0.2, any port too.
     let mut child = bin()
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["demo", "--listen", "127.0.0.2:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -381,7 +462,14 @@ fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
             break;
         }
     }
-    let mut server = Server(child);
+    let pid = child.id();
+    let mut exited = || child.try_wait().unwrap().map(|status| status.to_string());
+    let gate = wait_listening("the demo's proxy", pid, [127, 0, 0, 2], &mut exited);
+    let mut server = Server {
+        child,
+        addr: gate,
+        admin: gate, // unused: the demo's admin API is off
+    };
     let token_of = |label: &str| {
         printed
             .iter()
@@ -395,11 +483,10 @@ fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
     assert!(printed
         .iter()
         .any(|l| l.contains("curl -i -H 'Authorization: Bearer")));
-    wait_for_port(port);
-    assert_eq!(get_status(port, "/api/posts/1", Some(&reader)), 200);
-    assert_eq!(get_status(port, "/api/posts/1", None), 401);
-    assert_eq!(get_status(port, "/healthz", None), 200);
-    assert_eq!(get_status(port, "/api/posts/1", Some(&writer)), 403);
+    assert_eq!(get_status(gate, "/api/posts/1", Some(&reader)), 200);
+    assert_eq!(get_status(gate, "/api/posts/1", None), 401);
+    assert_eq!(get_status(gate, "/healthz", None), 200);
+    assert_eq!(get_status(gate, "/api/posts/1", Some(&writer)), 403);
 
     assert_eq!(
         server.signal("-INT"),
@@ -412,7 +499,7 @@ fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
 fn token_import_creates_many_tokens_at_once() {
     use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), 1, free_port());
+    let cfg = write_config(dir.path(), 1);
     let cfg = cfg.to_str().unwrap();
     let mut child = bin()
         .args(["token", "import", "--config", cfg])
@@ -501,12 +588,8 @@ fn run_with_stdin(args: &[&str], input: &str) -> Output {
 
 #[test]
 fn users_and_app_minted_sessions_through_the_cli() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = start_echo(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), echo.addr.port(), port);
-    let cfg = cfg.to_str().unwrap();
+    let setup = Setup::new("");
+    let cfg = setup.cfg();
 
     let out = run_with_stdin(
         &["user", "add", "--config", cfg, "alice", "--password-stdin"],
@@ -583,24 +666,19 @@ fn users_and_app_minted_sessions_through_the_cli() {
     let out = run(&["user", "remove", "--config", cfg, "alice"]);
     assert_eq!(out.status.code(), Some(1));
 
-    let child = bin()
-        .args(["serve", "--config", cfg])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
+    let mut server = Server::start(&mut setup.serve_command());
+    let gate = server.addr;
     let with_cookie = format!("Cookie: tokengate_session={cookie}\r\n");
-    assert_eq!(get_with(port, "/bench/item", &with_cookie), 200);
-    assert_eq!(get_status(port, "/bench/item", Some(&alice_token)), 401);
+    assert_eq!(get_with(gate, "/bench/item", &with_cookie), 200);
+    assert_eq!(get_status(gate, "/bench/item", Some(&alice_token)), 401);
     assert_eq!(
-        get_with(port, "/bench/item", "Cookie: tokengate_session=forged\r\n"),
+        get_with(gate, "/bench/item", "Cookie: tokengate_session=forged\r\n"),
         401
     );
-    let seen = echo.last().unwrap();
+    let seen = setup.echo.last().unwrap();
     assert_eq!(seen.headers["x-auth-method"], "session");
     assert_eq!(seen.headers["x-auth-user"], "bob");
-    assert_eq!(server.signal("-TERM"), Some(0));
+    server.stop();
 }
 
 /// Runs a management command with the admin key in its environment.
@@ -699,26 +777,25 @@ fn the_cli_goes_through_the_admin_api_while_a_server_holds_the_store() {
         };
 
     let offline_dir = tempfile::tempdir().unwrap();
-    let offline_cfg = write_config(offline_dir.path(), echo.addr.port(), free_port());
+    let offline_cfg = write_config(offline_dir.path(), echo.addr.port());
     let (offline, _) = script(offline_cfg.to_str().unwrap(), "unused");
 
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), echo.addr.port(), port);
-    let cfg = cfg.to_str().unwrap();
+    let cfg_path = write_config(dir.path(), echo.addr.port());
+    let cfg = cfg_path.to_str().unwrap();
     let key = "test-admin-key-0123456789";
-    let child = bin()
-        .args(["serve", "--config", cfg])
-        .env("TOKENGATE_ADMIN_KEY", key)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
+    let mut server = Server::start(
+        bin()
+            .args(["serve", "--config", cfg])
+            .env("TOKENGATE_ADMIN_KEY", key)
+            .stderr(Stdio::null()),
+    );
+    name_admin_port(&cfg_path, server.admin.port());
+    let gate = server.addr;
     let (online, token) = script(cfg, key);
     assert_eq!(normalize(offline), normalize(online.clone()));
     // The commands really went to the server: its cache saw the token and its revocation.
-    assert_eq!(get_status(port, "/bench/item", Some(&token)), 401);
+    assert_eq!(get_status(gate, "/bench/item", Some(&token)), 401);
     let out = run_keyed(&["token", "list", "--config", cfg, "--json"], key);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).trim(), "[]");
@@ -738,17 +815,17 @@ fn the_cli_goes_through_the_admin_api_while_a_server_holds_the_store() {
         key,
     );
     let live = stdout(&out).lines().last().unwrap().to_owned();
-    assert_eq!(get_status(port, "/bench/item", Some(&live)), 200);
+    assert_eq!(get_status(gate, "/bench/item", Some(&live)), 200);
     for (cmd, code, _) in &online {
         assert!(code.is_some(), "{cmd}");
     }
-    assert_eq!(server.signal("-TERM"), Some(0));
+    server.stop();
 }
 
 /// A raw HTTP/1.1 request on its own connection; returns the whole answer as text.
-fn exchange(port: u16, request: &str) -> String {
+fn exchange(to: SocketAddr, request: &str) -> String {
     use std::io::{Read, Write};
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut s = TcpStream::connect(to).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     s.write_all(request.as_bytes()).unwrap();
     let mut out = String::new();
@@ -758,25 +835,15 @@ fn exchange(port: u16, request: &str) -> String {
 
 #[test]
 fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = start_echo(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), echo.addr.port(), port);
-    append_config(&cfg, "shutdown_grace_seconds: 20\n");
-    let cfg = cfg.to_str().unwrap();
-    let child = bin()
-        .args(["serve", "--config", cfg])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
+    let setup = Setup::new("shutdown_grace_seconds: 20\n");
+    let echo = &setup.echo;
+    let mut server = Server::start(&mut setup.serve_command());
+    let gate = server.addr;
 
     // A request to a slow upstream (1.5 s) is in flight when SIGTERM arrives.
     let slow = std::thread::spawn(move || {
         exchange(
-            port,
+            gate,
             "GET /healthz?delay_ms=1500 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         )
     });
@@ -785,7 +852,7 @@ fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
         echo.arrived() == 1
     });
     assert!(echo.seen().is_empty(), "answered already");
-    let pid = server.0.id().to_string();
+    let pid = server.child.id().to_string();
     assert!(Command::new("kill")
         .args(["-TERM", &pid])
         .status()
@@ -794,7 +861,7 @@ fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     // The listener closes (new connections are refused) while the slow request, which
     // takes 1.5 s upstream, is still running.
     eventually_blocking("new connections refused after SIGTERM", || {
-        TcpStream::connect(("127.0.0.1", port)).is_err()
+        TcpStream::connect(gate).is_err()
     });
     assert!(
         !slow.is_finished(),
@@ -802,54 +869,30 @@ fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
     );
     let answer = slow.join().unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let status = server.0.wait().unwrap();
+    let status = server.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
 
 #[test]
 fn the_access_log_has_one_line_per_request_and_no_secrets() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = start_echo(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), echo.addr.port(), port);
-    append_config(&cfg, "access_log:\n  enabled: true\n  format: json\n");
-    let cfg = cfg.to_str().unwrap();
-    let out = run(&[
-        "token",
-        "create",
-        "--config",
-        cfg,
-        "--user",
-        "42",
-        "--name",
-        "log",
-        "--abilities",
-        "read",
-    ]);
-    let token = stdout(&out).lines().last().unwrap().to_owned();
-    let child = bin()
-        .args(["serve", "--config", cfg])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
+    let setup = Setup::new("access_log:\n  enabled: true\n  format: json\n");
+    let token = setup.token("42", "read");
+    let mut server = Server::start(setup.serve_command().stdout(Stdio::piped()));
+    let access_log = common::drain(server.child.stdout.take().unwrap());
+    let gate = server.addr;
     assert_eq!(
-        get_status(port, "/bench/item?secret=abc", Some(&token)),
+        get_status(gate, "/bench/item?secret=abc", Some(&token)),
         200
     );
-    assert_eq!(get_status(port, "/bench/item", Some("1|wrong")), 401);
-    assert_eq!(get_status(port, "/w/x", Some(&token)), 403);
-    assert_eq!(get_status(port, "/nope", None), 403);
+    assert_eq!(get_status(gate, "/bench/item", Some("1|wrong")), 401);
+    assert_eq!(get_status(gate, "/w/x", Some(&token)), 403);
+    assert_eq!(get_status(gate, "/nope", None), 403);
     assert_eq!(
-        get_status(port, "/%EF%BC%8E%EF%BC%8E/bench/item", Some(&token)),
+        get_status(gate, "/%EF%BC%8E%EF%BC%8E/bench/item", Some(&token)),
         400
     );
-    assert_eq!(server.signal("-TERM"), Some(0));
-    let mut log = String::new();
-    std::io::Read::read_to_string(server.0.stdout.as_mut().unwrap(), &mut log).unwrap();
+    server.stop();
+    let log = access_log.join().unwrap();
     let lines: Vec<serde_json::Value> = log
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
@@ -891,53 +934,29 @@ fn the_access_log_has_one_line_per_request_and_no_secrets() {
 }
 
 /// `GET /metrics` on the admin port, as text.
-fn metrics_text(admin_port: u16) -> String {
+fn metrics_text(admin: SocketAddr) -> String {
     exchange(
-        admin_port,
+        admin,
         "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
 }
 
 #[test]
 fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = start_echo(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg_path = write_config(dir.path(), echo.addr.port(), port);
-    let original = std::fs::read_to_string(&cfg_path).unwrap();
-    let admin_port: u16 = original
-        .split("admin:\n  listen: 127.0.0.1:")
-        .nth(1)
-        .and_then(|rest| rest.split('\n').next())
-        .unwrap()
-        .parse()
-        .unwrap();
-    let cfg = cfg_path.to_str().unwrap();
+    let setup = Setup::new("");
     let key = "reload-test-key";
-    let out = run(&[
-        "token",
-        "create",
-        "--config",
-        cfg,
-        "--user",
-        "7",
-        "--name",
-        "r",
-        "--abilities",
-        "read",
-    ]);
-    let token = stdout(&out).lines().last().unwrap().to_owned();
-    let child = bin()
-        .args(["serve", "--config", cfg])
-        .env("TOKENGATE_ADMIN_KEY", key)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
-    assert_eq!(get_status(port, "/bench/item", Some(&token)), 200);
-    let pid = server.0.id().to_string();
+    let token = setup.token("7", "read");
+    let mut server = Server::start(setup.serve_command().env("TOKENGATE_ADMIN_KEY", key));
+    let (gate, admin) = (server.addr, server.admin);
+    let (cfg, cfg_path) = (setup.cfg(), &setup.cfg);
+    name_admin_port(cfg_path, admin.port());
+    let original = std::fs::read_to_string(cfg_path).unwrap();
+    let reloads = |result: &str| {
+        let series = format!(r#"tokengate_config_reloads_total{{result="{result}"}}"#);
+        common::metric_value(&metrics_text(admin), &series)
+    };
+    assert_eq!(get_status(gate, "/bench/item", Some(&token)), 200);
+    let pid = server.child.id().to_string();
     let hup = || {
         assert!(Command::new("kill")
             .args(["-HUP", &pid])
@@ -948,7 +967,7 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
 
     // /bench/** now needs `write`: after SIGHUP the read token is refused.
     std::fs::write(
-        &cfg_path,
+        cfg_path,
         original.replace(
             "  - path: /bench/**\n    abilities: [read]",
             "  - path: /bench/**\n    abilities: [write]",
@@ -957,53 +976,55 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
     .unwrap();
     hup();
     eventually_blocking("the new routes apply", || {
-        get_status(port, "/bench/item", Some(&token)) == 403
+        get_status(gate, "/bench/item", Some(&token)) == 403
     });
-    assert!(metrics_text(admin_port).contains(r#"tokengate_config_reloads_total{result="ok"} 2"#));
+    assert_eq!(reloads("ok"), Some(2.0), "the start and the SIGHUP");
 
     // An invalid file changes nothing, and is counted.
-    std::fs::write(&cfg_path, format!("{original}bogus_key: 1\n")).unwrap();
+    std::fs::write(cfg_path, format!("{original}bogus_key: 1\n")).unwrap();
     hup();
     eventually_blocking("the bad reload is counted", || {
-        metrics_text(admin_port).contains(r#"tokengate_config_reloads_total{result="error"} 1"#)
+        reloads("error") == Some(1.0)
     });
     assert_eq!(
-        get_status(port, "/bench/item", Some(&token)),
+        reloads("ok"),
+        Some(2.0),
+        "a bad file is not counted as a reload"
+    );
+    assert_eq!(
+        get_status(gate, "/bench/item", Some(&token)),
         403,
         "old config in force"
     );
-    assert_eq!(get_status(port, "/healthz", None), 200);
+    assert_eq!(get_status(gate, "/healthz", None), 200);
 
     // Through the CLI (admin API): back to `read`, and a new listen address that can only
     // apply after a restart.
-    let moved = original.replace(
-        &format!("listen: 127.0.0.1:{port}\n"),
-        "listen: 127.0.0.1:1\n",
-    );
+    let moved = original.replace("listen: 127.0.0.1:0\n", "listen: 127.0.0.1:1\n");
     assert_ne!(moved, original);
-    std::fs::write(&cfg_path, moved).unwrap();
+    std::fs::write(cfg_path, moved).unwrap();
     let out = run_keyed(&["reload", "--config", cfg], key);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).contains("need a restart") && stdout(&out).contains("listen"),
-        "{}",
-        stdout(&out)
+    // `admin.listen` too: the server started on port 0, the file names the port it got.
+    assert_eq!(
+        stdout(&out).trim_end(),
+        "Config reloaded; these need a restart and keep their old values until then: listen, admin.listen"
     );
     assert_eq!(
-        get_status(port, "/bench/item", Some(&token)),
+        get_status(gate, "/bench/item", Some(&token)),
         200,
         "routes applied, still on the old port"
     );
 
     // A bad file through the CLI: the CLI validates it first and exits 64, as check-config.
-    std::fs::write(&cfg_path, "routes: []\n").unwrap();
+    std::fs::write(cfg_path, "routes: []\n").unwrap();
     let out = run_keyed(&["reload", "--config", cfg], key);
     assert_eq!(
         out.status.code(),
         Some(64),
         "the CLI itself validates the file first"
     );
-    assert_eq!(server.signal("-TERM"), Some(0));
+    server.stop();
 }
 
 /// With `ulimit -n` far below the clients it gets, tokengate keeps serving the connections
@@ -1012,28 +1033,22 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
 #[test]
 fn descriptor_exhaustion_neither_crashes_nor_spins() {
     use std::io::{Read, Write};
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let echo = start_echo(&runtime);
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = write_config(dir.path(), echo.addr.port(), port);
-    append_config(&cfg, "workers: 1\n");
-    let cfg = cfg.to_str().unwrap().to_owned();
-    let child = Command::new("sh")
-        .args([
-            "-c",
-            &format!(
-                "ulimit -n 128 && exec {} serve --config {cfg}",
-                env!("CARGO_BIN_EXE_tokengate")
-            ),
-        ])
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut server = Server(child);
-    wait_for_port(port);
+    let setup = Setup::new(""); // one worker, as `write_config` sets
+    let cfg = setup.cfg();
+    let mut server = Server::start(
+        Command::new("sh")
+            .args([
+                "-c",
+                &format!(
+                    "ulimit -n 128 && exec {} serve --config {cfg}",
+                    env!("CARGO_BIN_EXE_tokengate")
+                ),
+            ])
+            .env("RUST_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    );
+    let gate = server.addr;
     let request = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     let answered = |stream: &mut TcpStream| -> bool {
         stream
@@ -1046,19 +1061,19 @@ fn descriptor_exhaustion_neither_crashes_nor_spins() {
         matches!(stream.read(&mut buf), Ok(n) if n > 0 && buf[..n].starts_with(b"HTTP/1.1 200"))
     };
     // A client that came first, with its upstream connection made.
-    let mut first = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut first = TcpStream::connect(gate).unwrap();
     assert!(answered(&mut first));
     // Many more clients than descriptors: the kernel queues them, tokengate cannot take
     // them all.
     let crowd: Vec<TcpStream> = (0..400)
-        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .filter_map(|_| TcpStream::connect(gate).ok())
         .collect();
     assert!(crowd.len() > 200, "{} connected", crowd.len());
     // Real time is the point from here: tokengate meets failing accepts for a while, and
     // its CPU over two seconds of that tells whether it spins.
     std::thread::sleep(Duration::from_millis(500));
     // Accepting fails again and again: tokengate waits between tries instead of spinning.
-    let pid = server.0.id();
+    let pid = server.child.id();
     let cpu = || {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
         let fields: Vec<u64> = stat
@@ -1084,23 +1099,12 @@ fn descriptor_exhaustion_neither_crashes_nor_spins() {
     assert!(answered(&mut first), "the first client lost its service");
     // Descriptors come free: new clients are served again.
     drop(crowd);
-    let mut served = false;
-    for _ in 0..100 {
-        std::thread::sleep(Duration::from_millis(50));
-        if let Ok(mut late) = TcpStream::connect(("127.0.0.1", port)) {
-            if answered(&mut late) {
-                served = true;
-                break;
-            }
-        }
-    }
+    eventually_blocking("a new client is served once descriptors are free", || {
+        TcpStream::connect(gate).is_ok_and(|mut late| answered(&mut late))
+    });
     assert!(
-        served,
-        "no new client was served once descriptors were free"
-    );
-    assert!(
-        server.0.try_wait().unwrap().is_none(),
+        server.child.try_wait().unwrap().is_none(),
         "tokengate exited under descriptor exhaustion"
     );
-    assert_eq!(server.signal("-TERM"), Some(0));
+    server.stop();
 }

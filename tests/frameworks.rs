@@ -762,10 +762,11 @@ fn require(path: &Path, what: &str, install: &str) {
 const LARAVEL_AUTOLOAD: &str = "/usr/share/php/Illuminate/autoload.php";
 
 impl Framework {
-    /// Starts the framework on a free loopback port (not yet ready: `Upstream::wait_ready`).
+    /// Starts the framework on any free loopback port (port 0), and waits until it listens
+    /// (not yet ready: `Upstream::wait_ready`).
     fn start(self) -> Upstream {
         let dir = frameworks_dir();
-        let port = common::free_port();
+        let port = 0;
         let listen = format!("127.0.0.1:{port}");
         let state = tempfile::tempdir().unwrap();
         let (mut command, install) = match self {
@@ -803,7 +804,7 @@ impl Framework {
         };
         let log = state.path().join("log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = command
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -814,9 +815,17 @@ impl Framework {
                     command.get_program()
                 )
             });
+        let pid = child.id();
+        let addr = common::wait_listening(&self.to_string(), pid, [127, 0, 0, 1], || {
+            let status = child.try_wait().unwrap()?;
+            Some(format!(
+                "{status}\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ))
+        });
         Upstream {
             framework: self,
-            addr: listen.parse().unwrap(),
+            addr,
             child,
             log,
             _state: state,

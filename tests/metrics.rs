@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{free_port, Gate, HttpClient, STANDARD};
+use common::{metric_value, Gate, HttpClient, STANDARD, T0};
 use http::StatusCode;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -76,27 +76,58 @@ async fn the_exposition_passes_promtool_and_its_labels_are_bounded() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    for expected in [
-        r#"tokengate_requests_total{method="GET",route="/api/posts/{id}",status="200"} 3"#,
-        r#"tokengate_requests_total{method="GET",route="unmatched",status="403"} 1"#,
-        r#"tokengate_auth_decisions_total{decision="allowed",method="token"} 3"#,
-        r#"tokengate_auth_decisions_total{decision="unauthenticated",method="none"} 2"#,
-        r#"tokengate_auth_decisions_total{decision="forbidden",method="token"} 1"#,
-        r#"tokengate_auth_decisions_total{decision="no_route",method="none"} 1"#,
-        r#"tokengate_request_duration_seconds_count{route="/api/posts/{id}"} 5"#,
-        "tokengate_upstream_duration_seconds_count 3",
-        "tokengate_requests_in_flight 0",
-        "tokengate_tokens 1",
-        "tokengate_sessions_active 0",
-        r#"tokengate_config_reloads_total{result="ok"} 1"#,
-        "tokengate_config_last_reload_success_timestamp_seconds",
+    // Each series as a whole line, `name{labels} value`, so that neither another name
+    // that starts the same nor another count that does passes for it.
+    for (series, value) in [
+        (
+            r#"tokengate_requests_total{method="GET",route="/api/posts/{id}",status="200"}"#,
+            3.0,
+        ),
+        (
+            r#"tokengate_requests_total{method="GET",route="unmatched",status="403"}"#,
+            1.0,
+        ),
+        (
+            r#"tokengate_auth_decisions_total{decision="allowed",method="token"}"#,
+            3.0,
+        ),
+        (
+            r#"tokengate_auth_decisions_total{decision="unauthenticated",method="none"}"#,
+            2.0,
+        ),
+        (
+            r#"tokengate_auth_decisions_total{decision="forbidden",method="token"}"#,
+            1.0,
+        ),
+        (
+            r#"tokengate_auth_decisions_total{decision="no_route",method="none"}"#,
+            1.0,
+        ),
+        (
+            r#"tokengate_request_duration_seconds_count{route="/api/posts/{id}"}"#,
+            5.0,
+        ),
+        ("tokengate_upstream_duration_seconds_count", 3.0),
+        ("tokengate_requests_in_flight", 0.0),
+        ("tokengate_tokens", 1.0),
+        ("tokengate_sessions_active", 0.0),
+        (r#"tokengate_config_reloads_total{result="ok"}"#, 1.0),
+        // The config loaded at start, by the harness's clock.
+        (
+            "tokengate_config_last_reload_success_timestamp_seconds",
+            T0 as f64,
+        ),
     ] {
-        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+        assert_eq!(
+            metric_value(&text, series),
+            Some(value),
+            "{series} in:\n{text}"
+        );
     }
     // Process metrics under the names every Prometheus client gives them, unprefixed.
-    for series in ["process_resident_memory_bytes ", "process_open_fds "] {
+    for series in ["process_resident_memory_bytes", "process_open_fds"] {
         assert!(
-            text.lines().any(|l| l.starts_with(series)),
+            metric_value(&text, series).is_some(),
             "missing {series:?} in:\n{text}"
         );
     }
@@ -148,30 +179,27 @@ async fn a_real_prometheus_scrapes_the_counts() {
         ),
     )
     .unwrap();
-    let port = free_port();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let _prometheus = Prometheus(
+    // Any free port: the kernel's choice is read back once it listens.
+    let prometheus = Prometheus(
         Command::new("prometheus")
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.path().join("data").display()
             ))
-            .arg(format!("--web.listen-address={addr}"))
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("prometheus starts"),
     );
-
-    let started = Instant::now();
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "prometheus did not start listening on {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let pid = prometheus.0.id();
+    // Blocking, off the runtime that serves the gate.
+    let addr = tokio::task::spawn_blocking(move || {
+        common::wait_listening("prometheus", pid, [127, 0, 0, 1], || None)
+    })
+    .await
+    .unwrap();
 
     let expectations = [
         (

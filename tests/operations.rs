@@ -67,15 +67,29 @@ async fn an_upstream_that_cannot_be_reached_in_time_gets_502() {
     // hang (the kernel drops their SYNs), as with a firewalled host.
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let full = socket.listen(1).unwrap();
+    const BACKLOG: usize = 1;
+    let full = socket.listen(BACKLOG as u32).unwrap();
     let addr = full.local_addr().unwrap();
+    // Connections until the kernel's count of the queue says it is full (Linux takes one
+    // more than the backlog).
+    let queued = || {
+        common::tcp_sockets()
+            .into_iter()
+            .find(|s| s.listening && s.local == addr)
+            .expect("the listener in /proc/net/tcp")
+            .rx_queue as usize
+    };
     let mut fillers = Vec::new();
-    for _ in 0..8 {
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
-        {
-            fillers.push(s);
-        }
+    while queued() <= BACKLOG {
+        let filler = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr))
+            .await
+            .expect("a queue with room takes a connection")
+            .unwrap();
+        fillers.push(filler);
+        common::eventually("the kernel queues the connection", || {
+            queued() == fillers.len()
+        })
+        .await;
     }
     let gate = Gate::start_with_upstream(
         addr,
@@ -173,6 +187,7 @@ async fn a_connection_in_steady_use_outlives_the_idle_timeout() {
             String::from_utf8_lossy(&buf[..n])
         );
         answered += 1;
+        // Real time is the point: quiet gaps shorter than the idle timeout.
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     assert!(answered >= 5);

@@ -720,6 +720,7 @@ async fn post_in_pieces(
         if stream.write_all(piece.as_bytes()).await.is_err() {
             break;
         }
+        // Real time is the point: pieces apart in time, read apart.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut answer = Vec::new();

@@ -222,6 +222,7 @@ async fn event_source() -> SocketAddr {
                             if tx.send(Ok(event)).await.is_err() {
                                 return;
                             }
+                            // Real time is the point: a source that paces its events.
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     });
@@ -295,6 +296,7 @@ async fn event_streams_end_when_their_credential_ends() {
             )
             .await;
             next_event(&mut events).await;
+            // Real time is the point: open across several checks while the credential is good.
             tokio::time::sleep(Duration::from_millis(600)).await;
             next_event(&mut events).await;
 

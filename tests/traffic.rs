@@ -115,6 +115,7 @@ async fn a_quiet_websocket_outlives_the_idle_timeout() {
     let reader = gate.token("u", &["read"]).await;
     let request = common::ws_request(gate.addr, "/ws/chat", &reader);
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    // Real time is the point: four idle timeouts pass.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     ws.send(Message::Text("still there".into())).await.unwrap();
     let reply = tokio::time::timeout(Duration::from_secs(10), ws.next())
@@ -227,6 +228,7 @@ async fn a_quiet_tunnel_is_closed_after_its_own_idle_limit() {
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     // Busy: open past the limit.
     for i in 0..6 {
+        // Real time is the point: messages spaced closer than the limit.
         tokio::time::sleep(Duration::from_millis(150)).await;
         ws.send(Message::Text(format!("{i}").into())).await.unwrap();
         let reply = tokio::time::timeout(Duration::from_secs(10), ws.next()).await;

@@ -245,8 +245,9 @@ async fn serve_raw(
                         break;
                     }
                     let _ = stream.flush().await;
-                    // Pacing, so that the pieces travel as separate segments.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    // Each piece read by tokengate before the next is written, so that it
+                    // reads them apart.
+                    read_by_peer(&stream).await;
                 }
                 result
             }
@@ -261,6 +262,32 @@ async fn serve_raw(
             }
             return false;
         }
+    }
+}
+
+/// Waits until tokengate has read everything written on `stream`, as the kernel counts
+/// (`/proc/net/tcp`): nothing unacknowledged on this end, nothing unread on tokengate's.
+async fn read_by_peer(stream: &TcpStream) {
+    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + LIMIT;
+    loop {
+        let sockets = common::tcp_sockets();
+        let unsent = sockets
+            .iter()
+            .any(|s| s.local == local && s.remote == peer && s.tx_queue > 0);
+        let unread = sockets
+            .iter()
+            .any(|s| s.local == peer && s.remote == local && s.rx_queue > 0);
+        if !unsent && !unread {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tokengate did not read what the upstream wrote"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
@@ -913,7 +940,9 @@ async fn upstream_connections_end_with_the_client_connection_they_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_response_timeout_holds_on_a_reused_connection_and_after_its_timer_fired_idle() {
-    let s = Setup::start_with("timeouts:\n  upstream_response_seconds: 0.3\n").await;
+    // Long enough that the answered requests never come near it on a loaded machine; the
+    // silent one waits it out.
+    let s = Setup::start_with("timeouts:\n  upstream_response_seconds: 1\n").await;
     s.raw.queue([
         keep(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst"),
         keep(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nsecond"),
@@ -924,7 +953,8 @@ async fn the_response_timeout_holds_on_a_reused_connection_and_after_its_timer_f
     assert_ok(&s.get("/public/1").await, "first", "first");
     // Idle past the timeout: the connection's timer fires while it sits in the pool, and
     // the next request on it must start a fresh deadline rather than time out at once.
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // Real time is the point here.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_ok(
         &s.get("/public/2").await,
         "second",

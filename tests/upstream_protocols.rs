@@ -78,13 +78,98 @@ struct Seen {
 /// A minimal h2c (prior knowledge) gRPC server: answers `POST /pkg.Service/*` with the
 /// request message echoed back and trailers `grpc-status: 0`, `grpc-message: ok`;
 /// `/pkg.Service/Slow` answers only once `release` is notified. `go_away` shuts every open
-/// connection down gracefully (GOAWAY, then close once its calls are done).
+/// connection down gracefully (GOAWAY, then close once its calls are done); `ping_acks`
+/// counts the client's acknowledgements of the PING that follows the GOAWAY (the only PING
+/// this server sends), and `closed` the connections that ended.
 struct GrpcUpstream {
     addr: SocketAddr,
     seen: Arc<Mutex<Vec<Seen>>>,
     connections: Arc<Mutex<usize>>,
     go_away: watch::Sender<u64>,
     release: Arc<Notify>,
+    ping_acks: watch::Receiver<usize>,
+    closed: watch::Receiver<usize>,
+}
+
+/// A server's connection, the frames its client sends read through on their way: counts
+/// the client's PING acknowledgements. A client reads frames in order, so once it has
+/// acknowledged the PING a graceful shutdown sends after its GOAWAY, it has read the
+/// GOAWAY too.
+struct CountPingAcks {
+    stream: TcpStream,
+    /// Bytes of the client's connection preface still to skip.
+    preface: usize,
+    /// Received bytes not yet making up a whole frame.
+    pending: Vec<u8>,
+    acks: Arc<watch::Sender<usize>>,
+}
+
+impl CountPingAcks {
+    const PREFACE: usize = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".len();
+    const PING: u8 = 0x6;
+    const ACK: u8 = 0x1;
+
+    fn new(stream: TcpStream, acks: Arc<watch::Sender<usize>>) -> Self {
+        Self {
+            stream,
+            preface: Self::PREFACE,
+            pending: Vec::new(),
+            acks,
+        }
+    }
+
+    fn received(&mut self, mut bytes: &[u8]) {
+        let skip = self.preface.min(bytes.len());
+        self.preface -= skip;
+        bytes = &bytes[skip..];
+        self.pending.extend_from_slice(bytes);
+        // A frame: 24-bit length, type, flags, stream id, then the payload.
+        while self.pending.len() >= 9 {
+            let length = usize::from(self.pending[0]) << 16
+                | usize::from(self.pending[1]) << 8
+                | usize::from(self.pending[2]);
+            if self.pending.len() < 9 + length {
+                break;
+            }
+            if self.pending[3] == Self::PING && self.pending[4] & Self::ACK != 0 {
+                self.acks.send_modify(|n| *n += 1);
+            }
+            self.pending.drain(..9 + length);
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for CountPingAcks {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            self.received(&buf.filled()[before..]);
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for CountPingAcks {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 async fn grpc_upstream() -> GrpcUpstream {
@@ -94,11 +179,16 @@ async fn grpc_upstream() -> GrpcUpstream {
     let connections = Arc::new(Mutex::new(0));
     let (go_away, going_away) = watch::channel(0u64);
     let release = Arc::new(Notify::new());
+    let (acks_tx, ping_acks) = watch::channel(0usize);
+    let acks_tx = Arc::new(acks_tx);
+    let (closed_tx, closed) = watch::channel(0usize);
+    let closed_tx = Arc::new(closed_tx);
     let (log, count, released) = (seen.clone(), connections.clone(), release.clone());
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             *count.lock().unwrap() += 1;
             let (log, released) = (log.clone(), released.clone());
+            let (acks_tx, closed_tx) = (acks_tx.clone(), closed_tx.clone());
             let mut going_away = going_away.clone();
             going_away.mark_unchanged();
             tokio::spawn(async move {
@@ -136,15 +226,18 @@ async fn grpc_upstream() -> GrpcUpstream {
                         Ok::<_, Infallible>(response)
                     }
                 });
+                let stream = CountPingAcks::new(stream, acks_tx);
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(connection);
                 tokio::select! {
-                    _ = connection.as_mut() => return,
-                    _ = going_away.changed() => {}
+                    _ = connection.as_mut() => {}
+                    _ = going_away.changed() => {
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
                 }
-                connection.as_mut().graceful_shutdown();
-                let _ = connection.await;
+                closed_tx.send_modify(|n| *n += 1);
             });
         }
     });
@@ -154,6 +247,8 @@ async fn grpc_upstream() -> GrpcUpstream {
         connections,
         go_away,
         release,
+        ping_acks,
+        closed,
     }
 }
 
@@ -295,8 +390,15 @@ async fn grpc_passes_through_with_its_trailers_over_one_h2c_connection() {
         upstream.seen.lock().unwrap().len() > seen_before
     })
     .await;
+    // The next call is made once tokengate has read the GOAWAY (it has acknowledged the
+    // PING sent after it), so it cannot go out on the old connection.
+    let acks_before = *upstream.ping_acks.borrow();
     upstream.go_away.send_modify(|n| *n += 1);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut acks = upstream.ping_acks.clone();
+    tokio::time::timeout(Duration::from_secs(10), acks.wait_for(|n| *n > acks_before))
+        .await
+        .expect("tokengate acknowledges the PING after the GOAWAY")
+        .unwrap();
     let answer = grpc_call(&mut client, gate.addr, Some(&reader), b"again").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(answer.body, grpc_message(b"reply to again"));
@@ -308,7 +410,11 @@ async fn grpc_passes_through_with_its_trailers_over_one_h2c_connection() {
     assert_eq!(answer.trailers.unwrap()["grpc-status"], "0");
 
     // Once the old connection closed, calls still use the new one.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut closed = upstream.closed.clone();
+    tokio::time::timeout(Duration::from_secs(10), closed.wait_for(|n| *n == 1))
+        .await
+        .expect("the old connection closes once its last call is done")
+        .unwrap();
     let answer = grpc_call(&mut client, gate.addr, Some(&reader), b"last").await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(*upstream.connections.lock().unwrap(), 2);

@@ -772,3 +772,150 @@ impl Drop for UpstreamBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(upstream: &str, extra: &str) -> Config {
+        let yaml = format!(
+            "upstream: {upstream}\n{extra}store:\n  path: /nonexistent\nabilities: [read]\nroutes:\n  - path: /a\n    abilities: [read]\n"
+        );
+        Config::parse(&yaml).unwrap_or_else(|e| panic!("{yaml}: {e}"))
+    }
+
+    #[test]
+    fn the_upstream_url_gives_where_to_connect_and_the_default_host() {
+        // URL → host to dial, port, `Host` for a request without one, TLS or not.
+        let cases = [
+            (
+                "http://127.0.0.1:3000",
+                "127.0.0.1",
+                3000,
+                "127.0.0.1:3000",
+                false,
+            ),
+            (
+                "http://app.internal",
+                "app.internal",
+                80,
+                "app.internal",
+                false,
+            ),
+            (
+                "https://app.internal",
+                "app.internal",
+                443,
+                "app.internal",
+                true,
+            ),
+            (
+                "https://app.internal:8443",
+                "app.internal",
+                8443,
+                "app.internal:8443",
+                true,
+            ),
+            ("http://[::1]:8080", "::1", 8080, "[::1]:8080", false),
+        ];
+        for (url, host, port, host_value, tls) in cases {
+            let upstream = Upstream::new(&config(url, ""));
+            assert_eq!(upstream.dialer.host, host, "{url}");
+            assert_eq!(upstream.dialer.port, port, "{url}");
+            assert_eq!(upstream.host_value, host_value, "{url}");
+            assert_eq!(upstream.dialer.tls.is_some(), tls, "{url}");
+            assert!(upstream.http2.is_none(), "{url}: HTTP/1.1 unless asked");
+        }
+        let h2 = Upstream::new(&config("http://127.0.0.1:1", "upstream_http2: true\n"));
+        assert!(h2.http2.is_some());
+    }
+
+    #[test]
+    fn a_request_is_pointed_at_an_http1_upstream_in_origin_form() {
+        let upstream = Upstream::new(&config("http://10.0.0.1:3000", ""));
+        // URI and `Host` as they came → the URI and `Host` the upstream gets.
+        let cases: [(&str, Option<&str>, &str, &str); 4] = [
+            ("/a/b?x=1", Some("app.example"), "/a/b?x=1", "app.example"),
+            // An HTTP/2 client's absolute form: its path goes; the authority is already
+            // the `Host` (`headers`).
+            (
+                "https://app.example/a?y",
+                Some("app.example"),
+                "/a?y",
+                "app.example",
+            ),
+            // HTTP/1.0 without a `Host`: the upstream's.
+            ("/a", None, "/a", "10.0.0.1:3000"),
+            ("http://app.example", None, "/", "10.0.0.1:3000"),
+        ];
+        for (uri, host, want_uri, want_host) in cases {
+            let mut request = Request::builder().uri(uri).version(Version::HTTP_10);
+            if let Some(host) = host {
+                request = request.header(HOST, host);
+            }
+            let mut request = request.body(()).unwrap();
+            upstream.rewrite(&mut request).unwrap();
+            assert_eq!(request.uri(), want_uri, "{uri}");
+            assert_eq!(request.version(), Version::HTTP_11, "{uri}");
+            assert_eq!(request.headers()[HOST], want_host, "{uri}");
+            assert_eq!(request.headers().get_all(HOST).iter().count(), 1, "{uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_https_upstream_is_never_dialled_in_plaintext() {
+        // Without TLS settings (as `Upstream::new` logs), no connection is attempted.
+        let mut config = config("https://127.0.0.1:1", "");
+        config.upstream_tls = None;
+        let upstream = Upstream::new(&config);
+        assert!(upstream.dialer.tls.is_none());
+        assert_eq!(
+            upstream.dialer.dial().await.unwrap_err(),
+            Rejection::UpstreamUnavailable
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_refuses_the_connection_is_unavailable() {
+        // A port held by a socket that does not listen: connections to it are refused.
+        let held = tokio::net::TcpSocket::new_v4().unwrap();
+        held.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = held.local_addr().unwrap();
+        let upstream = Upstream::new(&config(&format!("http://{addr}"), ""));
+        assert_eq!(
+            upstream.dialer.dial().await.unwrap_err(),
+            Rejection::UpstreamUnavailable
+        );
+    }
+
+    #[tokio::test]
+    async fn hyper_failing_on_a_reply_that_is_not_http_is_a_broken_upstream() {
+        // hyper's own failure, not a refused request body: the upstream's fault, 502.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let _ = stream.write_all(b"SSH-2.0-not-http\r\n\r\n").await;
+        });
+        let (mut sender, connection) = http1::handshake::<_, http_body_util::Empty<Bytes>>(
+            TokioIo::new(TcpStream::connect(addr).await.unwrap()),
+        )
+        .await
+        .unwrap();
+        tokio::spawn(connection);
+        let request = Request::builder()
+            .uri("/")
+            .header(HOST, "x")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let error = sender.send_request(request).await.unwrap_err();
+        let upstream = Upstream::new(&config(&format!("http://{addr}"), ""));
+        assert_eq!(
+            upstream.dialer.failed_hyper(&error),
+            Rejection::UpstreamBroken
+        );
+    }
+}

@@ -131,13 +131,101 @@ pub fn drain(pipe: impl std::io::Read + Send + 'static) -> std::thread::JoinHand
     })
 }
 
-/// A free loopback port (for a process that binds it itself).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The value of one series in a Prometheus exposition: the line that is exactly `series`
+/// (`name{labels}` as written there), a space and a number. `None` when no line is.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// One IPv4 TCP socket of this machine's network namespace, as Linux lists it in
+/// `/proc/net/tcp`.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpEntry {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub listening: bool,
+    /// Connected: bytes sent and not yet acknowledged.
+    pub tx_queue: u32,
+    /// Connected: bytes received and not yet read by the application. Listening:
+    /// connections waiting in the accept queue.
+    pub rx_queue: u32,
+    pub inode: u64,
+}
+
+/// The IPv4 TCP sockets of this network namespace (Linux).
+pub fn tcp_sockets() -> Vec<TcpEntry> {
+    fn addr(field: &str) -> SocketAddr {
+        let (ip, port) = field.split_once(':').expect("address:port");
+        // The address is the network-order word printed as a native integer.
+        let ip = u32::from_str_radix(ip, 16)
+            .expect("hex address")
+            .to_ne_bytes();
+        let port = u16::from_str_radix(port, 16).expect("hex port");
+        SocketAddr::from((ip, port))
+    }
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+    table
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (tx, rx) = fields[4].split_once(':').expect("tx_queue:rx_queue");
+            TcpEntry {
+                local: addr(fields[1]),
+                remote: addr(fields[2]),
+                listening: fields[3] == "0A",
+                tx_queue: u32::from_str_radix(tx, 16).expect("hex tx_queue"),
+                rx_queue: u32::from_str_radix(rx, 16).expect("hex rx_queue"),
+                inode: fields[9].parse().expect("inode"),
+            }
+        })
+        .collect()
+}
+
+/// The addresses process `pid` listens on (IPv4 TCP; Linux): the ports a child that bound
+/// port 0 got, as the kernel reports them (so no port is picked before the child binds it).
+pub fn listening(pid: u32) -> Vec<SocketAddr> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return Vec::new();
+    };
+    let inodes: Vec<u64> = fds
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_str()?;
+            target
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect();
+    tcp_sockets()
+        .into_iter()
+        .filter(|s| s.listening && inodes.contains(&s.inode))
+        .map(|s| s.local)
+        .collect()
+}
+
+/// Waits until child `pid` listens on `ip` (it bound port 0 there) and returns the address;
+/// fails if the child exits first (`exited` says whether it has, with how).
+pub fn wait_listening(
+    what: &str,
+    pid: u32,
+    ip: [u8; 4],
+    mut exited: impl FnMut() -> Option<String>,
+) -> SocketAddr {
+    let ip = std::net::IpAddr::from(ip);
+    let mut found = None;
+    eventually_blocking(&format!("{what} listens on {ip}"), || {
+        if let Some(status) = exited() {
+            panic!("{what} exited before listening: {status}");
+        }
+        found = listening(pid).into_iter().find(|a| a.ip() == ip);
+        found.is_some()
+    });
+    found.expect("found")
 }
 
 impl Gate {
@@ -203,12 +291,7 @@ impl Gate {
     /// The value of one series in the Prometheus exposition (`name{labels}` as written
     /// there), or 0 when it is not there.
     pub fn metric(&self, series: &str) -> f64 {
-        self.app
-            .metrics
-            .render(0, 0, 0)
-            .lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric_value(&self.app.metrics.render(0, 0, 0), series).unwrap_or(0.0)
     }
 
     pub fn url(&self, path: &str) -> String {
