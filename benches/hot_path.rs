@@ -13,6 +13,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
+use tokengate::ability::Ability;
 use tokengate::clock::SystemClock;
 use tokengate::config::Config;
 use tokengate::credential::token::{generate_secret, TokenHash};
@@ -51,8 +52,8 @@ fn tokens_with(rt: &tokio::runtime::Runtime, n: usize) -> (Tokens, Vec<String>, 
     let policy = TokenPolicy {
         prefix: "tg_".into(),
         lifetime: None,
-        abilities: vec!["read".into(), "write".into()],
-        default_abilities: vec!["read".into()],
+        abilities: abilities(&["read", "write"]),
+        default_abilities: abilities(&["read"]),
         cache_capacity: n + 16,
         max_per_user: usize::MAX,
     };
@@ -137,7 +138,7 @@ fn route_table(n: usize) -> RouteTable {
             pattern: format!("/other{i}/**").into(),
             methods: None,
             auth: AuthMode::Any,
-            all_of: vec!["write".to_string()].into(),
+            all_of: abilities(&["write"]).into(),
             any_of: Box::new([]),
         })
         .collect();
@@ -146,7 +147,7 @@ fn route_table(n: usize) -> RouteTable {
         pattern: "/bench/**".into(),
         methods: Some(vec![Method::GET].into()),
         auth: AuthMode::Any,
-        all_of: vec!["read".to_string()].into(),
+        all_of: abilities(&["read"]).into(),
         any_of: Box::new([]),
     });
     RouteTable::new(routes).unwrap()
@@ -257,3 +258,7 @@ fn metrics(c: &mut Criterion) {
 
 criterion_group!(benches, verify, routes, paths, header_rewrite, metrics);
 criterion_main!(benches);
+
+fn abilities(names: &[&str]) -> Vec<Ability> {
+    names.iter().map(|n| Ability::new(n).unwrap()).collect()
+}

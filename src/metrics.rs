@@ -731,7 +731,7 @@ mod tests {
             ),
             (
                 "an upstream timeout",
-                |_, w| w.upstream_error(UpstreamError::Timeout),
+                |_, w| w.upstream_error(UpstreamErrorKind::Timeout),
                 &[
                     (r#"tokengate_upstream_errors_total{kind="timeout"}"#, 1.0),
                     (r#"tokengate_upstream_errors_total{kind="connect"}"#, 0.0),

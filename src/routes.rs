@@ -53,7 +53,7 @@ impl Route {
     /// same credentials and abilities (the patterns and methods may differ).
     pub fn same_requirements(&self, other: &Route) -> bool {
         fn set(abilities: &[Ability]) -> Vec<&str> {
-            let mut sorted: Vec<&str> = abilities.iter().map(String::as_str).collect();
+            let mut sorted: Vec<&str> = abilities.iter().map(Ability::as_str).collect();
             sorted.sort_unstable();
             sorted.dedup();
             sorted

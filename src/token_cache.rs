@@ -731,7 +731,12 @@ impl Tokens {
         }
         let requested = match request.abilities {
             Some(list) => list,
-            None => self.policy().default_abilities.clone(),
+            None => self
+                .policy()
+                .default_abilities
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
         };
         let (abilities, dropped) = self.filter_abilities(&requested);
         let secret = token::generate_secret(&self.policy().prefix);

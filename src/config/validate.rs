@@ -13,6 +13,7 @@ use super::{
     AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, Limits, Problem,
     SessionConfig, Timeouts, TlsFiles, UpstreamTarget,
 };
+use crate::ability::Ability;
 use crate::routes::{parse_pattern, AuthMode, Route, RouteTable, Segment};
 use crate::token_cache::TokenPolicy;
 use http::uri::Scheme;
@@ -260,7 +261,9 @@ fn admin(p: &mut Problems, raw: RawAdmin, listen: Option<SocketAddr>) -> Option<
         p.add("admin.key_env", "must name an environment variable");
     }
     if let (Some(l), Some(a)) = (listen, admin_listen) {
+        // Port 0 is the system's choice for each listener: never the same port.
         if l.port() == a.port()
+            && l.port() != 0
             && (l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified())
         {
             p.add(
@@ -278,56 +281,45 @@ fn admin(p: &mut Problems, raw: RawAdmin, listen: Option<SocketAddr>) -> Option<
     )
 }
 
-fn valid_ability(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
-}
-
 /// The declared abilities: the valid names, once each, even when others are not (the
 /// routes and `default_abilities` are checked against these).
-fn abilities(p: &mut Problems, names: &[String]) -> Vec<String> {
-    let mut declared: Vec<String> = Vec::new();
+fn abilities(p: &mut Problems, names: &[String]) -> Vec<Ability> {
+    let mut declared: Vec<Ability> = Vec::new();
     for (i, a) in names.iter().enumerate() {
-        if !valid_ability(a) {
-            p.add(
+        match Ability::new(a) {
+            None => p.add(
                 format!("abilities[{i}]"),
                 format!("'{a}' is not an ability name ([A-Za-z0-9:._-]+)"),
-            );
-        } else if declared.contains(a) {
-            p.add(
+            ),
+            Some(_) if declared.iter().any(|d| d == a) => p.add(
                 format!("abilities[{i}]"),
                 format!("'{a}' is declared twice"),
-            );
-        } else {
-            declared.push(a.clone());
+            ),
+            Some(ability) => declared.push(ability),
         }
     }
     declared
 }
 
-/// Whether `a` is declared; records a problem at `place` when not.
-fn known(p: &mut Problems, declared: &[String], place: String, a: &str) -> bool {
-    if declared.iter().any(|d| d == a) {
-        true
-    } else {
+/// The declared ability named `a`; records a problem at `place` when there is none.
+fn known(p: &mut Problems, declared: &[Ability], place: String, a: &str) -> Option<Ability> {
+    let found = declared.iter().find(|d| *d == a).cloned();
+    if found.is_none() {
         p.add(place, format!("'{a}' is not one of the declared abilities"));
-        false
     }
+    found
 }
 
 fn default_abilities(
     p: &mut Problems,
     names: &[String],
-    declared: &[String],
-) -> Option<Vec<String>> {
+    declared: &[Ability],
+) -> Option<Vec<Ability>> {
     let mark = p.mark();
     let defaults = names
         .iter()
         .enumerate()
-        .filter(|(i, a)| known(p, declared, format!("default_abilities[{i}]"), a))
-        .map(|(_, a)| a.clone())
+        .filter_map(|(i, a)| known(p, declared, format!("default_abilities[{i}]"), a))
         .collect();
     p.clean_since(mark, defaults)
 }
@@ -468,7 +460,7 @@ fn trusted_proxies(p: &mut Problems, list: &[String]) -> Option<Vec<IpNet>> {
 
 /// The route table, each pattern parsed once: the segments that validated it are the ones
 /// the table is compiled from.
-fn routes(p: &mut Problems, raw: Vec<RawRoute>, declared: &[String]) -> Option<RouteTable> {
+fn routes(p: &mut Problems, raw: Vec<RawRoute>, declared: &[Ability]) -> Option<RouteTable> {
     let mark = p.mark();
     if raw.is_empty() {
         p.add(
@@ -490,7 +482,7 @@ fn route(
     p: &mut Problems,
     i: usize,
     r: RawRoute,
-    declared: &[String],
+    declared: &[Ability],
 ) -> Option<(Route, Vec<Segment>)> {
     let place = format!("routes[{i}]");
     let mark = p.mark();
@@ -533,11 +525,14 @@ fn route(
             .collect::<Vec<_>>()
             .into_boxed_slice()
     });
-    for (field, list) in [("abilities", &r.abilities), ("any_ability", &r.any_ability)] {
-        for (j, a) in list.iter().enumerate() {
-            known(p, declared, format!("{place}.{field}[{j}]"), a);
-        }
-    }
+    let mut required = |field: &str, list: &[String]| -> Box<[Ability]> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(j, a)| known(p, declared, format!("{place}.{field}[{j}]"), a))
+            .collect()
+    };
+    let all_of = required("abilities", &r.abilities);
+    let any_of = required("any_ability", &r.any_ability);
     if auth == Some(AuthMode::None) && !(r.abilities.is_empty() && r.any_ability.is_empty()) {
         p.add(
             &place,
@@ -549,8 +544,8 @@ fn route(
         pattern: r.path.into(),
         methods,
         auth: auth?,
-        all_of: r.abilities.into(),
-        any_of: r.any_ability.into(),
+        all_of,
+        any_of,
     };
     p.clean_since(mark, (route, segments?))
 }
@@ -817,6 +812,8 @@ routes:
     fn admin_port_must_differ_from_proxy_port() {
         let got = problems("listen: 0.0.0.0:9000\nadmin:\n  listen: 127.0.0.1:9000\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n");
         assert!(got[0].starts_with("admin.listen: must differ"), "{got:?}");
+        let got = problems("listen: 127.0.0.1:0\nadmin:\n  listen: 127.0.0.1:0\nupstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n");
+        assert!(got.is_empty(), "{got:?}");
     }
 
     #[test]

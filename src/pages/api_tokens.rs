@@ -287,7 +287,7 @@ impl Page<'_> {
                                 @let id = format!("ability-{}-{ability}", token.id);
                                 span.check {
                                     input type="checkbox" id=(id) name="abilities" value=(ability)
-                                        checked[token.abilities.iter().any(|a| a == ability || a == "*")];
+                                        checked[token.abilities.iter().any(|a| ability == a || a == "*")];
                                     label for=(id) { (ability) }
                                 }
                             }

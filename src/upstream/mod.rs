@@ -871,7 +871,7 @@ mod tests {
         assert!(upstream.dialer.tls.is_none());
         assert_eq!(
             upstream.dialer.dial().await.unwrap_err(),
-            Rejection::UpstreamUnavailable
+            UpstreamError::Connect
         );
     }
 
@@ -884,7 +884,7 @@ mod tests {
         let upstream = Upstream::new(&config(&format!("http://{addr}"), ""));
         assert_eq!(
             upstream.dialer.dial().await.unwrap_err(),
-            Rejection::UpstreamUnavailable
+            UpstreamError::Connect
         );
     }
 
@@ -915,7 +915,7 @@ mod tests {
         let upstream = Upstream::new(&config(&format!("http://{addr}"), ""));
         assert_eq!(
             upstream.dialer.failed_hyper(&error),
-            Rejection::UpstreamBroken
+            UpstreamError::Protocol
         );
     }
 }
