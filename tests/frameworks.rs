@@ -286,6 +286,23 @@ const IDENTITY: &[Case] = &[
         Expect::Ran(&[Saw::Header("Authorization", None)]),
     ),
     get(
+        "tokengate's cookies under names the framework reads as theirs do not reach it",
+        "/public/x",
+        Who::Anonymous,
+        &[(
+            "Cookie",
+            "tokengate.session=forged; tokengate%5Fsession=forged; Tokengate_Session=forged; \
+             tokengate[session=forged; XSRF-TOKEN=forged; keep=1",
+        )],
+        Expect::Ran(&[
+            Saw::Field("/cookies/tokengate_session", None),
+            Saw::Field("/cookies/Tokengate_Session", None),
+            Saw::Field("/cookies/tokengate.session", None),
+            Saw::Field("/cookies/XSRF-TOKEN", None),
+            Saw::Field("/cookies/keep", Some("1")),
+        ]),
+    ),
+    get(
         "two Host headers",
         "/api/posts/1",
         Who::Read,

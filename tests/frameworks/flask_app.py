@@ -31,6 +31,7 @@ def catch_all(rest):
         path=request.path,
         environ={k: v for k, v in environ.items() if k.startswith("HTTP_")},
         headers=dict(request.headers),
+        cookies=request.cookies.to_dict(),
     )
 
 

@@ -28,6 +28,7 @@ echo json_encode([
     'server' => (object) $http,
     'get' => (object) $_GET,
     'post' => (object) $_POST,
+    'cookies' => (object) $_COOKIE,
     'laravel_method' => $laravel->getMethod(),
     'laravel_abilities' => $laravel->header('X-Token-Abilities'),
     // Every header as Laravel (Symfony's HeaderBag) reads it: lower case, `_` folded to `-`.

@@ -5,6 +5,8 @@
 
 const express = require('express');
 const methodOverride = require('method-override');
+// Express's own cookie reader (the `cookie` package it depends on), as cookie-parser uses it.
+const cookie = require('cookie');
 
 const app = express();
 let ran = 0;
@@ -24,6 +26,7 @@ const answer = (handler) => (req, res) =>
     path: req.path,
     abilities: req.headers['x-token-abilities'] ?? null,
     headers: req.headers,
+    cookies: cookie.parse(req.headers.cookie ?? ''),
   });
 app.all('/admin/*', answer('admin'));
 app.all('*', answer('fallback'));
