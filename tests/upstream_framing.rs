@@ -245,9 +245,12 @@ async fn serve_raw(
                         break;
                     }
                     let _ = stream.flush().await;
-                    // Each piece read by tokengate before the next is written, so that it
-                    // reads them apart.
-                    read_by_peer(&stream).await;
+                    // Pacing, so that the pieces mostly travel and are read apart. Best
+                    // effort on purpose: what the tests check (intact bodies, the
+                    // connection reused or not) must hold however the bytes are cut.
+                    // (Waiting on /proc/net/tcp for each piece was exact but took seconds
+                    // once earlier tests had left thousands of sockets in TIME_WAIT.)
+                    tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 result
             }
@@ -262,31 +265,6 @@ async fn serve_raw(
             }
             return false;
         }
-    }
-}
-
-/// Waits until tokengate has read everything written on `stream`: nothing unread on its
-/// socket, as the kernel counts (`/proc/net/tcp`). Loopback delivers a write to the peer's
-/// queue within the `write` call, so what was written is there or already read. (Not
-/// "acknowledged" too: past the first segments loopback delays ACKs up to 40 ms each, which
-/// made a 1-byte trickle take seconds.)
-async fn read_by_peer(stream: &TcpStream) {
-    let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr()) else {
-        return;
-    };
-    let deadline = std::time::Instant::now() + LIMIT;
-    loop {
-        let unread = common::tcp_sockets()
-            .iter()
-            .any(|s| s.local == peer && s.remote == local && s.rx_queue > 0);
-        if !unread {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tokengate did not read what the upstream wrote"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 
