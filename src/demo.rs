@@ -74,7 +74,8 @@ routes:
         .add("demo-user", Some(DEMO_PASSWORD.into()))
         .await
         .context("cannot add the demo user")?;
-    let base = format!("http://{listen}");
+    let server = server::start(app).await?;
+    let base = format!("http://{}", server.local_addr());
     println!(
         r#"tokengate demo: proxy on {base} -> echo upstream on http://{upstream} (store in a temporary directory)
 
@@ -101,7 +102,7 @@ Browser: open {base}/app/ and log in as demo-user, password {DEMO_PASSWORD}
 Press Ctrl-C to stop."#,
         upstream = echo.addr,
     );
-    server::run(app, server::shutdown_signal()).await?;
+    server.run_until(server::shutdown_signal()).await?;
     drop(dir);
     Ok(())
 }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::task::JoinHandle;
 
 /// Why the server could not start, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,20 @@ pub enum ServeError {
 /// Serves `app` until `shutdown` resolves, then drains connections and flushes batched
 /// writes and the store.
 pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    start(app).await?.run_until(shutdown).await
+}
+
+/// A server that has started: caches loaded, both listeners bound, the background tasks
+/// (admin API, flusher, SIGHUP reloads) running.
+pub struct Server {
+    app: Arc<App>,
+    workers: Workers,
+    tasks: [JoinHandle<()>; 3],
+}
+
+/// Loads the caches, binds the admin listener and the proxy's workers, and starts the
+/// background tasks.
+pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
     let started = std::time::Instant::now();
     let (cached, sessions) = app.warm().await.map_err(ServeError::Warm)?;
     tracing::info!(
@@ -58,30 +73,23 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
         ),
         (_, Err(_)) => {}
     }
-    let admin = tokio::spawn(admin::run(
-        admin_listener,
-        Arc::clone(&app),
-        key,
-        std::future::pending(),
-    ));
-    let flusher = app.spawn_flusher(FLUSH_INTERVAL);
-    let reloader = tokio::spawn(reload_on_sighup(Arc::clone(&app)));
-    let served = serve(&app, shutdown).await;
-    flusher.abort();
-    admin.abort();
-    reloader.abort();
-    app.flush().await.map_err(ServeError::Flush)?;
-    served?;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-/// The proxy's workers, from start until drained after `shutdown`.
-async fn serve(app: &Arc<App>, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
-    let config = app.config();
-    let workers = Workers::start(Arc::clone(app), config.workers)
-        .await
-        .map_err(ServeError::Listen)?;
+    let tasks = [
+        tokio::spawn(admin::run(
+            admin_listener,
+            Arc::clone(&app),
+            key,
+            std::future::pending(),
+        )),
+        app.spawn_flusher(FLUSH_INTERVAL),
+        tokio::spawn(reload_on_sighup(Arc::clone(&app))),
+    ];
+    let workers = match Workers::start(Arc::clone(&app), config.workers).await {
+        Ok(workers) => workers,
+        Err(e) => {
+            stop_tasks(&app, &tasks).await?;
+            return Err(ServeError::Listen(e));
+        }
+    };
     tracing::info!(
         listen = %workers.local_addr(),
         upstream = %config.upstream,
@@ -89,8 +97,37 @@ async fn serve(app: &Arc<App>, shutdown: impl Future<Output = ()>) -> Result<(),
         workers = config.workers,
         "tokengate serving"
     );
-    shutdown.await;
-    workers.stop().await.map_err(ServeError::Workers)
+    Ok(Server {
+        app,
+        workers,
+        tasks,
+    })
+}
+
+impl Server {
+    /// The proxy's address (the system's port where the config says 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.workers.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then drains the workers' connections, stops the
+    /// background tasks and flushes.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        shutdown.await;
+        let drained = self.workers.stop().await.map_err(ServeError::Workers);
+        stop_tasks(&self.app, &self.tasks).await?;
+        drained?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Stops the background tasks, then flushes batched writes and the store.
+async fn stop_tasks(app: &App, tasks: &[JoinHandle<()>]) -> Result<(), ServeError> {
+    for task in tasks {
+        task.abort();
+    }
+    app.flush().await.map_err(ServeError::Flush)
 }
 
 /// Re-reads the config file on every SIGHUP.

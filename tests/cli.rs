@@ -462,9 +462,14 @@ fn the_demo_serves_its_curl_examples_and_stops_on_ctrl_c() {
             break;
         }
     }
-    let pid = child.id();
-    let mut exited = || child.try_wait().unwrap().map(|status| status.to_string());
-    let gate = wait_listening("the demo's proxy", pid, [127, 0, 0, 2], &mut exited);
+    // The demo prints its examples once its proxy listens, with the port it got.
+    let gate: std::net::SocketAddr = printed[0]
+        .strip_prefix("tokengate demo: proxy on http://")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no proxy address in {:?}", printed[0]));
+    assert_eq!(gate.ip(), std::net::Ipv4Addr::new(127, 0, 0, 2));
+    assert_ne!(gate.port(), 0);
     let mut server = Server {
         child,
         addr: gate,
