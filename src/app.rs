@@ -6,6 +6,7 @@
 
 use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
+use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::session_cache::{SessionPolicy, Sessions};
@@ -138,8 +139,7 @@ impl App {
         }
         keep!(listen, "listen");
         keep!(workers, "workers");
-        keep!(store_path, "store.path");
-        keep!(store_cache_bytes, "store.cache_mb");
+        keep!(store, "store");
         keep!(admin.listen, "admin.listen");
         keep!(admin.key_env, "admin.key_env");
         keep!(tokens.cache_capacity, "tokens.cache_capacity");
@@ -172,9 +172,19 @@ impl App {
         Ok(removed)
     }
 
-    /// Opens the sled store the config names, with the system clock.
+    /// Opens the store the config names, with the system clock.
     pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
-        let store = SledStore::open(&config.store_path)?;
+        let store = match &config.store {
+            StoreConfig::Sled { path, cache_bytes } => {
+                SledStore::open_with_cache(path, *cache_bytes)?
+            }
+            StoreConfig::Sql(sql) => {
+                return Err(StoreError::Io(format!(
+                    "store.kind {:?}: database stores are not in this build yet",
+                    sql.kind
+                )))
+            }
+        };
         Ok(Self::new(config, Arc::new(store), Arc::new(SystemClock)))
     }
 

@@ -3,11 +3,9 @@
 //! with a browser, and curl commands to try.
 
 use crate::app::App;
-use crate::clock::SystemClock;
 use crate::config::Config;
 use crate::echo::Echo;
 use crate::server;
-use crate::store::SledStore;
 use crate::token_cache::CreateToken;
 use anyhow::Context;
 use std::net::SocketAddr;
@@ -51,8 +49,7 @@ routes:
         store = dir.path().join("store").display(),
     );
     let config = Config::parse(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let store = SledStore::open(&config.store_path)?;
-    let app = App::new(config, Arc::new(store), Arc::new(SystemClock));
+    let app = App::open(config)?;
     let create = |name: &str, ability: &str| {
         let app = Arc::clone(&app);
         let (name, ability) = (name.to_owned(), ability.to_owned());

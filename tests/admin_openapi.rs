@@ -77,7 +77,8 @@ impl Gate {
         let config = Config::parse(&yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
         assert_eq!(config.admin.key_env, KEY_ENV);
-        let store = SledStore::open(&config.store_path).expect("open store");
+        let store =
+            SledStore::open(config.store.sled_path().expect("a sled store")).expect("open store");
         let app = App::new(config, Arc::new(store), Arc::new(SystemClock));
         // POST /admin/reload re-reads this file.
         let file = dir.path().join("config.yaml");

@@ -83,7 +83,7 @@ async fn api_token_page_in_a_real_browser() -> anyhow::Result<()> {
         dir.path().join("store").display()
     );
     let config = Config::parse(&yaml).map_err(|e| anyhow::anyhow!("config: {e}\n{yaml}"))?;
-    let store = SledStore::open(&config.store_path)?;
+    let store = SledStore::open(config.store.sled_path().expect("a sled store"))?;
     let app = App::new(config, Arc::new(store), Arc::new(SystemClock));
     app.warm().await?;
     app.users.add(USER, Some(PASSWORD.into())).await?;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
-use tokengate::config::{AccessLogFormat, Config};
+use tokengate::config::{AccessLogFormat, Config, StoreConfig};
 use tokengate::routes::AuthMode;
 
 /// One problem in every section that has checks (`shutdown_grace_seconds` and
@@ -227,8 +227,13 @@ fn a_valid_config_gives_its_typed_values() {
     assert!(c.upstream_http2);
     assert!(c.upstream_tls.is_none());
     assert!(c.tls.is_none());
-    assert_eq!(c.store_path, PathBuf::from("/tmp/tokengate-store"));
-    assert_eq!(c.store_cache_bytes, 5 * 1024 * 1024);
+    assert_eq!(
+        c.store,
+        StoreConfig::Sled {
+            path: PathBuf::from("/tmp/tokengate-store"),
+            cache_bytes: 5 * 1024 * 1024
+        }
+    );
     assert_eq!(c.admin.listen, addr("127.0.0.1:9091"));
     assert_eq!(c.admin.key_env, "MY_ADMIN_KEY");
     assert_eq!(c.tokens.prefix, "tg_");
@@ -328,7 +333,10 @@ fn an_absent_or_empty_section_takes_its_defaults() {
     for yaml in [minimal, &empty] {
         let c = Config::parse(yaml).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
-        assert_eq!(c.store_path, PathBuf::from("./data/tokengate"));
+        assert_eq!(
+            c.store.sled_path(),
+            Some(PathBuf::from("./data/tokengate").as_path())
+        );
         assert_eq!(c.admin.key_env, "TOKENGATE_ADMIN_KEY");
         assert_eq!(c.tokens.cache_capacity, 100_000);
         assert_eq!(c.tokens.max_per_user, 1000);

@@ -68,9 +68,7 @@ pub struct Config {
     pub upstream_tls: Option<Arc<rustls::ClientConfig>>,
     /// HTTPS on the proxy listener.
     pub tls: Option<TlsFiles>,
-    pub store_path: PathBuf,
-    /// Bytes of sled's page cache.
-    pub store_cache_bytes: u64,
+    pub store: StoreConfig,
     pub admin: AdminConfig,
     pub tokens: TokenPolicy,
     /// Send the client's `Authorization` header upstream after tokengate used it.
@@ -149,6 +147,98 @@ impl fmt::Display for UpstreamTarget {
     }
 }
 
+/// Where tokens, users and sessions live (`store:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// The embedded default: one process, one directory.
+    Sled {
+        path: PathBuf,
+        /// Bytes of sled's page cache.
+        cache_bytes: u64,
+    },
+    /// A database shared by replicas, with Sanctum's token table.
+    Sql(SqlStoreConfig),
+}
+
+impl StoreConfig {
+    /// The sled directory, for a sled store.
+    pub fn sled_path(&self) -> Option<&std::path::Path> {
+        match self {
+            StoreConfig::Sled { path, .. } => Some(path),
+            StoreConfig::Sql(_) => None,
+        }
+    }
+}
+
+/// A PostgreSQL or MySQL/MariaDB store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SqlStoreConfig {
+    pub kind: SqlKind,
+    /// The environment variable holding the database URL (never the URL itself).
+    pub url_env: String,
+    /// Sanctum's `personal_access_tokens`, or another name; `schema.table` allowed.
+    pub tokens_table: TableName,
+    /// Written on create; on verify, a row of another type is refused.
+    pub tokenable_type: String,
+    /// tokengate never writes the tokens table (the app manages tokens).
+    pub read_only: bool,
+    /// How often cached entries are re-checked against the database.
+    pub sync_interval: Duration,
+    /// With the database unreachable, cached credentials keep working this long.
+    pub max_stale: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlKind {
+    Postgres,
+    /// MySQL 8 and MariaDB 10.6+.
+    Mysql,
+}
+
+/// A table name checked when the config is read: one or two parts (`schema.table`), each
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 63 bytes, so that quoting it as an identifier is
+/// always safe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableName {
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+impl TableName {
+    pub fn parse(name: &str) -> Option<TableName> {
+        let part = |p: &str| {
+            let mut bytes = p.bytes();
+            let first = bytes.next()?;
+            let valid = (first.is_ascii_alphabetic() || first == b'_')
+                && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && p.len() <= 63;
+            valid.then(|| p.to_owned())
+        };
+        match name.split_once('.') {
+            None => Some(TableName {
+                schema: None,
+                table: part(name)?,
+            }),
+            Some((schema, table)) => Some(TableName {
+                schema: Some(part(schema)?),
+                table: part(table)?,
+            }),
+        }
+    }
+
+    /// The name quoted as an identifier (`"schema"."table"`, or with backquotes for MySQL).
+    pub fn quoted(&self, kind: SqlKind) -> String {
+        let q = match kind {
+            SqlKind::Postgres => '"',
+            SqlKind::Mysql => '`',
+        };
+        match &self.schema {
+            Some(schema) => format!("{q}{schema}{q}.{q}{}{q}", self.table),
+            None => format!("{q}{}{q}", self.table),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
@@ -212,7 +302,13 @@ mod tests {
         let c = Config::parse(MINIMAL).unwrap();
         assert_eq!(c.listen, "0.0.0.0:8080".parse().unwrap());
         assert_eq!(c.upstream.to_string(), "http://127.0.0.1:3000");
-        assert_eq!(c.store_path, PathBuf::from("./data/tokengate"));
+        assert_eq!(
+            c.store,
+            StoreConfig::Sled {
+                path: PathBuf::from("./data/tokengate"),
+                cache_bytes: crate::store::DEFAULT_CACHE_BYTES
+            }
+        );
         assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());
         assert_eq!(c.admin.key_env, "TOKENGATE_ADMIN_KEY");
         assert_eq!(c.tokens.prefix, "");

@@ -63,8 +63,15 @@ pub(super) struct RawTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawStore {
+    pub(super) kind: Option<String>,
     pub(super) path: Option<PathBuf>,
     pub(super) cache_mb: Option<u64>,
+    pub(super) url_env: Option<String>,
+    pub(super) tokens_table: Option<String>,
+    pub(super) tokenable_type: Option<String>,
+    pub(super) read_only: Option<bool>,
+    pub(super) sync_interval_ms: Option<u64>,
+    pub(super) max_stale_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

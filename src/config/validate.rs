@@ -11,7 +11,8 @@ use super::raw::{
 };
 use super::{
     AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, Limits, Problem,
-    SessionConfig, Timeouts, TlsFiles, UpstreamTarget,
+    SessionConfig, SqlKind, SqlStoreConfig, StoreConfig, TableName, Timeouts, TlsFiles,
+    UpstreamTarget,
 };
 use crate::ability::Ability;
 use crate::routes::{parse_pattern, AuthMode, Route, RouteTable, Segment};
@@ -93,7 +94,6 @@ fn sections(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let upgrades = upgrades(p, raw.upgrades);
     let limits = limits(p, raw.limits);
 
-    let (store_path, store_cache_bytes) = store?;
     let tokens = tokens?;
     Some(Config {
         listen: listen?,
@@ -102,8 +102,7 @@ fn sections(raw: RawConfig, p: &mut Problems) -> Option<Config> {
         upstream_http2,
         upstream_tls: upstream_tls?,
         tls: tls?,
-        store_path,
-        store_cache_bytes,
+        store: store?,
         admin: admin?,
         tokens: TokenPolicy {
             prefix: tokens.prefix,
@@ -234,19 +233,102 @@ fn tls(p: &mut Problems, raw: Option<RawTls>) -> Option<Option<TlsFiles>> {
 }
 
 /// The store's directory and page cache bytes.
-fn store(p: &mut Problems, raw: RawStore) -> Option<(PathBuf, u64)> {
-    let path = raw
-        .path
-        .unwrap_or_else(|| PathBuf::from("./data/tokengate"));
-    let cache_bytes = match raw.cache_mb {
-        None => crate::store::DEFAULT_CACHE_BYTES,
-        Some(0) => {
-            p.add("store.cache_mb", "must be at least 1");
+fn store(p: &mut Problems, raw: RawStore) -> Option<StoreConfig> {
+    let mark = p.mark();
+    let kind = match raw.kind.as_deref().unwrap_or("sled") {
+        "sled" => None,
+        "postgres" => Some(SqlKind::Postgres),
+        "mysql" => Some(SqlKind::Mysql),
+        other => {
+            p.add(
+                "store.kind",
+                format!("'{other}' is not a store: sled, postgres or mysql"),
+            );
             return None;
         }
-        Some(mb) => mb.saturating_mul(1024 * 1024),
     };
-    Some((path, cache_bytes))
+    let Some(kind) = kind else {
+        for (key, given) in [
+            ("url_env", raw.url_env.is_some()),
+            ("tokens_table", raw.tokens_table.is_some()),
+            ("tokenable_type", raw.tokenable_type.is_some()),
+            ("read_only", raw.read_only.is_some()),
+            ("sync_interval_ms", raw.sync_interval_ms.is_some()),
+            ("max_stale_seconds", raw.max_stale_seconds.is_some()),
+        ] {
+            if given {
+                p.add(
+                    format!("store.{key}"),
+                    "only for a database store (kind: postgres or mysql)",
+                );
+            }
+        }
+        let path = raw
+            .path
+            .unwrap_or_else(|| PathBuf::from("./data/tokengate"));
+        let cache_bytes = match raw.cache_mb {
+            None => crate::store::DEFAULT_CACHE_BYTES,
+            Some(0) => {
+                p.add("store.cache_mb", "must be at least 1");
+                return None;
+            }
+            Some(mb) => mb.saturating_mul(1024 * 1024),
+        };
+        return p.clean_since(mark, StoreConfig::Sled { path, cache_bytes });
+    };
+    for (key, given) in [
+        ("path", raw.path.is_some()),
+        ("cache_mb", raw.cache_mb.is_some()),
+    ] {
+        if given {
+            p.add(format!("store.{key}"), "only for kind: sled");
+        }
+    }
+    let url_env = raw
+        .url_env
+        .unwrap_or_else(|| "TOKENGATE_DATABASE_URL".into());
+    if url_env.is_empty() {
+        p.add("store.url_env", "must name an environment variable");
+    }
+    let table = raw
+        .tokens_table
+        .unwrap_or_else(|| "personal_access_tokens".into());
+    let tokens_table = TableName::parse(&table);
+    if tokens_table.is_none() {
+        p.add(
+            "store.tokens_table",
+            format!(
+                "'{table}' is not a table name ([A-Za-z_][A-Za-z0-9_]*, optionally schema.table)"
+            ),
+        );
+    }
+    let tokenable_type = raw
+        .tokenable_type
+        .unwrap_or_else(|| "App\\Models\\User".into());
+    if tokenable_type.is_empty() || tokenable_type.len() > 255 {
+        p.add("store.tokenable_type", "must be 1 to 255 characters");
+    }
+    // Revocation reaches every replica within a second: a re-check every second at most.
+    let sync_ms = raw.sync_interval_ms.unwrap_or(500);
+    if !(10..=1000).contains(&sync_ms) {
+        p.add("store.sync_interval_ms", "must be from 10 to 1000");
+    }
+    let max_stale = raw.max_stale_seconds.unwrap_or(30);
+    if max_stale > 86_400 {
+        p.add("store.max_stale_seconds", "must be at most 86400");
+    }
+    p.clean_since(
+        mark,
+        StoreConfig::Sql(SqlStoreConfig {
+            kind,
+            url_env,
+            tokens_table: tokens_table?,
+            tokenable_type,
+            read_only: raw.read_only.unwrap_or(false),
+            sync_interval: Duration::from_millis(sync_ms),
+            max_stale: Duration::from_secs(max_stale),
+        }),
+    )
 }
 
 /// `listen`: the proxy's address when valid, to keep the admin API off its port.
@@ -824,6 +906,114 @@ routes:
             [
                 "headers.abilities: 'bad header' is not a header name",
                 "headers: 'x-same' is used for two identity headers"
+            ]
+        );
+    }
+
+    const ROUTES: &str = "upstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n";
+
+    #[test]
+    fn a_database_store_takes_sanctums_defaults() {
+        let c = Config::parse(&format!("store:\n  kind: postgres\n{ROUTES}")).unwrap();
+        let super::StoreConfig::Sql(sql) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(sql.kind, super::SqlKind::Postgres);
+        assert_eq!(sql.url_env, "TOKENGATE_DATABASE_URL");
+        assert_eq!(
+            sql.tokens_table.quoted(sql.kind),
+            "\"personal_access_tokens\""
+        );
+        assert_eq!(sql.tokenable_type, "App\\Models\\User");
+        assert!(!sql.read_only);
+        assert_eq!(sql.sync_interval, std::time::Duration::from_millis(500));
+        assert_eq!(sql.max_stale, std::time::Duration::from_secs(30));
+        let c = Config::parse(&format!(
+            "store:\n  kind: mysql\n  tokens_table: app.tokens\n  read_only: true\n{ROUTES}"
+        ))
+        .unwrap();
+        let super::StoreConfig::Sql(sql) = &c.store else {
+            panic!("{:?}", c.store)
+        };
+        assert_eq!(sql.tokens_table.quoted(sql.kind), "`app`.`tokens`");
+        assert!(sql.read_only);
+    }
+
+    #[test]
+    fn store_keys_belong_to_their_kind() {
+        let got = problems(&format!(
+            "store:\n  path: /x\n  url_env: DB\n  sync_interval_ms: 100\n{ROUTES}"
+        ));
+        assert_eq!(
+            got,
+            [
+                "store.url_env: only for a database store (kind: postgres or mysql)",
+                "store.sync_interval_ms: only for a database store (kind: postgres or mysql)",
+            ]
+        );
+        let got = problems(&format!(
+            "store:\n  kind: postgres\n  path: /x\n  cache_mb: 4\n{ROUTES}"
+        ));
+        assert_eq!(
+            got,
+            [
+                "store.path: only for kind: sled",
+                "store.cache_mb: only for kind: sled"
+            ]
+        );
+        let got = problems(&format!("store:\n  kind: oracle\n{ROUTES}"));
+        assert_eq!(
+            got,
+            ["store.kind: 'oracle' is not a store: sled, postgres or mysql"]
+        );
+    }
+
+    #[test]
+    fn table_names_are_identifiers_and_nothing_else() {
+        for (name, valid) in [
+            ("personal_access_tokens", true),
+            ("public.personal_access_tokens", true),
+            ("_t1", true),
+            ("t; DROP TABLE users", false),
+            ("\"t\"", false),
+            ("`t`", false),
+            ("a.b.c", false),
+            ("1t", false),
+            ("", false),
+            (".t", false),
+            ("t.", false),
+            ("tökens", false),
+            (&"t".repeat(64), false),
+        ] {
+            let got = problems(&format!(
+                "store:\n  kind: postgres\n  tokens_table: '{name}'\n{ROUTES}"
+            ));
+            assert_eq!(got.is_empty(), valid, "{name:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn the_re_check_keeps_the_one_second_promise() {
+        for (ms, valid) in [
+            (10, true),
+            (1000, true),
+            (0, false),
+            (9, false),
+            (1001, false),
+        ] {
+            let got = problems(&format!(
+                "store:\n  kind: mysql\n  sync_interval_ms: {ms}\n{ROUTES}"
+            ));
+            assert_eq!(got.is_empty(), valid, "{ms}: {got:?}");
+        }
+        let got = problems(&format!(
+            "store:\n  kind: mysql\n  max_stale_seconds: 86401\n  url_env: ''\n{ROUTES}"
+        ));
+        assert_eq!(
+            got,
+            [
+                "store.url_env: must name an environment variable",
+                "store.max_stale_seconds: must be at most 86400"
             ]
         );
     }

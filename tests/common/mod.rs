@@ -73,9 +73,9 @@ routes:
   - path: /upload
 "#;
 
-/// An App over a sled store at `config.store_path`, its token cache warmed.
+/// An App over a sled store at `store.path`, its token cache warmed.
 pub async fn app_for(config: Config, clock: Arc<ManualClock>) -> Arc<App> {
-    let store = SledStore::open(&config.store_path).unwrap();
+    let store = SledStore::open(config.store.sled_path().expect("a sled store")).unwrap();
     let app = App::new(config, Arc::new(store), clock);
     app.warm().await.unwrap();
     app
