@@ -188,6 +188,51 @@ impl App {
         Ok(Self::new(config, Arc::new(store), Arc::new(SystemClock)))
     }
 
+    /// For a store shared with other replicas, the task that re-checks cached tokens
+    /// against it every `store.sync_interval_ms` (`Tokens::sync`); an exclusive store
+    /// needs none. While the re-check fails, cached tokens keep working for
+    /// `store.max_stale_seconds` after the last success, then every request is refused as
+    /// "store unavailable" until a re-check succeeds again.
+    pub fn spawn_store_sync(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        let StoreConfig::Sql(sql) = &self.config().store else {
+            return None;
+        };
+        let (every, max_stale) = (sql.sync_interval, sql.max_stale);
+        let app = Arc::downgrade(self);
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut last_success = tokio::time::Instant::now();
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                let Some(app) = app.upgrade() else { return };
+                match app.tokens.sync().await {
+                    Ok(changed) => {
+                        if failing {
+                            tracing::info!(
+                                changed,
+                                "store reachable again: cached tokens re-checked"
+                            );
+                        }
+                        failing = false;
+                        last_success = tokio::time::Instant::now();
+                        app.tokens.set_fresh(true);
+                    }
+                    Err(e) => {
+                        if !failing {
+                            tracing::warn!(error = %e, max_stale_seconds = max_stale.as_secs(), "cannot re-check cached tokens against the store; they stay valid for max_stale_seconds");
+                        }
+                        failing = true;
+                        if last_success.elapsed() > max_stale && app.tokens.set_fresh(false) {
+                            tracing::error!("store unreachable past max_stale_seconds: refusing every token until it answers");
+                        }
+                    }
+                }
+            }
+        }))
+    }
+
     /// Writes what is batched in memory and makes the store durable (at shutdown).
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.tokens.flush_last_used().await?;

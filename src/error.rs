@@ -9,7 +9,7 @@ use crate::store::StoreError;
 use crate::token_cache::TokenError;
 use crate::users::UserError;
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use std::borrow::Cow;
@@ -120,6 +120,9 @@ impl Rejection {
             Rejection::Unauthenticated => {
                 headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            Rejection::StoreUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
             Rejection::LoginRequired { next } => {
                 if let Ok(location) = HeaderValue::from_str(&login_location(next)) {
                     headers.insert(LOCATION, location);
@@ -194,7 +197,10 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, format!("user {name} already exists"))
             }
             StoreError::NoSuchUser(name) => Self::not_found(format!("no user {name}")),
-            StoreError::Locked { .. } | StoreError::Io(_) | StoreError::Corrupt(_) => {
+            StoreError::Locked { .. }
+            | StoreError::Io(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Stale => {
                 tracing::error!(error = %e, "store failed");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "The store is unavailable.")
             }

@@ -35,11 +35,11 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
 }
 
 /// A server that has started: caches loaded, both listeners bound, the background tasks
-/// (admin API, flusher, SIGHUP reloads) running.
+/// (admin API, flusher, SIGHUP reloads, the re-check of a shared store) running.
 pub struct Server {
     app: Arc<App>,
     workers: Workers,
-    tasks: [JoinHandle<()>; 3],
+    tasks: Vec<JoinHandle<()>>,
 }
 
 /// Loads the caches, binds the admin listener and the proxy's workers, and starts the
@@ -73,7 +73,7 @@ pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
         ),
         (_, Err(_)) => {}
     }
-    let tasks = [
+    let mut tasks = vec![
         tokio::spawn(admin::run(
             admin_listener,
             Arc::clone(&app),
@@ -83,6 +83,7 @@ pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
         app.spawn_flusher(FLUSH_INTERVAL),
         tokio::spawn(reload_on_sighup(Arc::clone(&app))),
     ];
+    tasks.extend(app.spawn_store_sync());
     let workers = match Workers::start(Arc::clone(&app), config.workers).await {
         Ok(workers) => workers,
         Err(e) => {

@@ -78,17 +78,11 @@ impl AccessToken {
         if !valid(&identity) || !valid(&abilities) || record.user.is_empty() {
             return None;
         }
-        let lifetime_end = lifetime.map_or(Timestamp::MAX, |secs| {
-            record.created_at.saturating_add(secs)
-        });
         let last_used = record.last_used_at.unwrap_or(0);
         Some(Self {
             id: record.id,
             hash: record.hash,
-            valid_until: record
-                .expires_at
-                .unwrap_or(Timestamp::MAX)
-                .min(lifetime_end),
+            valid_until: valid_until(record, lifetime),
             last_used: AtomicI64::new(last_used),
             stored_last_used: AtomicI64::new(last_used),
             dirty: AtomicBool::new(false),
@@ -126,6 +120,25 @@ impl AccessToken {
     fn is_live(&self, now: Timestamp) -> bool {
         now < self.valid_until
     }
+
+    /// Whether `record` still says what this token was cached from (the re-check).
+    fn matches(&self, record: &TokenRecord, lifetime: Option<i64>) -> bool {
+        self.hash.ct_eq(&record.hash)
+            && self.user() == record.user
+            && self.abilities() == abilities_header(&record.abilities)
+            && self.valid_until == valid_until(record, lifetime)
+    }
+}
+
+/// The earlier of a token's own expiry and `created_at` + the global lifetime.
+fn valid_until(record: &TokenRecord, lifetime: Option<i64>) -> Timestamp {
+    let lifetime_end = lifetime.map_or(Timestamp::MAX, |secs| {
+        record.created_at.saturating_add(secs)
+    });
+    record
+        .expires_at
+        .unwrap_or(Timestamp::MAX)
+        .min(lifetime_end)
 }
 
 /// The `X-Token-Abilities` value of a stored ability list: sorted, deduplicated, joined;
@@ -197,6 +210,9 @@ pub struct Tokens {
     stored: RwLock<Option<Stored>>,
     /// Presented tokens the cache did not hold, looked up in the store.
     store_reads: AtomicU64,
+    /// False once a shared store has gone unchecked for longer than it may (`spawn_sync`):
+    /// cached tokens are then no longer trusted, and every request gets "store unavailable".
+    fresh: AtomicBool,
 }
 
 /// Every stored token's id and the first eight bytes of its hash, kept for an exclusive
@@ -312,6 +328,7 @@ impl Tokens {
             ability_values: DashMap::default(),
             generation: AtomicU64::new(0),
             complete: AtomicBool::new(false),
+            fresh: AtomicBool::new(true),
             dirty: Mutex::new(Vec::new()),
             touch_writes: AtomicU64::new(0),
             owned: DashMap::default(),
@@ -378,6 +395,9 @@ impl Tokens {
         presented: Presented<'_>,
         hash: TokenHash,
     ) -> Result<Option<Arc<AccessToken>>, StoreError> {
+        if !self.fresh.load(Ordering::Relaxed) {
+            return Err(StoreError::Stale);
+        }
         let cached = match presented {
             Presented::WithId { id, .. } => self.by_id.get(&id).map(|t| Arc::clone(&t)),
             Presented::Bare { .. } => self
@@ -571,6 +591,55 @@ impl Tokens {
     /// How many tokens the cache holds (every stored token while `is_complete`).
     pub fn cached(&self) -> usize {
         self.by_id.len()
+    }
+
+    /// Re-checks every cached token against the store, in batches: a token deleted there
+    /// leaves the cache, a changed one is replaced. What keeps replicas on a shared store
+    /// honest about revocations made elsewhere (`spawn_sync`). Returns how many cached
+    /// tokens were dropped or replaced.
+    pub async fn sync(&self) -> Result<usize, StoreError> {
+        const BATCH: usize = 1_000;
+        let ids: Vec<TokenId> = self.by_id.iter().map(|t| *t.key()).collect();
+        let lifetime = self.policy().lifetime;
+        let mut changed = 0;
+        for batch in ids.chunks(BATCH) {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let records = self.store.tokens_by_ids(batch).await?;
+            // A change made here while the batch was read: its records may be older than
+            // the cache, so a difference only evicts.
+            let raced = self.generation.load(Ordering::SeqCst) != generation;
+            let found: std::collections::HashMap<TokenId, &TokenRecord> =
+                records.iter().map(|r| (r.id, r)).collect();
+            for id in batch {
+                let Some(cached) = self.by_id.get(id).map(|t| Arc::clone(&t)) else {
+                    continue;
+                };
+                match found.get(id) {
+                    None => self.changed(*id),
+                    Some(record) if !cached.matches(record, lifetime) => {
+                        if raced {
+                            self.changed(*id);
+                        } else {
+                            self.cache_record(record);
+                        }
+                    }
+                    Some(_) => continue,
+                }
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Marks cached tokens trusted, or not (a shared store unreachable for too long:
+    /// every request is then refused as "store unavailable"). Returns the old mark.
+    pub fn set_fresh(&self, fresh: bool) -> bool {
+        self.fresh.swap(fresh, Ordering::Relaxed)
+    }
+
+    /// Whether cached tokens are trusted (false: a shared store unreachable for too long).
+    pub fn is_fresh(&self) -> bool {
+        self.fresh.load(Ordering::Relaxed)
     }
 
     /// Whether a cache miss is known to mean "no such token".
@@ -1009,5 +1078,102 @@ mod tests {
             );
             assert!(tokens.authenticate("another").await.unwrap().is_none());
         }
+    }
+
+    /// The re-check against a store that others change: a token deleted there leaves the
+    /// cache, a changed one is replaced, an unchanged one stays; a store unchecked for too
+    /// long makes every token "store unavailable" until a re-check succeeds.
+    #[tokio::test]
+    async fn sync_follows_changes_made_behind_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let clock = Arc::new(crate::clock::ManualClock::new(0));
+        let tokens = Tokens::new(Arc::clone(&store), clock, policy(100));
+        let mut made = Vec::new();
+        for name in ["deleted", "changed", "kept", "expired"] {
+            let created = tokens
+                .create(CreateToken {
+                    user: "7".into(),
+                    name: name.into(),
+                    abilities: Some(vec!["*".into()]),
+                    expires_at: None,
+                })
+                .await
+                .unwrap();
+            made.push(created);
+        }
+        let [deleted, changed, kept, expired] = &made[..] else {
+            unreachable!()
+        };
+        // Behind the cache's back, as another replica or the app would.
+        assert!(store.delete_token(deleted.record.id).await.unwrap());
+        store
+            .set_abilities(changed.record.id, vec!["read".into()])
+            .await
+            .unwrap();
+        let mut shortened = expired.record.clone();
+        store.delete_token(expired.record.id).await.unwrap();
+        shortened.expires_at = Some(-1);
+        let reinserted = store
+            .create_token(NewToken {
+                user: shortened.user.clone(),
+                name: shortened.name.clone(),
+                hash: shortened.hash,
+                abilities: shortened.abilities.clone(),
+                created_at: shortened.created_at,
+                expires_at: shortened.expires_at,
+            })
+            .await
+            .unwrap();
+        // Until the re-check, the cache still answers from what it holds.
+        for c in &made {
+            assert!(tokens.authenticate(&c.plaintext).await.unwrap().is_some());
+        }
+        assert_eq!(
+            tokens.sync().await.unwrap(),
+            3,
+            "deleted, changed, expired's id gone"
+        );
+        assert!(tokens
+            .authenticate(&deleted.plaintext)
+            .await
+            .unwrap()
+            .is_none());
+        let now_read = tokens
+            .authenticate(&changed.plaintext)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now_read.abilities(), "read");
+        assert!(tokens
+            .authenticate(&kept.plaintext)
+            .await
+            .unwrap()
+            .is_some());
+        assert!(tokens
+            .authenticate(&expired.plaintext)
+            .await
+            .unwrap()
+            .is_none());
+        // The same secret under its new id is expired (valid_until is compared too).
+        let under_new_id = format!(
+            "{}|{}",
+            reinserted.id,
+            expired.plaintext.split_once('|').unwrap().1
+        );
+        assert!(tokens.authenticate(&under_new_id).await.unwrap().is_none());
+        assert_eq!(tokens.sync().await.unwrap(), 0, "nothing left to change");
+
+        assert!(tokens.set_fresh(false));
+        assert!(matches!(
+            tokens.authenticate(&kept.plaintext).await,
+            Err(StoreError::Stale)
+        ));
+        tokens.set_fresh(true);
+        assert!(tokens
+            .authenticate(&kept.plaintext)
+            .await
+            .unwrap()
+            .is_some());
     }
 }

@@ -77,6 +77,9 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a token with this hash already exists")]
     DuplicateHash,
+    /// A shared store went unchecked for longer than `store.max_stale_seconds`.
+    #[error("the store has been unreachable for longer than max_stale_seconds")]
+    Stale,
     #[error("user {0} already exists")]
     UserExists(String),
     #[error("no user {0}")]
@@ -108,6 +111,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stores many new tokens with one flush at the end (bulk import).
     async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError>;
+    /// The stored tokens among `ids`, in any order (an id not stored is simply absent): the
+    /// token cache's batched re-check against a shared store.
+    async fn tokens_by_ids(&self, ids: &[TokenId]) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError>;
     /// A page of tokens by ascending id: those after `query.after`, of `query.user` if set,
     /// at most `query.limit`.

@@ -413,6 +413,18 @@ impl Store for SledStore {
         blocking(self, move |s| s.get(id)).await
     }
 
+    async fn tokens_by_ids(&self, ids: &[TokenId]) -> Result<Vec<TokenRecord>, StoreError> {
+        let ids = ids.to_vec();
+        blocking(self, move |s| {
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                found.extend(s.get(id)?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn token_by_hash(&self, hash: TokenHash) -> Result<Option<TokenRecord>, StoreError> {
         blocking(self, move |s| match s.hashes.get(hash.0).map_err(io)? {
             Some(id) => s.get(id_of(&id)?),
