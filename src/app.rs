@@ -188,8 +188,9 @@ impl App {
         Ok(Self::new(config, Arc::new(store), Arc::new(SystemClock)))
     }
 
-    /// For a store shared with other replicas, the task that re-checks cached tokens
-    /// against it every `store.sync_interval_ms` (`Tokens::sync`); an exclusive store
+    /// For a store shared with other replicas, the task that re-checks cached tokens and
+    /// sessions against it every `store.sync_interval_ms` (`Tokens::sync`,
+    /// `Sessions::sync`); an exclusive store
     /// needs none. While the re-check fails, cached tokens keep working for
     /// `store.max_stale_seconds` after the last success, then every request is refused as
     /// "store unavailable" until a re-check succeeds again.
@@ -207,25 +208,32 @@ impl App {
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                match app.tokens.sync().await {
+                let synced = match app.tokens.sync().await {
+                    Ok(tokens) => app.sessions.sync().await.map(|sessions| tokens + sessions),
+                    Err(e) => Err(e),
+                };
+                match synced {
                     Ok(changed) => {
                         if failing {
                             tracing::info!(
                                 changed,
-                                "store reachable again: cached tokens re-checked"
+                                "store reachable again: cached tokens and sessions re-checked"
                             );
                         }
                         failing = false;
                         last_success = tokio::time::Instant::now();
                         app.tokens.set_fresh(true);
+                        app.sessions.set_fresh(true);
                     }
                     Err(e) => {
                         if !failing {
-                            tracing::warn!(error = %e, max_stale_seconds = max_stale.as_secs(), "cannot re-check cached tokens against the store; they stay valid for max_stale_seconds");
+                            tracing::warn!(error = %e, max_stale_seconds = max_stale.as_secs(), "cannot re-check cached tokens and sessions against the store; they stay valid for max_stale_seconds");
                         }
                         failing = true;
-                        if last_success.elapsed() > max_stale && app.tokens.set_fresh(false) {
-                            tracing::error!("store unreachable past max_stale_seconds: refusing every token until it answers");
+                        if last_success.elapsed() > max_stale
+                            && app.tokens.set_fresh(false) | app.sessions.set_fresh(false)
+                        {
+                            tracing::error!("store unreachable past max_stale_seconds: refusing every token and session until it answers");
                         }
                     }
                 }

@@ -85,6 +85,8 @@ pub struct Sessions {
     /// The cache holds every stored session: a miss means "no such session".
     complete: AtomicBool,
     dirty: Mutex<Vec<Arc<Session>>>,
+    /// False once a shared store has gone unchecked for too long (`Tokens::set_fresh`).
+    fresh: AtomicBool,
 }
 
 impl Sessions {
@@ -97,6 +99,7 @@ impl Sessions {
             generation: AtomicU64::new(0),
             complete: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
+            fresh: AtomicBool::new(true),
         }
     }
 
@@ -129,6 +132,9 @@ impl Sessions {
 
     /// The valid session whose cookie value hashes to `hash`.
     async fn find(&self, hash: SessionHash) -> Result<Option<Arc<Session>>, StoreError> {
+        if !self.fresh.load(Ordering::Relaxed) {
+            return Err(StoreError::Stale);
+        }
         let cached = self.cache.get(&hash).map(|s| Arc::clone(&s));
         let session = match cached {
             Some(session) => session,
@@ -176,6 +182,57 @@ impl Sessions {
             return Ok(None);
         }
         Ok(Some(session))
+    }
+
+    /// Re-checks every cached session against the store, in batches: a session deleted
+    /// there (a logout on another replica) leaves the cache, another owner replaces it,
+    /// and a later `last_seen` written by another replica is taken (so the idle expiry
+    /// counts every replica's sightings). Returns how many sessions were dropped or
+    /// replaced.
+    pub async fn sync(&self) -> Result<usize, StoreError> {
+        const BATCH: usize = 1_000;
+        let hashes: Vec<SessionHash> = self.cache.iter().map(|s| *s.key()).collect();
+        let mut changed = 0;
+        for batch in hashes.chunks(BATCH) {
+            let generation = self.generation.load(Ordering::SeqCst);
+            let records = self.store.sessions_by_hashes(batch).await?;
+            let raced = self.generation.load(Ordering::SeqCst) != generation;
+            let found: std::collections::HashMap<SessionHash, &SessionRecord> =
+                records.iter().map(|r| (r.hash, r)).collect();
+            for hash in batch {
+                let Some(cached) = self.cache.get(hash).map(|s| Arc::clone(&s)) else {
+                    continue;
+                };
+                match found.get(hash) {
+                    Some(record)
+                        if record.user == cached.user()
+                            && record.expires_at == cached.expires_at =>
+                    {
+                        cached
+                            .last_seen
+                            .fetch_max(record.last_seen, Ordering::Relaxed);
+                        cached
+                            .stored_last_seen
+                            .fetch_max(record.last_seen, Ordering::Relaxed);
+                        continue;
+                    }
+                    Some(record) if !raced => match Session::from_record(record) {
+                        Some(session) => {
+                            self.cache.insert(*hash, Arc::new(session));
+                        }
+                        None => self.forget(&[*hash]),
+                    },
+                    _ => self.forget(&[*hash]),
+                }
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Marks cached sessions trusted, or not (see `Tokens::set_fresh`); returns the old mark.
+    pub fn set_fresh(&self, fresh: bool) -> bool {
+        self.fresh.swap(fresh, Ordering::Relaxed)
     }
 
     /// Loads every stored session before serving, dropping expired ones from the store.
@@ -531,5 +588,51 @@ mod tests {
         assert_eq!(f.sessions.flush_last_seen().await.unwrap(), 0);
         assert!(f.store.session(new.session.hash).await.unwrap().is_none());
         assert_eq!(f.sessions.active(), 0);
+    }
+
+    /// The re-check against a store others change: a session deleted there (a logout on
+    /// another replica) is refused after it, a later sighting written by another replica
+    /// is taken, and an untrusted cache refuses everything as "store unavailable".
+    #[tokio::test]
+    async fn sync_follows_logouts_and_sightings_made_elsewhere() {
+        let f = fixture().await;
+        let gone = f.sessions.create("alice").await.unwrap();
+        let seen = f.sessions.create("alice").await.unwrap();
+        let kept = f.sessions.create("bob").await.unwrap();
+        let deleted = f
+            .store
+            .delete_sessions(vec![gone.session.hash])
+            .await
+            .unwrap();
+        assert_eq!(deleted, [gone.session.hash]);
+        let later = seen.session.last_seen() + 600;
+        f.store
+            .touch_sessions(vec![(seen.session.hash, later)])
+            .await
+            .unwrap();
+        assert!(
+            valid(&f.sessions, &gone.cookie_value).await,
+            "until the re-check"
+        );
+
+        assert_eq!(f.sessions.sync().await.unwrap(), 1);
+        assert!(!valid(&f.sessions, &gone.cookie_value).await);
+        assert!(valid(&f.sessions, &kept.cookie_value).await);
+        let cached = f
+            .sessions
+            .cache
+            .get(&seen.session.hash)
+            .map(|s| s.last_seen());
+        assert_eq!(cached, Some(later), "another replica's sighting counts");
+        assert_eq!(f.sessions.sync().await.unwrap(), 0);
+
+        assert!(f.sessions.set_fresh(false));
+        let cookie = CookieValue::parse(&kept.cookie_value).unwrap();
+        assert!(matches!(
+            f.sessions.authenticate(cookie).await,
+            Err(StoreError::Stale)
+        ));
+        f.sessions.set_fresh(true);
+        assert!(valid(&f.sessions, &kept.cookie_value).await);
     }
 }

@@ -152,6 +152,11 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a new session (durable before it returns); `NoSuchUser` if its user is gone.
     async fn create_session(&self, session: SessionRecord) -> Result<(), StoreError>;
     async fn session(&self, hash: SessionHash) -> Result<Option<SessionRecord>, StoreError>;
+    /// The stored sessions among `hashes`, in any order: the session cache's re-check.
+    async fn sessions_by_hashes(
+        &self,
+        hashes: &[SessionHash],
+    ) -> Result<Vec<SessionRecord>, StoreError>;
     /// Every session, or those of one user.
     async fn list_sessions(&self, user: Option<&str>) -> Result<Vec<SessionRecord>, StoreError>;
     /// Deletes sessions; returns those that existed.

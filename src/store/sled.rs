@@ -678,6 +678,23 @@ impl Store for SledStore {
         .await
     }
 
+    async fn sessions_by_hashes(
+        &self,
+        hashes: &[SessionHash],
+    ) -> Result<Vec<SessionRecord>, StoreError> {
+        let hashes = hashes.to_vec();
+        blocking(self, move |s| {
+            let mut found = Vec::with_capacity(hashes.len());
+            for hash in hashes {
+                if let Some(v) = s.sessions.get(hash.0).map_err(io)? {
+                    found.push(s.session_record(&hash.0, &v)?);
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn session(&self, hash: SessionHash) -> Result<Option<SessionRecord>, StoreError> {
         blocking(self, move |s| {
             s.sessions
