@@ -46,6 +46,19 @@ pub struct App {
     pub streams: Arc<Streams>,
     /// The task that checks `streams` runs (`spawn_stream_checker`).
     checking_streams: AtomicBool,
+    /// A shared store's last re-check failed (`spawn_store_sync`); cached credentials are
+    /// still trusted until `tokens.is_fresh()` says otherwise.
+    store_unreachable: AtomicBool,
+}
+
+/// How a store stands, for `/readyz` and the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreHealth {
+    Reachable,
+    /// A shared store's re-check fails; cached credentials keep working for now.
+    Unreachable,
+    /// Unreachable for longer than `store.max_stale_seconds`: every credential is refused.
+    Stale,
 }
 
 impl App {
@@ -75,6 +88,7 @@ impl App {
             clock,
             streams: Arc::default(),
             checking_streams: AtomicBool::new(false),
+            store_unreachable: AtomicBool::new(false),
         })
     }
 
@@ -221,6 +235,8 @@ impl App {
                             );
                         }
                         failing = false;
+                        app.store_unreachable.store(false, Ordering::Relaxed);
+                        app.metrics.store_synced(true);
                         last_success = tokio::time::Instant::now();
                         app.tokens.set_fresh(true);
                         app.sessions.set_fresh(true);
@@ -230,6 +246,8 @@ impl App {
                             tracing::warn!(error = %e, max_stale_seconds = max_stale.as_secs(), "cannot re-check cached tokens and sessions against the store; they stay valid for max_stale_seconds");
                         }
                         failing = true;
+                        app.store_unreachable.store(true, Ordering::Relaxed);
+                        app.metrics.store_synced(false);
                         if last_success.elapsed() > max_stale
                             && app.tokens.set_fresh(false) | app.sessions.set_fresh(false)
                         {
@@ -239,6 +257,17 @@ impl App {
                 }
             }
         }))
+    }
+
+    /// How the store stands (an exclusive store is reachable while it is open).
+    pub fn store_health(&self) -> StoreHealth {
+        if !self.tokens.is_fresh() {
+            StoreHealth::Stale
+        } else if self.store_unreachable.load(Ordering::Relaxed) {
+            StoreHealth::Unreachable
+        } else {
+            StoreHealth::Reachable
+        }
     }
 
     /// Writes what is batched in memory and makes the store durable (at shutdown).

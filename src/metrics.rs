@@ -178,6 +178,8 @@ pub struct Metrics {
     closed: [IntCounter; 5],
     tunnels: IntGauge,
     token_store_reads: IntCounter,
+    store_reachable: IntGauge,
+    store_sync_failures: IntCounter,
 }
 
 /// Latency buckets in seconds: 100 µs to 10 s.
@@ -292,6 +294,19 @@ impl Metrics {
         registry
             .register(Box::new(token_store_reads.clone()))
             .expect("registered once");
+        let store_reachable = gauge(
+            "store_reachable",
+            "1 while the store answers (a shared store's last re-check of cached credentials succeeded), else 0.",
+        );
+        store_reachable.set(1);
+        let store_sync_failures = IntCounter::new(
+            "store_sync_failures_total",
+            "Re-checks of cached credentials against a shared store that failed.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_sync_failures.clone()))
+            .expect("registered once");
         let process = Registry::new();
         #[cfg(target_os = "linux")]
         {
@@ -325,6 +340,8 @@ impl Metrics {
             closed: Closed::ALL.map(|reason| closed.with_label_values(&[reason.label()])),
             tunnels,
             token_store_reads,
+            store_reachable,
+            store_sync_failures,
             registry,
             process,
         }
@@ -401,6 +418,14 @@ impl Metrics {
     /// Counts a connection, tunnel or stream closed (see `Closed`).
     pub fn closed(&self, reason: Closed) {
         count_closed(&self.closed, reason);
+    }
+
+    /// Records a shared store's re-check of cached credentials.
+    pub fn store_synced(&self, ok: bool) {
+        self.store_reachable.set(i64::from(ok));
+        if !ok {
+            self.store_sync_failures.inc();
+        }
     }
 
     /// The text exposition format, with every worker's recordings added and the gauges

@@ -11,7 +11,7 @@ pub mod views;
 
 pub use ops::{Management, DEFAULT_LIMIT, MAX_LIMIT};
 
-use crate::app::App;
+use crate::app::{App, StoreHealth};
 use crate::error::ApiError;
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
@@ -111,9 +111,26 @@ async fn route(
             return Ok(response);
         }
         (&Method::GET, "/readyz") => {
-            // A store read proves the store is open and answering.
-            app.users.list(None, 1).await?;
-            return json(StatusCode::OK, &status("ready"));
+            return match app.store_health() {
+                StoreHealth::Reachable => {
+                    // A store read proves the store is open and answering.
+                    app.users.list(None, 1).await?;
+                    json(StatusCode::OK, &status("ready"))
+                }
+                // Still serving: taking every replica out of the load balancer in a
+                // database outage would refuse the credentials they can still check.
+                StoreHealth::Unreachable => json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "status": "degraded",
+                        "store": "unreachable: cached credentials only, until store.max_stale_seconds",
+                    }),
+                ),
+                StoreHealth::Stale => Err(ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The store has been unreachable for longer than store.max_stale_seconds.",
+                )),
+            };
         }
         _ => {}
     }
