@@ -524,6 +524,12 @@ impl Mariadb {
     pub fn start() -> Mariadb {
         let started = Instant::now();
         let server = Server::new("mariadb", "TERM");
+        // Its own temporary directory: in a shared /tmp, concurrent bootstraps delete each
+        // other's `#sql-temptable-…` files and fail ("Error on delete of '/tmp/#sql-…'").
+        let tmp = server.path("tmp");
+        std::fs::create_dir(&tmp).expect("mariadb tmpdir");
+        let (uid, gid) = server_account();
+        std::os::unix::fs::chown(&tmp, Some(uid), Some(gid)).expect("chown mariadb tmpdir");
         run(
             "mariadb-install-db",
             as_server_user("mariadb-install-db")
@@ -531,7 +537,8 @@ impl Mariadb {
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", server.path("data").display()))
                 .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
-                .args(["--skip-name-resolve", "--innodb-log-file-size=8M"]),
+                .args(["--skip-name-resolve", "--innodb-log-file-size=8M"])
+                .arg(format!("--tmpdir={}", tmp.display())),
         );
         let mut db = Mariadb {
             server,
@@ -562,6 +569,7 @@ impl Mariadb {
         let data = self.server.path("data");
         let socket = self.socket();
         let pid_file = self.server.path("mariadbd.pid");
+        let tmp = self.server.path("tmp");
         move |port, log| {
             let mut command = as_server_user("/usr/sbin/mariadbd");
             command
@@ -569,6 +577,7 @@ impl Mariadb {
                 .arg(format!("--datadir={}", data.display()))
                 .arg(format!("--socket={}", socket.display()))
                 .arg(format!("--pid-file={}", pid_file.display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--port={port}"))
                 .args(["--bind-address=127.0.0.1", "--skip-name-resolve"])
                 .args(["--skip-log-bin", "--innodb-log-file-size=8M"])
