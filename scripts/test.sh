@@ -19,6 +19,11 @@ need_apt curl chromium prometheus
 # Real upstream frameworks for tests/frameworks.rs: Flask on Werkzeug (run by Debian's
 # /usr/bin/python3), PHP's built-in server and Laravel 8.83.
 need_apt python3-flask php-cli php-laravel-framework
+# Real database servers for tests/databases.rs (tests/common/db.rs starts each in a temp
+# dir, as an unprivileged user, on loopback; the packages' own services are not used), and
+# PHP's PDO drivers for them, with which Laravel's schema builder and Sanctum's token code
+# (tests/laravel/sanctum.php) work on those databases.
+need_apt postgresql mariadb-server php-pgsql php-mysql
 # jsonschema: the admin API's responses are validated against docs/admin-openapi.json.
 python3 -c 'import jsonschema, referencing' 2>/dev/null \
   || python3 -m pip install -q 'jsonschema>=4.18'
