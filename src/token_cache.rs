@@ -17,6 +17,13 @@ use http::HeaderValue;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+/// How long a shared store's "no such token" is reused for the same presented token. Short:
+/// a token cannot be presented before it exists, but the same secret may come back under
+/// an id whose row was being written.
+const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Remembered misses at most (about 80 bytes each).
+const MAX_MISSES: usize = 100_000;
+
 /// What the token rules of the config say (see `tokens:` and `abilities:`).
 #[derive(Debug, Clone)]
 pub struct TokenPolicy {
@@ -210,6 +217,9 @@ pub struct Tokens {
     stored: RwLock<Option<Stored>>,
     /// Presented tokens the cache did not hold, looked up in the store.
     store_reads: AtomicU64,
+    /// Presented tokens a shared store did not hold, until when that answer is reused:
+    /// a flood of the same made-up token costs one store read a `MISS_TTL`.
+    misses: DashMap<TokenHash, std::time::Instant, RandomState>,
     /// False once a shared store has gone unchecked for longer than it may (`spawn_sync`):
     /// cached tokens are then no longer trusted, and every request gets "store unavailable".
     fresh: AtomicBool,
@@ -328,6 +338,7 @@ impl Tokens {
             ability_values: DashMap::default(),
             generation: AtomicU64::new(0),
             complete: AtomicBool::new(false),
+            misses: DashMap::default(),
             fresh: AtomicBool::new(true),
             dirty: Mutex::new(Vec::new()),
             touch_writes: AtomicU64::new(0),
@@ -414,15 +425,44 @@ impl Tokens {
             Some(token) if !shared => token,
             _ if !shared && self.complete.load(Ordering::Acquire) => return Ok(None),
             _ if !self.may_be_stored(&presented, &hash) => return Ok(None),
-            _ => match self.load(presented, hash).await? {
-                Some(token) => token,
-                None => return Ok(None),
-            },
+            _ => {
+                if self.recently_missed(&hash) {
+                    return Ok(None);
+                }
+                match self.load(presented, hash).await? {
+                    Some(token) => token,
+                    None => {
+                        self.missed(hash);
+                        return Ok(None);
+                    }
+                }
+            }
         };
         if !token.hash.ct_eq(&hash) || !token.is_live(self.clock.now()) {
             return Ok(None);
         }
         Ok(Some(token))
+    }
+
+    /// Whether a shared store said "no such token" to this hash within `MISS_TTL`.
+    fn recently_missed(&self, hash: &TokenHash) -> bool {
+        self.misses
+            .get(hash)
+            .is_some_and(|until| std::time::Instant::now() < *until)
+    }
+
+    /// Remembers a shared store's "no such token" for `MISS_TTL` (an exclusive store's
+    /// misses are answered by `Stored` instead). Bounded: past `MAX_MISSES` the memory
+    /// starts over.
+    fn missed(&self, hash: TokenHash) {
+        if self.store.is_exclusive() {
+            return;
+        }
+        if self.misses.len() >= MAX_MISSES {
+            self.misses.clear();
+        }
+        self.misses
+            .insert(hash, std::time::Instant::now() + MISS_TTL);
     }
 
     /// Whether a token the cache does not hold may be in the store (`Stored`; without it,
