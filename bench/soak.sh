@@ -4,10 +4,11 @@
 # server-sent events, 8 MiB uploads, slow and stuck clients, clients leaving mid-answer,
 # an upstream restarted twice, two config reloads and a token revocation storm every 15 s
 # (examples/soak.rs drives it and serves the upstream). Fails if a single answer is not the
-# expected one, if RSS after the run exceeds RSS after warm-up by more than 10 % (both
-# taken once the load has stopped and its connections closed; the warm-up is a fifth of
-# the run, 40 to 60 s, with every kind of traffic, a storm, a reload and a restart), if
-# tokengate holds more file descriptors after the run than before it, or if it dies.
+# expected one, if RSS after the run exceeds RSS after warm-up by more than 10 % or 3 MiB,
+# the larger (both taken once the load has stopped and its connections closed; the
+# warm-up is a fifth of the run, 40 to 60 s, with every kind of traffic, a storm, a
+# reload and a restart), if tokengate holds more file descriptors after the run than
+# before it, or if it dies.
 # Prints a report (outcomes, RSS, fd and thread curve).
 #
 # Usage: bench/soak.sh [MINUTES=30]

@@ -1,6 +1,7 @@
 //! The soak driver of `bench/soak.sh`: drives a running tokengate on loopback with every
 //! kind of traffic at once for a number of minutes and fails if a single answer is not the
-//! expected one, if its RSS grew more than 10 % past warm-up, or if it holds more file
+//! expected one, if its RSS grew more than 10 % (or 3 MiB, the larger) past warm-up, or
+//! if it holds more file
 //! descriptors at the end than at the start. It serves the upstream itself (HTTP, an 8 MiB
 //! upload sink, large and slow bodies, server-sent events, WebSocket echo) and restarts it
 //! twice; it reloads tokengate's config twice and runs a token revocation storm every
@@ -35,6 +36,13 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
+
+/// Growth past warm-up that is never taken for a leak: on an ~18 MiB process 10 % is
+/// 1.8 MiB, within what the allocator's arenas and thread caches move by in a one-minute
+/// run (the test command's: +4.4 to +9.8 % over ten runs, a leak-free binary). A leak of
+/// 40 bytes a request passes 3 MiB within the minute's run; slower ones are the 30-minute
+/// soak's to find, where 10 % is the larger.
+const RSS_SLACK_KIB: u64 = 3 * 1024;
 
 const UPLOAD: usize = 8 << 20;
 const BIG: usize = 16 << 20;
@@ -1142,10 +1150,12 @@ async fn main() {
     for f in &failures {
         println!("FAIL {f}");
     }
-    if rss_growth > 1.10 {
+    let grown_kib = settled.rss_kib.saturating_sub(warm.rss_kib);
+    if rss_growth > 1.10 && grown_kib > RSS_SLACK_KIB {
         println!(
-            "FAIL RSS grew {:+.1} % past warm-up (limit 10 %)",
-            (rss_growth - 1.0) * 100.0
+            "FAIL RSS grew {:+.1} % ({:.1} MiB) past warm-up (limit 10 % or 3 MiB, the larger)",
+            (rss_growth - 1.0) * 100.0,
+            grown_kib as f64 / 1024.0
         );
         failed += 1;
     }
