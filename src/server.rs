@@ -39,6 +39,7 @@ pub async fn run(app: Arc<App>, shutdown: impl Future<Output = ()>) -> Result<()
 pub struct Server {
     app: Arc<App>,
     workers: Workers,
+    admin_addr: SocketAddr,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -64,14 +65,19 @@ pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
     let key = std::env::var(&config.admin.key_env)
         .ok()
         .filter(|k| !k.is_empty());
-    match (&key, admin_listener.local_addr()) {
-        (Some(_), Ok(addr)) => tracing::info!(%addr, "admin listener (API enabled)"),
-        (None, Ok(addr)) => tracing::warn!(
-            %addr,
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|error| ServeError::AdminListen {
+            addr: config.admin.listen,
+            error,
+        })?;
+    match &key {
+        Some(_) => tracing::info!(addr = %admin_addr, "admin listener (API enabled)"),
+        None => tracing::warn!(
+            addr = %admin_addr,
             "admin listener: health checks only; the admin API is disabled until {} is set",
             config.admin.key_env
         ),
-        (_, Err(_)) => {}
     }
     let mut tasks = vec![
         tokio::spawn(admin::run(
@@ -101,6 +107,7 @@ pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
     Ok(Server {
         app,
         workers,
+        admin_addr,
         tasks,
     })
 }
@@ -109,6 +116,11 @@ impl Server {
     /// The proxy's address (the system's port where the config says 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.workers.local_addr()
+    }
+
+    /// The admin listener's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// Serves until `shutdown` resolves, then drains the workers' connections, stops the
