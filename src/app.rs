@@ -10,7 +10,7 @@ use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::session_cache::{SessionPolicy, Sessions};
-use crate::store::{RemovedUser, SledStore, Store, StoreError};
+use crate::store::{RemovedUser, SledStore, SqlStore, Store, StoreError};
 use crate::streams::Streams;
 use crate::throttle::LoginThrottle;
 use crate::token_cache::Tokens;
@@ -187,19 +187,14 @@ impl App {
     }
 
     /// Opens the store the config names, with the system clock.
-    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
-        let store = match &config.store {
+    pub async fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Sled { path, cache_bytes } => {
-                SledStore::open_with_cache(path, *cache_bytes)?
+                Arc::new(SledStore::open_with_cache(path, *cache_bytes)?)
             }
-            StoreConfig::Sql(sql) => {
-                return Err(StoreError::Io(format!(
-                    "store.kind {:?}: database stores are not in this build yet",
-                    sql.kind
-                )))
-            }
+            StoreConfig::Sql(sql) => Arc::new(SqlStore::open(sql).await?),
         };
-        Ok(Self::new(config, Arc::new(store), Arc::new(SystemClock)))
+        Ok(Self::new(config, store, Arc::new(SystemClock)))
     }
 
     /// For a store shared with other replicas, the task that re-checks cached tokens and
