@@ -138,20 +138,18 @@ impl SqlStore {
     /// Connects to the database whose URL is in the environment variable `url_env` and
     /// checks that `tokengate migrate` has made its tables.
     pub async fn open(config: &SqlStoreConfig) -> Result<Self, StoreError> {
-        let store = Self::connect(config).await?;
+        Self::open_with_url(config, &url_from_env(config)?).await
+    }
+
+    /// `open` with the URL given rather than read from `url_env` (tests).
+    pub async fn open_with_url(config: &SqlStoreConfig, url: &str) -> Result<Self, StoreError> {
+        let store = Self::connect(config, url).await?;
         store.check_tables().await?;
         Ok(store)
     }
 
     /// Connects without checking the tables (`migrate`).
-    async fn connect(config: &SqlStoreConfig) -> Result<Self, StoreError> {
-        let url = std::env::var(&config.url_env).unwrap_or_default();
-        if url.trim().is_empty() {
-            return Err(StoreError::Setup(format!(
-                "the environment variable {} (store.url_env) is not set: it must hold the database URL",
-                config.url_env
-            )));
-        }
+    async fn connect(config: &SqlStoreConfig, url: &str) -> Result<Self, StoreError> {
         // The URL may hold a password: no error message repeats it.
         let bad_url = |scheme: &str| {
             StoreError::Setup(format!(
@@ -164,7 +162,7 @@ impl SqlStore {
                 if !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
                     return Err(bad_url("postgres"));
                 }
-                let options = PgConnectOptions::from_str(&url)
+                let options = PgConnectOptions::from_str(url)
                     .map_err(|_| bad_url("postgres"))?
                     .disable_statement_logging();
                 Pool::Pg(
@@ -182,7 +180,7 @@ impl SqlStore {
                 }
                 // sqlx sets the session time zone to UTC (`+00:00`) by default, so Sanctum's
                 // `timestamp` columns read back as the UTC Laravel wrote.
-                let options = MySqlConnectOptions::from_str(&url)
+                let options = MySqlConnectOptions::from_str(url)
                     .map_err(|_| bad_url("mysql"))?
                     .disable_statement_logging();
                 Pool::My(
@@ -250,7 +248,15 @@ impl SqlStore {
     /// Sanctum 4's current schema (as Laravel's schema builder makes it on this database).
     /// Running it again changes nothing. Returns what it created.
     pub async fn migrate(config: &SqlStoreConfig) -> Result<Vec<String>, StoreError> {
-        let store = Self::connect(config).await?;
+        Self::migrate_with_url(config, &url_from_env(config)?).await
+    }
+
+    /// `migrate` with the URL given rather than read from `url_env` (tests).
+    pub async fn migrate_with_url(
+        config: &SqlStoreConfig,
+        url: &str,
+    ) -> Result<Vec<String>, StoreError> {
+        let store = Self::connect(config, url).await?;
         let before = store.tables().await?;
         let tokens_absent = !before[0].1;
         let mut statements = Vec::new();
@@ -495,6 +501,18 @@ impl SqlStore {
     }
 }
 
+/// The database URL from the environment variable the config names.
+fn url_from_env(config: &SqlStoreConfig) -> Result<String, StoreError> {
+    let url = std::env::var(&config.url_env).unwrap_or_default();
+    if url.trim().is_empty() {
+        return Err(StoreError::Setup(format!(
+            "the environment variable {} (store.url_env) is not set: it must hold the database URL",
+            config.url_env
+        )));
+    }
+    Ok(url)
+}
+
 /// A value to bind, of the few types the queries use.
 enum Param {
     Int(i64),
@@ -572,10 +590,12 @@ impl RowExt for MySqlRow {
 
     fn time(&self, column: &str) -> Result<Option<Timestamp>, StoreError> {
         use sqlx::Row;
+        // sqlx reads `timestamp` columns only as OffsetDateTime (in the session's UTC),
+        // `datetime` columns (tokengate's own) as either.
         Ok(self
-            .try_get::<Option<PrimitiveDateTime>, _>(column)
+            .try_get::<Option<OffsetDateTime>, _>(column)
             .map_err(db)?
-            .map(|t| t.assume_utc().unix_timestamp()))
+            .map(OffsetDateTime::unix_timestamp))
     }
 }
 
