@@ -1,0 +1,286 @@
+//! tokengate in front of a Laravel app's own database: Sanctum's table made by Laravel's
+//! migration, tokens minted, revoked and changed by Laravel's own code
+//! (tests/laravel/sanctum.php), a real `tokengate serve` process on a real PostgreSQL and
+//! MariaDB (tests/common/db.rs) accepting them with the right identity headers and following
+//! the app's changes within a second; and a token tokengate mints found by Sanctum's
+//! `findToken`. Then three replicas on one database: what one creates or revokes, the others
+//! honour within a second.
+
+mod common;
+
+use common::db::{sanctum, Database, Mariadb, Postgres};
+use common::{eventually_blocking, wait_listening};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tokengate::echo::Echo;
+
+/// The promise: every replica follows a change made anywhere within this.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(1);
+
+const URL_ENV: &str = "TOKENGATE_DATABASE_URL";
+
+fn bin(db_url: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tokengate"));
+    c.env("RUST_LOG", "warn").env(URL_ENV, db_url);
+    c
+}
+
+fn run(db_url: &str, args: &[&str]) -> Output {
+    bin(db_url).args(args).output().expect("tokengate runs")
+}
+
+/// A config for `kind` (`postgres` or `mysql`) with every listener on a free port.
+fn write_config(dir: &Path, kind: &str, upstream: SocketAddr) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: 127.0.0.1:0\nworkers: 1\nupstream: http://{upstream}\n\
+             store:\n  kind: {kind}\n  url_env: {URL_ENV}\n  sync_interval_ms: 500\n\
+             admin:\n  listen: 127.0.0.2:0\n  key_env: TOKENGATE_ADMIN_KEY\n\
+             tokens:\n  prefix: tg_\nabilities: [read, create]\ndefault_abilities: [read]\n\
+             routes:\n  - path: /api/**\n    abilities: [read]\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Server {
+    fn start(db_url: &str, cfg: &Path, admin_key: &str) -> Server {
+        let mut child = bin(db_url)
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("TOKENGATE_ADMIN_KEY", admin_key)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tokengate starts");
+        let pid = child.id();
+        let mut exited = || child.try_wait().unwrap().map(|status| status.to_string());
+        let addr = wait_listening("tokengate's proxy", pid, [127, 0, 0, 1], &mut exited);
+        let admin = wait_listening("tokengate's admin", pid, [127, 0, 0, 2], &mut exited);
+        Server { child, addr, admin }
+    }
+
+    fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success());
+        let mut code = None;
+        eventually_blocking("tokengate exits after SIGTERM", || {
+            match self.child.try_wait().unwrap() {
+                Some(status) => {
+                    code = Some(status.code());
+                    true
+                }
+                None => false,
+            }
+        });
+        assert_eq!(code, Some(Some(0)), "serve exits 0 after SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// A raw HTTP/1.1 request; the status and the body.
+fn request(to: SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(to).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut reader = BufReader::new(s);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut reader, &mut rest);
+    let body = rest.split_once("\r\n\r\n").map(|(_, b)| b.to_owned());
+    (status, body.unwrap_or_default())
+}
+
+fn get(gate: SocketAddr, token: &str) -> u16 {
+    request(
+        gate,
+        "GET",
+        "/api/items",
+        &format!("Authorization: Bearer {token}\r\n"),
+        "",
+    )
+    .0
+}
+
+/// The identity headers the upstream saw on the last request: (user, abilities).
+fn seen_identity(echo: &Echo) -> (String, String) {
+    let seen = echo.last().expect("the upstream saw a request");
+    let header = |name: &str| {
+        seen.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    (header("x-auth-user"), header("x-token-abilities"))
+}
+
+/// Polls until `gate` answers `want` for `token`; how long that took. Fails past 5 s.
+fn time_until(gate: SocketAddr, token: &str, want: u16) -> Duration {
+    let start = Instant::now();
+    loop {
+        if get(gate, token) == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "never answered {want}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn php_token(db: &dyn Database, user: u64, abilities: &str, extra: &[&str]) -> (u64, String) {
+    let user = user.to_string();
+    let mut args = vec!["create-token", &user, "from laravel", abilities];
+    args.extend_from_slice(extra);
+    let created = sanctum(&db.url(), &args);
+    (
+        created["id"].as_u64().expect("id"),
+        created["plaintext"].as_str().expect("plaintext").to_owned(),
+    )
+}
+
+fn interop(db: &dyn Database, kind: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), kind, echo.addr);
+    let cfg_str = cfg.to_str().unwrap();
+    let url = db.url();
+
+    // Laravel's own migration makes Sanctum's table; tokengate's tables are still missing,
+    // and serve says which command makes them.
+    sanctum(&url, &["migrate"]);
+    let refused = run(&url, &["serve", "--config", cfg_str]);
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("tokengate migrate"), "{stderr}");
+    assert!(!stderr.contains(&url), "the URL is never shown");
+    let migrated = run(&url, &["migrate", "--config", cfg_str]);
+    assert!(migrated.status.success(), "{:?}", migrated);
+    let out = String::from_utf8_lossy(&migrated.stdout);
+    assert!(
+        out.contains("tokengate_users") && !out.contains("personal_access_tokens"),
+        "{out}"
+    );
+    let again = run(&url, &["migrate", "--config", cfg_str]);
+    assert!(again.status.success(), "{:?}", again);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already"));
+
+    // Tokens as Laravel mints them: Sanctum 4 (prefix + crc32b), 2.x (no crc), and `*`.
+    let (current_id, current) = php_token(db, 42, r#"["read","create"]"#, &["--prefix", "tg_"]);
+    let (legacy_id, legacy) = php_token(db, 43, r#"["read"]"#, &["--legacy"]);
+    let (_, star) = php_token(db, 44, r#"["*"]"#, &[]);
+
+    let mut server = Server::start(&url, &cfg, "interop-admin-key");
+    let gate = server.addr;
+    assert_eq!(get(gate, &current), 200);
+    assert_eq!(seen_identity(&echo), ("42".into(), "create,read".into()));
+    assert_eq!(get(gate, &legacy), 200);
+    assert_eq!(seen_identity(&echo), ("43".into(), "read".into()));
+    assert_eq!(get(gate, &star), 200);
+    assert_eq!(seen_identity(&echo), ("44".into(), "*".into()));
+    assert_eq!(get(gate, "999|made-up"), 401);
+
+    // Laravel revokes one and changes another's abilities: followed within a second.
+    sanctum(&url, &["delete-token", &current_id.to_string()]);
+    let revoked_after = time_until(gate, &current, 401);
+    sanctum(
+        &url,
+        &["set-abilities", &legacy_id.to_string(), r#"["create"]"#],
+    );
+    let changed_after = time_until(gate, &legacy, 403);
+    println!(
+        "{kind}: Laravel's revocation refused after {revoked_after:?}, ability change after {changed_after:?}"
+    );
+    assert!(revoked_after < FOLLOW_WITHIN, "{revoked_after:?}");
+    assert!(changed_after < FOLLOW_WITHIN, "{changed_after:?}");
+    assert_eq!(get(gate, &star), 200, "the others still work");
+
+    // A token tokengate mints is Sanctum's: found by findToken, and used at once.
+    let created = run(
+        &url,
+        &[
+            "token",
+            "create",
+            "--config",
+            cfg_str,
+            "--user",
+            "45",
+            "--name",
+            "from tokengate",
+            "--abilities",
+            "read,create",
+        ],
+    );
+    assert!(created.status.success(), "{:?}", created);
+    let plaintext = String::from_utf8_lossy(&created.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_owned();
+    let found = sanctum(&url, &["find-token", &plaintext]);
+    assert_eq!(found["tokenable_id"], 45, "{found}");
+    assert_eq!(found["tokenable_type"], "App\\Models\\User", "{found}");
+    assert_eq!(found["name"], "from tokengate", "{found}");
+    assert_eq!(
+        found["abilities"],
+        serde_json::json!(["create", "read"]),
+        "{found}"
+    );
+    assert_eq!(get(gate, &plaintext), 200);
+    assert_eq!(seen_identity(&echo), ("45".into(), "create,read".into()));
+
+    // A token for an owner that cannot be a tokenable_id: 422 from the admin API.
+    let (status, body) = request(
+        server.admin,
+        "POST",
+        "/admin/tokens",
+        "Authorization: Bearer interop-admin-key\r\nContent-Type: application/json\r\n",
+        r#"{"user":"alice","name":"x"}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("numeric"), "{body}");
+    server.stop();
+}
+
+#[test]
+fn laravel_tokens_on_postgres() {
+    let db = Postgres::start();
+    interop(&db, "postgres");
+}
+
+#[test]
+fn laravel_tokens_on_mariadb() {
+    let db = Mariadb::start();
+    interop(&db, "mysql");
+}
