@@ -284,3 +284,105 @@ fn laravel_tokens_on_mariadb() {
     let db = Mariadb::start();
     interop(&db, "mysql");
 }
+
+/// `n`-th percentile of sorted durations.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
+}
+
+/// Three `serve` replicas on one database: a token created through A's admin API works on
+/// B and C at its first use; revoked through C, it is refused on A and B within a second
+/// (measured over `ROUNDS` revocations, each token cached on every replica first).
+fn replicas(db: &dyn Database, kind: &str) {
+    const ROUNDS: usize = 20;
+    const KEY: &str = "replica-admin-key";
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), kind, echo.addr);
+    let url = db.url();
+    let migrated = run(&url, &["migrate", "--config", cfg.to_str().unwrap()]);
+    assert!(migrated.status.success(), "{:?}", migrated);
+    let mut servers: Vec<Server> = (0..3).map(|_| Server::start(&url, &cfg, KEY)).collect();
+    let (a, b, c) = (&servers[0], &servers[1], &servers[2]);
+    let admin = |server: &Server, method: &str, path: &str, body: &str| {
+        request(
+            server.admin,
+            method,
+            path,
+            &format!("Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"),
+            body,
+        )
+    };
+
+    let mut delays = Vec::new();
+    for round in 0..ROUNDS {
+        let (status, body) = admin(
+            a,
+            "POST",
+            "/admin/tokens",
+            &format!(
+                r#"{{"user":"{}","name":"replica {round}","abilities":["read"]}}"#,
+                100 + round
+            ),
+        );
+        assert_eq!(status, 201, "{body}");
+        let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let token = created["plaintext"].as_str().unwrap().to_owned();
+        let id = created["token"]["id"].as_u64().unwrap();
+        for server in [b, c, a] {
+            assert_eq!(get(server.addr, &token), 200);
+            assert_eq!(seen_identity(&echo).0, (100 + round).to_string());
+        }
+        let (status, body) = admin(c, "DELETE", &format!("/admin/tokens/{id}"), "");
+        assert!(status == 200 || status == 204, "{status} {body}");
+        assert_eq!(
+            get(c.addr, &token),
+            401,
+            "refused at once where it was revoked"
+        );
+        let start = Instant::now();
+        let mut refused = [None, None];
+        while refused.iter().any(Option::is_none) {
+            for (i, server) in [a, b].into_iter().enumerate() {
+                if refused[i].is_none() && get(server.addr, &token) == 401 {
+                    refused[i] = Some(start.elapsed());
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "never refused on every replica"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        delays.extend(refused.into_iter().flatten());
+    }
+    delays.sort();
+    let (p50, p99, max) = (
+        percentile(&delays, 50),
+        percentile(&delays, 99),
+        *delays.last().unwrap(),
+    );
+    println!(
+        "{kind}: revocation on C refused on A and B after p50 {p50:?}, p99 {p99:?}, max {max:?} ({} measurements)",
+        delays.len()
+    );
+    assert!(max < FOLLOW_WITHIN, "slowest {max:?}");
+    for server in &mut servers {
+        server.stop();
+    }
+}
+
+#[test]
+fn three_replicas_on_postgres() {
+    let db = Postgres::start();
+    replicas(&db, "postgres");
+}
+
+#[test]
+fn three_replicas_on_mariadb() {
+    let db = Mariadb::start();
+    replicas(&db, "mysql");
+}
