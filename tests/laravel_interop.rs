@@ -34,12 +34,17 @@ fn run(db_url: &str, args: &[&str]) -> Output {
 
 /// A config for `kind` (`postgres` or `mysql`) with every listener on a free port.
 fn write_config(dir: &Path, kind: &str, upstream: SocketAddr) -> PathBuf {
+    write_config_with(dir, kind, upstream, "")
+}
+
+/// `write_config` with more `store:` keys (each line indented by two spaces).
+fn write_config_with(dir: &Path, kind: &str, upstream: SocketAddr, store: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
             "listen: 127.0.0.1:0\nworkers: 1\nupstream: http://{upstream}\n\
-             store:\n  kind: {kind}\n  url_env: {URL_ENV}\n  sync_interval_ms: 500\n\
+             store:\n  kind: {kind}\n  url_env: {URL_ENV}\n  sync_interval_ms: 500\n{store}\
              admin:\n  listen: 127.0.0.2:0\n  key_env: TOKENGATE_ADMIN_KEY\n\
              tokens:\n  prefix: tg_\nabilities: [read, create]\ndefault_abilities: [read]\n\
              routes:\n  - path: /api/**\n    abilities: [read]\n"
@@ -385,4 +390,183 @@ fn three_replicas_on_postgres() {
 fn three_replicas_on_mariadb() {
     let db = Mariadb::start();
     replicas(&db, "mysql");
+}
+
+/// A GET with a token; the whole response head, lowercased (status line and headers).
+fn head_of(gate: SocketAddr, path: &str, token: &str) -> String {
+    let mut s = TcpStream::connect(gate).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut text);
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+fn admin_get(server: &Server, path: &str) -> (u16, String) {
+    request(server.admin, "GET", path, "", "")
+}
+
+/// The database stops under a running replica: cached tokens keep working until
+/// `max_stale_seconds`, uncached ones get 503 + Retry-After (never 401), /readyz and the
+/// metrics say so; past max_stale every token gets 503; the database returns and
+/// everything works again, and a revocation is followed within a second.
+fn outage(db: &mut dyn Database, kind: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(dir.path(), kind, echo.addr, "  max_stale_seconds: 4\n");
+    let url = db.url();
+    sanctum(&url, &["migrate"]);
+    assert!(run(&url, &["migrate", "--config", cfg.to_str().unwrap()])
+        .status
+        .success());
+    let (cached_id, cached) = php_token(db, 1, r#"["read"]"#, &[]);
+    let mut server = Server::start(&url, &cfg, "outage-key");
+    let gate = server.addr;
+    // Minted after the replica loaded its cache, and not used before the outage.
+    let (_, uncached) = php_token(db, 2, r#"["read"]"#, &[]);
+    assert_eq!(get(gate, &cached), 200);
+    assert_eq!(admin_get(&server, "/readyz").0, 200);
+
+    db.stop();
+    let stopped = Instant::now();
+    assert_eq!(get(gate, &cached), 200, "cached: still works");
+    let head = head_of(gate, "/api/items", &uncached);
+    assert!(head.starts_with("http/1.1 503"), "{head}");
+    assert!(head.contains("\r\nretry-after: "), "{head}");
+    eventually_blocking("readyz says degraded", || {
+        let (status, body) = admin_get(&server, "/readyz");
+        status == 200 && body.contains("degraded")
+    });
+    let (_, metrics) = admin_get(&server, "/metrics");
+    assert!(
+        metrics.contains("\ntokengate_store_reachable 0"),
+        "{metrics}"
+    );
+    if stopped.elapsed() < Duration::from_secs(3) {
+        assert_eq!(get(gate, &cached), 200, "cached: works within max_stale");
+    }
+    // Past max_stale_seconds: refused as unavailable, never as unauthenticated.
+    let start = Instant::now();
+    while get(gate, &cached) != 503 {
+        assert!(start.elapsed() < Duration::from_secs(15), "never stale");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    println!(
+        "{kind}: cached token refused (503) {:?} after the database stopped (max_stale_seconds 4)",
+        stopped.elapsed()
+    );
+    assert!(stopped.elapsed() >= Duration::from_secs(4));
+    assert_eq!(admin_get(&server, "/readyz").0, 503);
+
+    db.restart();
+    let back = Instant::now();
+    while get(gate, &cached) != 200 {
+        assert!(back.elapsed() < Duration::from_secs(15), "never recovered");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    println!(
+        "{kind}: cached token accepted again {:?} after the database restarted",
+        back.elapsed()
+    );
+    assert_eq!(get(gate, &uncached), 200);
+    assert_eq!(admin_get(&server, "/readyz").0, 200);
+    sanctum(&url, &["delete-token", &cached_id.to_string()]);
+    let revoked_after = time_until(gate, &cached, 401);
+    assert!(revoked_after < FOLLOW_WITHIN, "{revoked_after:?}");
+    server.stop();
+}
+
+#[test]
+fn postgres_outage() {
+    let mut db = Postgres::start();
+    outage(&mut db, "postgres");
+}
+
+#[test]
+fn mariadb_outage() {
+    let mut db = Mariadb::start();
+    outage(&mut db, "mysql");
+}
+
+/// `read_only: true`: tokengate serves the app's tokens and never writes the table: token
+/// writes through the admin API answer 409, the CLI says why, `last_used_at` stays NULL.
+fn read_only(db: &dyn Database, kind: &str) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config_with(dir.path(), kind, echo.addr, "  read_only: true\n");
+    let cfg_str = cfg.to_str().unwrap();
+    let url = db.url();
+    sanctum(&url, &["migrate"]);
+    assert!(run(&url, &["migrate", "--config", cfg_str])
+        .status
+        .success());
+    let (id, token) = php_token(db, 3, r#"["read"]"#, &[]);
+    let mut server = Server::start(&url, &cfg, "ro-key");
+    assert_eq!(get(server.addr, &token), 200);
+    let auth = "Authorization: Bearer ro-key\r\nContent-Type: application/json\r\n";
+    let (status, body) = request(
+        server.admin,
+        "POST",
+        "/admin/tokens",
+        auth,
+        r#"{"user":"3","name":"x"}"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("read-only"), "{body}");
+    let (status, body) = request(
+        server.admin,
+        "DELETE",
+        &format!("/admin/tokens/{id}"),
+        auth,
+        "",
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = request(
+        server.admin,
+        "PATCH",
+        &format!("/admin/tokens/{id}"),
+        auth,
+        r#"{"abilities":["create"]}"#,
+    );
+    assert_eq!(status, 409, "{body}");
+    let out = run(
+        &url,
+        &["token", "revoke", "--config", cfg_str, &id.to_string()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("read-only"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(server.addr, &token), 200, "the token is untouched");
+    // SIGTERM flushes batched last_used_at, which read_only never writes.
+    server.stop();
+    let found = sanctum(&url, &["find-token", &token]);
+    assert!(found["last_used_at"].is_null(), "{found}");
+}
+
+#[test]
+fn postgres_read_only() {
+    let db = Postgres::start();
+    read_only(&db, "postgres");
+}
+
+#[test]
+fn mariadb_read_only() {
+    let db = Mariadb::start();
+    read_only(&db, "mysql");
 }
