@@ -47,7 +47,7 @@ fn write_config_with(dir: &Path, kind: &str, upstream: SocketAddr, store: &str) 
              store:\n  kind: {kind}\n  url_env: {URL_ENV}\n  sync_interval_ms: 500\n{store}\
              admin:\n  listen: 127.0.0.2:0\n  key_env: TOKENGATE_ADMIN_KEY\n\
              tokens:\n  prefix: tg_\nabilities: [read, create]\ndefault_abilities: [read]\n\
-             routes:\n  - path: /api/**\n    abilities: [read]\n"
+             routes:\n  - path: /api/**\n    abilities: [read]\n  - path: /app/**\n    auth: session\n"
         ),
     )
     .unwrap();
@@ -364,6 +364,47 @@ fn replicas(db: &dyn Database, kind: &str) {
         }
         delays.extend(refused.into_iter().flatten());
     }
+    // The same for a session: started through A, used on B and C, ended through C.
+    let (status, body) = admin(b, "POST", "/admin/users", r#"{"name":"alice"}"#);
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = admin(a, "POST", "/admin/sessions", r#"{"user":"alice"}"#);
+    assert_eq!(status, 201, "{body}");
+    let created: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cookie = format!(
+        "Cookie: {}={}\r\n",
+        created["cookie"]["name"].as_str().unwrap(),
+        created["cookie"]["value"].as_str().unwrap()
+    );
+    let session_id = created["session"]["id"].as_str().unwrap().to_owned();
+    let page = |server: &Server| request(server.addr, "GET", "/app/home", &cookie, "").0;
+    for server in [b, c, a] {
+        assert_eq!(page(server), 200);
+        assert_eq!(seen_identity(&echo).0, "alice");
+    }
+    let (status, body) = admin(c, "DELETE", &format!("/admin/sessions/{session_id}"), "");
+    assert_eq!(status, 204, "{body}");
+    assert_ne!(page(c), 200);
+    let start = Instant::now();
+    let mut ended = [None, None];
+    while ended.iter().any(Option::is_none) {
+        for (i, server) in [a, b].into_iter().enumerate() {
+            if ended[i].is_none() && page(server) != 200 {
+                ended[i] = Some(start.elapsed());
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "session never ended everywhere"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let session_delays: Vec<Duration> = ended.into_iter().flatten().collect();
+    println!("{kind}: session ended on C, refused on A and B after {session_delays:?}");
+    assert!(
+        session_delays.iter().all(|d| *d < FOLLOW_WITHIN),
+        "{session_delays:?}"
+    );
+
     delays.sort();
     let (p50, p99, max) = (
         percentile(&delays, 50),
