@@ -611,3 +611,32 @@ fn mariadb_read_only() {
     let db = Mariadb::start();
     read_only(&db, "mysql");
 }
+
+/// No URL in the environment variable the config names: serve and migrate refuse, naming it.
+#[test]
+fn a_missing_database_url_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "postgres", "127.0.0.1:9".parse().unwrap());
+    for command in ["serve", "migrate"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args([command, "--config", cfg.to_str().unwrap()])
+            .env_remove(URL_ENV)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(URL_ENV) && stderr.contains("not set"),
+            "{command}: {stderr}"
+        );
+    }
+    // A URL of the other database's kind is refused without repeating it.
+    let out = run(
+        "mysql://tokengate:s3cret-password@127.0.0.1:9/db",
+        &["serve", "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("postgres://"), "{stderr}");
+    assert!(!stderr.contains("s3cret-password"), "{stderr}");
+}
