@@ -166,6 +166,20 @@ async fn behaviour(store: Arc<dyn Store>) {
         Some(T + 10)
     );
     assert_eq!(store.token(b.id).await.unwrap().unwrap().last_used_at, None);
+    // Many in one batch (the same id twice: the last value wins).
+    store
+        .touch_tokens(vec![(b.id, T + 20), (a.id, T + 30), (b.id, T + 25)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.token(a.id).await.unwrap().unwrap().last_used_at,
+        Some(T + 30)
+    );
+    assert_eq!(
+        store.token(b.id).await.unwrap().unwrap().last_used_at,
+        Some(T + 25)
+    );
+    assert_eq!(store.token(c.id).await.unwrap().unwrap().last_used_at, None);
     assert!(store.delete_token(c.id).await.unwrap());
     assert!(!store.delete_token(c.id).await.unwrap());
     assert_eq!(store.token(c.id).await.unwrap(), None);
@@ -266,6 +280,7 @@ async fn behaviour(store: Arc<dyn Store>) {
     store
         .touch_sessions(vec![
             (s1.hash, T + 100),
+            (s1.hash, T + 50),
             (s2.hash, T + 1),
             (session(9, "x").hash, T + 100),
         ])
@@ -424,6 +439,17 @@ async fn database_only(db: &dyn Database) {
             mine.hash.to_hex()
         )
     );
+    // The batched last_used_at write changes that column only.
+    store.touch_tokens(vec![(mine.id, T + 30)]).await.unwrap();
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT last_used_at, updated_at FROM personal_access_tokens WHERE id = {}",
+            mine.id
+        )),
+        "2023-11-14 22:13:50\t2023-11-14 22:13:20"
+    );
+    let mine = store.token(mine.id).await.unwrap().unwrap();
+    assert_eq!(mine.last_used_at, Some(T + 30));
     // (Backslashes read differently in each client: matched by pattern.)
     assert_eq!(
         db.sql("SELECT COUNT(*) FROM personal_access_tokens WHERE tokenable_type LIKE 'App_Models_User'"),
@@ -487,7 +513,7 @@ async fn database_only(db: &dyn Database) {
         Err(StoreError::ReadOnly)
     ));
     read_only
-        .touch_tokens(vec![(mine.id, T + 30)])
+        .touch_tokens(vec![(mine.id, T + 999)])
         .await
         .unwrap();
     assert_eq!(read_only.token(mine.id).await.unwrap(), Some(mine.clone()));

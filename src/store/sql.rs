@@ -432,6 +432,24 @@ impl SqlStore {
         })
     }
 
+    /// Runs statements in one transaction.
+    async fn execute_in_transaction(
+        &self,
+        statements: Vec<(String, Vec<Param>)>,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await.map_err(db)?;
+            for (q, params) in &statements {
+                let mut query = sqlx::query(q);
+                for p in params {
+                    query = p.bind_to(query);
+                }
+                query.execute(&mut *tx).await.map_err(db)?;
+            }
+            tx.commit().await.map_err(db)
+        })
+    }
+
     /// Inserts tokens in one transaction.
     async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<Vec<TokenId>, StoreError> {
         let mut rows = Vec::with_capacity(tokens.len());
@@ -517,6 +535,7 @@ fn url_from_env(config: &SqlStoreConfig) -> Result<String, StoreError> {
 enum Param {
     Int(i64),
     Text(String),
+    Time(PrimitiveDateTime),
 }
 
 impl Param {
@@ -528,10 +547,12 @@ impl Param {
         DB: sqlx::Database,
         i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
         &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+        PrimitiveDateTime: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     {
         match self {
             Param::Int(n) => query.bind(*n),
             Param::Text(s) => query.bind(s.as_str()),
+            Param::Time(t) => query.bind(*t),
         }
     }
 }
@@ -823,28 +844,33 @@ impl Store for SqlStore {
         if self.read_only || used.is_empty() {
             return Ok(());
         }
-        let q = self
-            .sql
-            .text("UPDATE {t} SET last_used_at = ? WHERE id = ? AND tokenable_type = ?");
-        let mut rows = Vec::with_capacity(used.len());
+        // One UPDATE of that column per chunk, all in one transaction.
+        let mut latest = std::collections::BTreeMap::new();
         for (id, at) in used {
+            // The last value given for an id wins, as in sled.
             if let Ok(n) = i64::try_from(id.0) {
-                rows.push((n, to_time(at)?));
+                latest.insert(n, at);
             }
         }
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(db)?;
-            for (id, at) in &rows {
-                sqlx::query(&q)
-                    .bind(at)
-                    .bind(id)
-                    .bind(&self.tokenable_type)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
+        let rows: Vec<(i64, Timestamp)> = latest.into_iter().collect();
+        let mut statements = Vec::new();
+        for chunk in rows.chunks(BATCH) {
+            let q = self.sql.text(&format!(
+                "UPDATE {{t}} SET last_used_at = CASE id {} END \
+                 WHERE tokenable_type = ? AND id IN ({})",
+                vec!["WHEN ? THEN ?"; chunk.len()].join(" "),
+                placeholders(chunk.len())
+            ));
+            let mut params = Vec::with_capacity(chunk.len() * 3 + 1);
+            for &(id, at) in chunk {
+                params.push(Param::Int(id));
+                params.push(Param::Time(to_time(at)?));
             }
-            tx.commit().await.map_err(db)
-        })
+            params.push(Param::Text(self.tokenable_type.clone()));
+            params.extend(chunk.iter().map(|&(id, _)| Param::Int(id)));
+            statements.push((q, params));
+        }
+        self.execute_in_transaction(statements).await
     }
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
@@ -1122,25 +1148,30 @@ impl Store for SqlStore {
         if seen.is_empty() {
             return Ok(());
         }
-        let q = self
-            .sql
-            .text("UPDATE {s} SET last_seen = GREATEST(last_seen, ?) WHERE hash = ?");
-        let mut rows = Vec::with_capacity(seen.len());
+        let mut latest = std::collections::BTreeMap::new();
         for (hash, at) in seen {
-            rows.push((session_hex(&hash), to_time(at)?));
+            let slot = latest.entry(session_hex(&hash)).or_insert(at);
+            *slot = (*slot).max(at);
         }
-        on_pool!(self, pool => {
-            let mut tx = pool.begin().await.map_err(db)?;
-            for (hash, at) in &rows {
-                sqlx::query(&q)
-                    .bind(at)
-                    .bind(hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
+        let rows: Vec<(String, Timestamp)> = latest.into_iter().collect();
+        let mut statements = Vec::new();
+        for chunk in rows.chunks(BATCH) {
+            // `last_seen` only moves forward; a session deleted meanwhile stays deleted.
+            let q = self.sql.text(&format!(
+                "UPDATE {{s}} SET last_seen = GREATEST(last_seen, CASE hash {} END) \
+                 WHERE hash IN ({})",
+                vec!["WHEN ? THEN ?"; chunk.len()].join(" "),
+                placeholders(chunk.len())
+            ));
+            let mut params = Vec::with_capacity(chunk.len() * 3);
+            for (hash, at) in chunk {
+                params.push(Param::Text(hash.clone()));
+                params.push(Param::Time(to_time(*at)?));
             }
-            tx.commit().await.map_err(db)
-        })
+            params.extend(chunk.iter().map(|(hash, _)| Param::Text(hash.clone())));
+            statements.push((q, params));
+        }
+        self.execute_in_transaction(statements).await
     }
 }
 
