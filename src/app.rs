@@ -217,9 +217,27 @@ impl App {
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                let synced = match app.tokens.sync().await {
-                    Ok(tokens) => app.sessions.sync().await.map(|sessions| tokens + sessions),
-                    Err(e) => Err(e),
+                let sync = async {
+                    let tokens = app.tokens.sync().await?;
+                    app.sessions.sync().await.map(|sessions| tokens + sessions)
+                };
+                tokio::pin!(sync);
+                // A re-check against an unreachable database can take a while to fail (a
+                // connect timeout; a black-holed network, longer): max_stale_seconds is kept
+                // meanwhile, without cancelling the re-check.
+                let stale_at = last_success + max_stale;
+                let mut marked = false;
+                let synced = loop {
+                    tokio::select! {
+                        synced = &mut sync => break synced,
+                        () = tokio::time::sleep_until(stale_at), if !marked => {
+                            marked = true;
+                            app.store_unreachable.store(true, Ordering::Relaxed);
+                            if app.tokens.set_fresh(false) | app.sessions.set_fresh(false) {
+                                tracing::error!("store unanswered past max_stale_seconds: refusing every token and session until it answers");
+                            }
+                        }
+                    }
                 };
                 match synced {
                     Ok(changed) => {

@@ -37,7 +37,7 @@ const MAX_CONNECTIONS: u32 = 8;
 
 /// How long a query waits for a connection (including connecting). Short, so that an
 /// unreachable database turns into a 503 and a failed re-check quickly.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Ids or hashes per `IN (…)` query: far below both databases' placeholder limits.
 const BATCH: usize = 500;
