@@ -454,12 +454,8 @@ impl SqlStore {
     async fn insert_tokens(&self, tokens: &[NewToken]) -> Result<Vec<TokenId>, StoreError> {
         let mut rows = Vec::with_capacity(tokens.len());
         for token in tokens {
-            let user: i64 = token
-                .user
-                .parse()
-                .ok()
-                .filter(|&n: &i64| n >= 0)
-                .ok_or_else(|| StoreError::InvalidUser(token.user.clone()))?;
+            let user =
+                owner_id(&token.user).ok_or_else(|| StoreError::InvalidUser(token.user.clone()))?;
             let abilities = serde_json::to_string(&token.abilities)
                 .map_err(|e| StoreError::Io(e.to_string()))?;
             rows.push((
@@ -517,6 +513,14 @@ impl SqlStore {
         }
         Ok(ids)
     }
+}
+
+/// The `tokenable_id` a token owner stands for: a number written as Laravel reads it back
+/// (`42`, not `042` or `+42`), so that an owner's tokens keep the owner they were made for.
+fn owner_id(user: &str) -> Option<i64> {
+    user.parse::<i64>()
+        .ok()
+        .filter(|n| *n >= 0 && n.to_string() == user)
 }
 
 /// The database URL from the environment variable the config names.
@@ -783,7 +787,7 @@ impl Store for SqlStore {
         let mut params = vec![Param::Int(after)];
         if let Some(user) = &query.user {
             // tokenable_id is a number: any other owner owns nothing here.
-            let Ok(user) = user.parse::<i64>() else {
+            let Some(user) = owner_id(user) else {
                 return Ok(Vec::new());
             };
             condition.push_str(" AND tokenable_id = ?");
@@ -982,7 +986,7 @@ impl Store for SqlStore {
     async fn delete_user(&self, name: &str) -> Result<Option<RemovedUser>, StoreError> {
         // The user's tokens, when the name can be a tokenable_id; with read_only the app
         // owns the tokens table and they stay.
-        let owner = name.parse::<i64>().ok().filter(|_| !self.read_only);
+        let owner = owner_id(name).filter(|_| !self.read_only);
         let lock_user = self
             .sql
             .text("SELECT name FROM {u} WHERE name = ? FOR UPDATE");
@@ -1192,6 +1196,21 @@ mod tests {
             my.text("DELETE FROM {s} WHERE hash = ? AND x = ?"),
             "DELETE FROM `tokengate_sessions` WHERE hash = ? AND x = ?"
         );
+    }
+
+    #[test]
+    fn token_owners_are_canonical_numbers() {
+        for (user, id) in [
+            ("42", Some(42)),
+            ("0", Some(0)),
+            ("042", None),
+            ("+42", None),
+        ] {
+            assert_eq!(owner_id(user), id, "{user}");
+        }
+        for user in ["-1", "4 2", "alice", "", "99999999999999999999"] {
+            assert_eq!(owner_id(user), None, "{user}");
+        }
     }
 
     #[test]
