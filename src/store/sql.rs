@@ -264,10 +264,11 @@ impl SqlStore {
             statements.extend(store.tokens_ddl(&config.tokens_table));
         }
         statements.extend(store.own_ddl());
-        for statement in statements {
-            on_pool!(store, pool => sqlx::query(&statement).execute(pool).await.map(|_| ()))
-                .map_err(db)?;
-        }
+        // One transaction: on PostgreSQL a failure leaves nothing half made (MySQL commits
+        // each CREATE on its own, but there each table is one statement).
+        store
+            .execute_in_transaction(statements.into_iter().map(|q| (q, Vec::new())).collect())
+            .await?;
         Ok(before
             .into_iter()
             .filter(|(_, exists)| !exists)
