@@ -544,3 +544,94 @@ fn mariadb_store_keeps_to_its_tokens() {
     let db = Mariadb::start();
     runtime().block_on(database_only(&db));
 }
+
+/// The postmaster (from its pid file) and its children: every process of `db`.
+fn postgres_processes(db: &Postgres) -> Vec<String> {
+    let pid_file = std::fs::read_to_string(db.data_dir().join("postmaster.pid")).unwrap();
+    let postmaster = pid_file.lines().next().unwrap().trim().to_owned();
+    let mut pids = vec![postmaster.clone()];
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid …: comm may hold spaces, so read after the last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if rest.split_whitespace().nth(1) == Some(postmaster.as_str()) {
+            pids.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    pids
+}
+
+fn signal_all(pids: &[String], signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(signal)
+        .args(pids)
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill {signal} {pids:?}");
+}
+
+/// A database that stops answering without refusing anything (its processes frozen, as
+/// behind a network partition that drops packets): every operation gives up within the
+/// store's timeout instead of hanging, and works again once the database answers.
+#[test]
+fn a_database_that_does_not_answer_is_an_error_not_a_hang() {
+    let db = Postgres::start();
+    let token = runtime().block_on(async {
+        let store = migrated(&db).await;
+        let token = store
+            .create_token(new_token("1", "t", &["read"], None))
+            .await
+            .unwrap();
+        let frozen = postgres_processes(&db);
+        signal_all(&frozen, "-STOP");
+        let start = std::time::Instant::now();
+        let outcome = store.token(token.id).await;
+        let waited = start.elapsed();
+        signal_all(&frozen, "-CONT");
+        println!("a frozen database: {outcome:?} after {waited:?}");
+        assert!(matches!(outcome, Err(StoreError::Io(_))), "{outcome:?}");
+        assert!(waited < Duration::from_secs(8), "{waited:?}");
+        assert_eq!(store.token(token.id).await.unwrap(), Some(token.clone()));
+        token
+    });
+
+    // A query that waits (here on a lock another session holds) is given up too.
+    let rt = runtime();
+    let store = rt
+        .block_on(SqlStore::open_with_url(
+            &sql_config(SqlKind::Postgres, false),
+            &db.url(),
+        ))
+        .unwrap();
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            db.sql(
+                "BEGIN; LOCK TABLE personal_access_tokens IN ACCESS EXCLUSIVE MODE; \
+                 SELECT pg_sleep(6.5); COMMIT;",
+            )
+        });
+        rt.block_on(async {
+            let locked = std::time::Instant::now() + Duration::from_secs(5);
+            while db
+                .sql("SELECT count(*) FROM pg_locks WHERE mode = 'AccessExclusiveLock' AND locktype = 'relation'")
+                == "0"
+            {
+                assert!(std::time::Instant::now() < locked, "the lock was never taken");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let start = std::time::Instant::now();
+            let outcome = store.token(token.id).await;
+            let waited = start.elapsed();
+            println!("a query waiting on a lock: {outcome:?} after {waited:?}");
+            assert!(matches!(outcome, Err(StoreError::Io(_))), "{outcome:?}");
+            assert!(
+                waited >= Duration::from_secs(4) && waited < Duration::from_secs(8),
+                "{waited:?}"
+            );
+        });
+    });
+}

@@ -53,14 +53,53 @@ enum Pool {
     My(MySqlPool),
 }
 
-/// Runs the same code on either pool (`$pool` is a `PgPool` or a `MySqlPool`).
+/// Runs the same code on either pool (`$pool` is a `PgPool` or a `MySqlPool`), within
+/// `QUERY_TIMEOUT`.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
-        match &$store.pool {
-            Pool::Pg($pool) => $body,
-            Pool::My($pool) => $body,
-        }
+        within(async {
+            match &$store.pool {
+                Pool::Pg($pool) => $body,
+                Pool::My($pool) => $body,
+            }
+        })
+        .await
     };
+}
+
+/// How long one store operation may take, connecting included. A database that stops
+/// answering (a network partition drops packets rather than refusing them) must turn into
+/// errors, so that cache misses get their 503 instead of hanging.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An operation's result when it ran out of time.
+trait TimedOut {
+    fn timed_out() -> Self;
+}
+
+impl<T> TimedOut for Result<T, StoreError> {
+    fn timed_out() -> Self {
+        Err(StoreError::Io(format!(
+            "the database did not answer within {QUERY_TIMEOUT:?}"
+        )))
+    }
+}
+
+impl<T> TimedOut for Result<T, sqlx::Error> {
+    fn timed_out() -> Self {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {QUERY_TIMEOUT:?}"),
+        )))
+    }
+}
+
+/// `operation`, or its timeout error past `QUERY_TIMEOUT`. (A dropped sqlx future closes
+/// its connection rather than returning it mid-query; a dropped transaction rolls back.)
+async fn within<R: TimedOut>(operation: impl std::future::Future<Output = R>) -> R {
+    tokio::time::timeout(QUERY_TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| R::timed_out())
 }
 
 /// The store. Clones share one pool.
@@ -471,47 +510,51 @@ impl SqlStore {
              expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         );
         let mut ids = Vec::with_capacity(tokens.len());
-        match &self.pool {
-            Pool::Pg(pool) => {
-                let q = format!("{q} RETURNING id");
-                let mut tx = pool.begin().await.map_err(db)?;
-                for (token, (user, abilities, created, expires)) in tokens.iter().zip(&rows) {
-                    let row = sqlx::query(&q)
-                        .bind(&self.tokenable_type)
-                        .bind(user)
-                        .bind(&token.name)
-                        .bind(token.hash.to_hex())
-                        .bind(abilities)
-                        .bind(expires)
-                        .bind(created)
-                        .bind(created)
-                        .fetch_one(&mut *tx)
-                        .await
-                        .map_err(insert_error)?;
-                    ids.push(TokenId(u64::try_from(row.int("id")?).map_err(corrupt_id)?));
+        within(async {
+            match &self.pool {
+                Pool::Pg(pool) => {
+                    let q = format!("{q} RETURNING id");
+                    let mut tx = pool.begin().await.map_err(db)?;
+                    for (token, (user, abilities, created, expires)) in tokens.iter().zip(&rows) {
+                        let row = sqlx::query(&q)
+                            .bind(&self.tokenable_type)
+                            .bind(user)
+                            .bind(&token.name)
+                            .bind(token.hash.to_hex())
+                            .bind(abilities)
+                            .bind(expires)
+                            .bind(created)
+                            .bind(created)
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(insert_error)?;
+                        ids.push(TokenId(u64::try_from(row.int("id")?).map_err(corrupt_id)?));
+                    }
+                    tx.commit().await.map_err(db)?;
                 }
-                tx.commit().await.map_err(db)?;
-            }
-            Pool::My(pool) => {
-                let mut tx = pool.begin().await.map_err(db)?;
-                for (token, (user, abilities, created, expires)) in tokens.iter().zip(&rows) {
-                    let done = sqlx::query(&q)
-                        .bind(&self.tokenable_type)
-                        .bind(user)
-                        .bind(&token.name)
-                        .bind(token.hash.to_hex())
-                        .bind(abilities)
-                        .bind(expires)
-                        .bind(created)
-                        .bind(created)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(insert_error)?;
-                    ids.push(TokenId(done.last_insert_id()));
+                Pool::My(pool) => {
+                    let mut tx = pool.begin().await.map_err(db)?;
+                    for (token, (user, abilities, created, expires)) in tokens.iter().zip(&rows) {
+                        let done = sqlx::query(&q)
+                            .bind(&self.tokenable_type)
+                            .bind(user)
+                            .bind(&token.name)
+                            .bind(token.hash.to_hex())
+                            .bind(abilities)
+                            .bind(expires)
+                            .bind(created)
+                            .bind(created)
+                            .execute(&mut *tx)
+                            .await
+                            .map_err(insert_error)?;
+                        ids.push(TokenId(done.last_insert_id()));
+                    }
+                    tx.commit().await.map_err(db)?;
                 }
-                tx.commit().await.map_err(db)?;
             }
-        }
+            Ok::<(), StoreError>(())
+        })
+        .await?;
         Ok(ids)
     }
 }
@@ -1137,8 +1180,8 @@ impl Store for SqlStore {
                 tx.commit().await.map_err(db)?;
                 rows.iter()
                     .map(|row| row.text("hash").map(Option::unwrap_or_default))
-                    .collect::<Result<_, StoreError>>()?
-            });
+                    .collect::<Result<Vec<String>, StoreError>>()
+            })?;
             removed.extend(
                 chunk
                     .iter()
