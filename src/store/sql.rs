@@ -57,7 +57,10 @@ enum Pool {
 /// `QUERY_TIMEOUT`.
 macro_rules! on_pool {
     ($store:expr, $pool:ident => $body:expr) => {
-        within(async {
+        on_pool!($store, QUERY_TIMEOUT, $pool => $body)
+    };
+    ($store:expr, $timeout:expr, $pool:ident => $body:expr) => {
+        within($timeout, async {
             match &$store.pool {
                 Pool::Pg($pool) => $body,
                 Pool::My($pool) => $body,
@@ -79,9 +82,7 @@ trait TimedOut {
 
 impl<T> TimedOut for Result<T, StoreError> {
     fn timed_out() -> Self {
-        Err(StoreError::Io(format!(
-            "the database did not answer within {QUERY_TIMEOUT:?}"
-        )))
+        Err(StoreError::Io("the database did not answer in time".into()))
     }
 }
 
@@ -89,15 +90,18 @@ impl<T> TimedOut for Result<T, sqlx::Error> {
     fn timed_out() -> Self {
         Err(sqlx::Error::Io(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
-            format!("the database did not answer within {QUERY_TIMEOUT:?}"),
+            "the database did not answer in time".to_owned(),
         )))
     }
 }
 
 /// `operation`, or its timeout error past `QUERY_TIMEOUT`. (A dropped sqlx future closes
 /// its connection rather than returning it mid-query; a dropped transaction rolls back.)
-async fn within<R: TimedOut>(operation: impl std::future::Future<Output = R>) -> R {
-    tokio::time::timeout(QUERY_TIMEOUT, operation)
+async fn within<R: TimedOut>(
+    timeout: Duration,
+    operation: impl std::future::Future<Output = R>,
+) -> R {
+    tokio::time::timeout(timeout, operation)
         .await
         .unwrap_or_else(|_| R::timed_out())
 }
@@ -477,7 +481,9 @@ impl SqlStore {
         &self,
         statements: Vec<(String, Vec<Param>)>,
     ) -> Result<(), StoreError> {
-        on_pool!(self, pool => {
+        // Each statement (a batch of up to 500 rows) gets the time of one query.
+        let timeout = QUERY_TIMEOUT * (1 + u32::try_from(statements.len()).unwrap_or(u32::MAX / 8));
+        on_pool!(self, timeout, pool => {
             let mut tx = pool.begin().await.map_err(db)?;
             for (q, params) in &statements {
                 let mut query = sqlx::query(q);
@@ -510,7 +516,9 @@ impl SqlStore {
              expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         );
         let mut ids = Vec::with_capacity(tokens.len());
-        within(async {
+        // A bulk import inserts row by row: time for the rows, not for one query.
+        let timeout = QUERY_TIMEOUT * (1 + u32::try_from(tokens.len() / 100).unwrap_or(1000));
+        within(timeout, async {
             match &self.pool {
                 Pool::Pg(pool) => {
                     let q = format!("{q} RETURNING id");
