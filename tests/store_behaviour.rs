@@ -493,6 +493,33 @@ async fn database_only(db: &dyn Database) {
         "[\"*\"]"
     );
 
+    // A bulk import: one transaction per 10,000, ids in order, every row readable.
+    let many: Vec<NewToken> = (0..2_000)
+        .map(|i| {
+            new_token(
+                &(1_000 + i % 7).to_string(),
+                &format!("bulk {i}"),
+                &["read"],
+                None,
+            )
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let imported = store.create_tokens(many).await.unwrap();
+    let took = start.elapsed();
+    println!("{kind:?}: 2,000 tokens imported in {took:?}");
+    assert_eq!(imported.len(), 2_000);
+    assert!(imported.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(store.count_tokens().await.unwrap(), 2_001);
+    let ids: Vec<TokenId> = imported.iter().map(|r| r.id).collect();
+    assert_eq!(store.tokens_by_ids(&ids).await.unwrap().len(), 2_000);
+    let touched: Vec<(TokenId, i64)> = ids.iter().map(|&id| (id, T + 77)).collect();
+    store.touch_tokens(touched).await.unwrap();
+    assert_eq!(
+        store.token(ids[1_999]).await.unwrap().unwrap().last_used_at,
+        Some(T + 77)
+    );
+
     // read_only: token writes refused, last_used_at never written; users and sessions are
     // tokengate's own and stay writable.
     let read_only = SqlStore::open_with_url(&sql_config(kind, true), &db.url())
