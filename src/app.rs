@@ -10,7 +10,7 @@ use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::session_cache::{SessionPolicy, Sessions};
-use crate::store::{RemovedUser, SledStore, Store, StoreError};
+use crate::store::{RemovedUser, SledStore, SqlStore, Store, StoreError};
 use crate::streams::Streams;
 use crate::throttle::LoginThrottle;
 use crate::token_cache::Tokens;
@@ -187,19 +187,14 @@ impl App {
     }
 
     /// Opens the store the config names, with the system clock.
-    pub fn open(config: Config) -> Result<Arc<Self>, StoreError> {
-        let store = match &config.store {
+    pub async fn open(config: Config) -> Result<Arc<Self>, StoreError> {
+        let store: Arc<dyn Store> = match &config.store {
             StoreConfig::Sled { path, cache_bytes } => {
-                SledStore::open_with_cache(path, *cache_bytes)?
+                Arc::new(SledStore::open_with_cache(path, *cache_bytes)?)
             }
-            StoreConfig::Sql(sql) => {
-                return Err(StoreError::Io(format!(
-                    "store.kind {:?}: database stores are not in this build yet",
-                    sql.kind
-                )))
-            }
+            StoreConfig::Sql(sql) => Arc::new(SqlStore::open(sql).await?),
         };
-        Ok(Self::new(config, Arc::new(store), Arc::new(SystemClock)))
+        Ok(Self::new(config, store, Arc::new(SystemClock)))
     }
 
     /// For a store shared with other replicas, the task that re-checks cached tokens and
@@ -222,9 +217,27 @@ impl App {
             loop {
                 tick.tick().await;
                 let Some(app) = app.upgrade() else { return };
-                let synced = match app.tokens.sync().await {
-                    Ok(tokens) => app.sessions.sync().await.map(|sessions| tokens + sessions),
-                    Err(e) => Err(e),
+                let sync = async {
+                    let tokens = app.tokens.sync().await?;
+                    app.sessions.sync().await.map(|sessions| tokens + sessions)
+                };
+                tokio::pin!(sync);
+                // A re-check against an unreachable database can take a while to fail (a
+                // connect timeout; a black-holed network, longer): max_stale_seconds is kept
+                // meanwhile, without cancelling the re-check.
+                let stale_at = last_success + max_stale;
+                let mut marked = false;
+                let synced = loop {
+                    tokio::select! {
+                        synced = &mut sync => break synced,
+                        () = tokio::time::sleep_until(stale_at), if !marked => {
+                            marked = true;
+                            app.store_unreachable.store(true, Ordering::Relaxed);
+                            if app.tokens.set_fresh(false) | app.sessions.set_fresh(false) {
+                                tracing::error!("store unanswered past max_stale_seconds: refusing every token and session until it answers");
+                            }
+                        }
+                    }
                 };
                 match synced {
                     Ok(changed) => {

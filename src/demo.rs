@@ -49,7 +49,7 @@ routes:
         store = dir.path().join("store").display(),
     );
     let config = Config::parse(&yaml).map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
-    let app = App::open(config)?;
+    let app = App::open(config).await?;
     let create = |name: &str, ability: &str| {
         let app = Arc::clone(&app);
         let (name, ability) = (name.to_owned(), ability.to_owned());

@@ -197,7 +197,13 @@ impl From<StoreError> for ApiError {
                 Self::new(StatusCode::CONFLICT, format!("user {name} already exists"))
             }
             StoreError::NoSuchUser(name) => Self::not_found(format!("no user {name}")),
+            StoreError::ReadOnly => Self::new(
+                StatusCode::CONFLICT,
+                "Tokens are read-only here (store.read_only): the app manages them.",
+            ),
+            StoreError::InvalidUser(_) => Self::invalid(e.to_string()),
             StoreError::Locked { .. }
+            | StoreError::Setup(_)
             | StoreError::Io(_)
             | StoreError::Corrupt(_)
             | StoreError::Stale => {

@@ -351,3 +351,60 @@ fn dropped_servers_leave_nothing() {
         );
     }
 }
+
+/// `tokengate migrate` makes the tokens table exactly as Laravel's migration does (same
+/// columns, types, indexes and their names), and its own tables beside it; run again, it
+/// changes nothing.
+fn tokengate_migrates_like_laravel(db: &dyn Database) {
+    use tokengate::config::{SqlKind, SqlStoreConfig, TableName};
+    use tokengate::store::SqlStore;
+    let config = SqlStoreConfig {
+        kind: match db.kind() {
+            Kind::Postgres => SqlKind::Postgres,
+            Kind::Mariadb => SqlKind::Mysql,
+        },
+        url_env: "UNUSED".into(),
+        tokens_table: TableName::parse("tg_tokens").unwrap(),
+        tokenable_type: "App\\Models\\User".into(),
+        read_only: false,
+        sync_interval: std::time::Duration::from_millis(500),
+        max_stale: std::time::Duration::from_secs(30),
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let created = runtime
+        .block_on(SqlStore::migrate_with_url(&config, &db.url()))
+        .unwrap();
+    assert_eq!(created.len(), 3, "{created:?}");
+    check_schema(db, "tg_tokens", false);
+    assert!(runtime
+        .block_on(SqlStore::migrate_with_url(&config, &db.url()))
+        .unwrap()
+        .is_empty());
+    check_schema(db, "tg_tokens", false);
+    // Laravel's code works on the table tokengate made.
+    let (id, plaintext) = {
+        let created = sanctum_on_table(
+            &db.url(),
+            "tg_tokens",
+            &["create-token", "9", "on tokengate's table", r#"["read"]"#],
+        );
+        (
+            created["id"].as_u64().unwrap(),
+            created["plaintext"].as_str().unwrap().to_owned(),
+        )
+    };
+    let found = sanctum_on_table(&db.url(), "tg_tokens", &["find-token", &plaintext]);
+    assert_eq!(found["id"], id, "{found}");
+}
+
+#[test]
+fn postgres_tokengate_migrate_matches_laravel() {
+    let db = Postgres::start();
+    tokengate_migrates_like_laravel(&db);
+}
+
+#[test]
+fn mariadb_tokengate_migrate_matches_laravel() {
+    let db = Mariadb::start();
+    tokengate_migrates_like_laravel(&db);
+}

@@ -54,6 +54,9 @@ pub enum Command {
     /// Make the running server re-read its config file (as SIGHUP does), through its admin
     /// API; prints what needs a restart to apply.
     Reload(ConfigArg),
+    /// Create what a database store (store.kind postgres or mysql) needs and lacks:
+    /// tokengate's tables and, if absent, Sanctum's tokens table. Safe to run again.
+    Migrate(ConfigArg),
     /// Which route a request matches, what it requires, and the decision (nothing is sent).
     Explain {
         #[command(flatten)]

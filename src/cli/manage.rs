@@ -61,7 +61,7 @@ impl Manager {
     async fn connect(config_path: &Path) -> Result<Manager, Failure> {
         let config = load(config_path)?;
         let admin = config.admin.clone();
-        match App::open(config) {
+        match App::open(config).await {
             Ok(app) => Ok(Manager::Local(app)),
             Err(StoreError::Locked { path }) => {
                 let addr = reachable(admin.listen);
@@ -175,7 +175,7 @@ pub(super) async fn token(command: TokenCommand) -> Result<(), Failure> {
             Ok(())
         }
         TokenCommand::Import { config } => {
-            let app = open(load(&config.config)?)?;
+            let app = open(load(&config.config)?).await?;
             let now = app.clock.now();
             let mut requests = Vec::new();
             for (n, line) in std::io::stdin().lines().enumerate() {

@@ -83,6 +83,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Demo { listen } => Ok(crate::demo::run(listen).await?),
         Command::Token(t) => manage::token(t).await,
         Command::Reload(c) => manage::reload(&c.config).await,
+        Command::Migrate(c) => migrate(&c.config).await,
         Command::User(u) => manage::user(u).await,
         Command::Session(s) => manage::session(s).await,
         Command::Explain {
@@ -109,18 +110,37 @@ pub(super) fn load(path: &Path) -> Result<Config, Failure> {
     Config::load(path).map_err(Failure::InvalidConfig)
 }
 
-pub(super) fn open(config: Config) -> Result<Arc<App>, Failure> {
+pub(super) async fn open(config: Config) -> Result<Arc<App>, Failure> {
     App::open(config)
+        .await
         .context("cannot open the store")
         .map_err(Failure::Runtime)
 }
 
 async fn serve(config_path: &Path) -> Result<(), Failure> {
-    let app = open(load(config_path)?)?;
+    let app = open(load(config_path)?).await?;
     app.set_config_path(config_path);
     server::run(app, server::shutdown_signal())
         .await
         .map_err(|e| Failure::Runtime(e.into()))
+}
+
+/// Creates the database tables a SQL store needs (idempotent); a sled store needs none.
+async fn migrate(config_path: &Path) -> Result<(), Failure> {
+    let config = load(config_path)?;
+    let crate::config::StoreConfig::Sql(sql) = &config.store else {
+        println!("store.kind is sled: nothing to migrate.");
+        return Ok(());
+    };
+    let created = crate::store::SqlStore::migrate(sql)
+        .await
+        .context("cannot migrate the database")?;
+    if created.is_empty() {
+        println!("The database already has every table tokengate needs.");
+    } else {
+        println!("Created: {}.", created.join(", "));
+    }
+    Ok(())
 }
 
 /// A request for `explain`, as given on the command line.
@@ -153,7 +173,7 @@ async fn explain(config_path: &Path, given: ExplainRequest<'_>) -> Result<(), Fa
     let needs_store = request.headers().contains_key(http::header::AUTHORIZATION)
         || request.headers().contains_key(http::header::COOKIE);
     let app = if needs_store {
-        Some(open(config.clone())?)
+        Some(open(config.clone()).await?)
     } else {
         None
     };

@@ -1,11 +1,14 @@
 //! Where tokens live: the `Store` trait and its records. The embedded sled store is one
-//! implementation (`sled.rs`, the only module that imports sled); a shared PostgreSQL store
-//! with Sanctum's `personal_access_tokens` table is meant to be another, so the trait is
-//! async and assumes nothing local (no "only writer", no synchronous calls).
+//! implementation (`sled.rs`, the only module that imports sled); the shared PostgreSQL or
+//! MySQL/MariaDB store with Sanctum's `personal_access_tokens` table is the other (`sql.rs`,
+//! the only module that imports sqlx), so the trait is async and assumes nothing local (no
+//! "only writer", no synchronous calls).
 
 mod sled;
+mod sql;
 
 pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES};
+pub use self::sql::SqlStore;
 
 use crate::clock::Timestamp;
 use crate::credential::session::SessionHash;
@@ -84,6 +87,15 @@ pub enum StoreError {
     UserExists(String),
     #[error("no user {0}")]
     NoSuchUser(String),
+    /// `store.read_only`: the app owns the tokens table and tokengate never writes it.
+    #[error("the tokens table is read-only here (store.read_only): the app manages tokens")]
+    ReadOnly,
+    /// Sanctum's `tokenable_id` is a number: a token's owner must be one.
+    #[error("user {0:?} cannot own a token in a database store: tokenable_id is numeric")]
+    InvalidUser(String),
+    /// The database store cannot be used as configured (no URL, tables not migrated).
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Which tokens a listing wants.
