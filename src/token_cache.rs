@@ -6,7 +6,6 @@
 //! store read, no allocation, no lock. A revocation removes the cache entry before it
 //! returns, so the very next request is refused.
 
-use crate::ability::Ability;
 use crate::clock::{Clock, Timestamp};
 use crate::credential::token::{self, Presented, TokenHash, TokenId};
 use crate::store::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
@@ -24,22 +23,7 @@ const MISS_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Remembered misses at most (about 80 bytes each).
 const MAX_MISSES: usize = 100_000;
 
-/// What the token rules of the config say (see `tokens:` and `abilities:`).
-#[derive(Debug, Clone)]
-pub struct TokenPolicy {
-    /// Sanctum's `token_prefix`.
-    pub prefix: String,
-    /// Sanctum's global `expiration`, in seconds from creation.
-    pub lifetime: Option<i64>,
-    /// The declared abilities; others are dropped when a token is created or updated.
-    pub abilities: Vec<Ability>,
-    /// What a token gets when its creator names no abilities.
-    pub default_abilities: Vec<Ability>,
-    /// At most this many tokens are cached; beyond it an arbitrary entry is evicted.
-    pub cache_capacity: usize,
-    /// A user may own at most this many tokens (`tokens.max_per_user`).
-    pub max_per_user: usize,
-}
+pub use crate::config::TokenPolicy;
 
 /// `last_used_at` is written to the store at most once per this many seconds per token
 /// (Jetstream shows it in minutes); in memory it is exact.

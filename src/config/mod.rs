@@ -6,8 +6,8 @@
 mod raw;
 mod validate;
 
+use crate::ability::Ability;
 use crate::routes::RouteTable;
-use crate::token_cache::TokenPolicy;
 use http::uri::{Authority, Scheme};
 use http::HeaderName;
 use ipnet::IpNet;
@@ -145,6 +145,27 @@ impl fmt::Display for UpstreamTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.authority)
     }
+}
+
+/// sled's page cache when the config says nothing. Small on purpose: requests are served
+/// from the token cache, and sled is read only for writes, listings and cache misses.
+pub const DEFAULT_SLED_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+
+/// What the token rules of the config say (see `tokens:` and `abilities:`).
+#[derive(Debug, Clone)]
+pub struct TokenPolicy {
+    /// Sanctum's `token_prefix`.
+    pub prefix: String,
+    /// Sanctum's global `expiration`, in seconds from creation.
+    pub lifetime: Option<i64>,
+    /// The declared abilities; others are dropped when a token is created or updated.
+    pub abilities: Vec<Ability>,
+    /// What a token gets when its creator names no abilities.
+    pub default_abilities: Vec<Ability>,
+    /// At most this many tokens are cached; beyond it an arbitrary entry is evicted.
+    pub cache_capacity: usize,
+    /// A user may own at most this many tokens (`tokens.max_per_user`).
+    pub max_per_user: usize,
 }
 
 /// Where tokens, users and sessions live (`store:`).
@@ -306,7 +327,7 @@ mod tests {
             c.store,
             StoreConfig::Sled {
                 path: PathBuf::from("./data/tokengate"),
-                cache_bytes: crate::store::DEFAULT_CACHE_BYTES
+                cache_bytes: DEFAULT_SLED_CACHE_BYTES
             }
         );
         assert_eq!(c.admin.listen, "127.0.0.1:9090".parse().unwrap());

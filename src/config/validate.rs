@@ -12,11 +12,10 @@ use super::raw::{
 use super::{
     AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, Limits, Problem,
     SessionConfig, SqlKind, SqlStoreConfig, StoreConfig, TableName, Timeouts, TlsFiles,
-    UpstreamTarget,
+    TokenPolicy, UpstreamTarget,
 };
 use crate::ability::Ability;
 use crate::routes::{parse_pattern, AuthMode, Route, RouteTable, Segment};
-use crate::token_cache::TokenPolicy;
 use http::uri::Scheme;
 use http::{HeaderName, Method, Uri};
 use ipnet::IpNet;
@@ -267,7 +266,7 @@ fn store(p: &mut Problems, raw: RawStore) -> Option<StoreConfig> {
             .path
             .unwrap_or_else(|| PathBuf::from("./data/tokengate"));
         let cache_bytes = match raw.cache_mb {
-            None => crate::store::DEFAULT_CACHE_BYTES,
+            None => super::DEFAULT_SLED_CACHE_BYTES,
             Some(0) => {
                 p.add("store.cache_mb", "must be at least 1");
                 return None;

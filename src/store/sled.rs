@@ -22,9 +22,7 @@ use std::fs::{File, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-/// sled's page cache when the config says nothing. Small on purpose: requests are served
-/// from the token cache, and sled is read only for writes, listings and cache misses.
-pub const DEFAULT_CACHE_BYTES: u64 = 2 * 1024 * 1024;
+pub use crate::config::DEFAULT_SLED_CACHE_BYTES as DEFAULT_CACHE_BYTES;
 
 /// The `meta` key of the next token id (8 bytes, big-endian).
 const NEXT_TOKEN_ID: &[u8] = b"next_token_id";
