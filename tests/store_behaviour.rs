@@ -662,3 +662,52 @@ fn a_database_that_does_not_answer_is_an_error_not_a_hang() {
         });
     });
 }
+
+/// On a shared store a cache miss reads the database, and its "no such token" is reused for
+/// a second: the same made-up token sent 200 times costs one read, a second made-up token
+/// one more, and a real token created behind the cache's back is still found at its first
+/// use.
+#[test]
+fn a_flood_of_one_made_up_token_costs_one_database_read() {
+    let db = Postgres::start();
+    runtime().block_on(async {
+        let store: Arc<dyn tokengate::store::Store> = Arc::new(migrated(&db).await);
+        let clock = Arc::new(tokengate::clock::SystemClock);
+        let policy = tokengate::config::TokenPolicy {
+            prefix: String::new(),
+            lifetime: None,
+            abilities: Vec::new(),
+            default_abilities: Vec::new(),
+            cache_capacity: 1_000,
+            max_per_user: 1_000,
+        };
+        let tokens = tokengate::token_cache::Tokens::new(Arc::clone(&store), clock, policy);
+        tokens.warm().await.unwrap();
+        let before = tokens.store_reads();
+        for _ in 0..200 {
+            let found = tokens.authenticate("7|made-up-secret").await.unwrap();
+            assert!(found.is_none());
+        }
+        assert_eq!(tokens.store_reads() - before, 1, "one read for 200 tries");
+        assert!(tokens.authenticate("8|another").await.unwrap().is_none());
+        assert_eq!(tokens.store_reads() - before, 2);
+        // Made elsewhere (another replica, the app): found at its first use.
+        let secret = "real-secret-from-elsewhere";
+        let record = store
+            .create_token(tokengate::store::NewToken {
+                user: "42".into(),
+                name: "elsewhere".into(),
+                hash: TokenHash::of(secret),
+                abilities: vec!["*".into()],
+                created_at: 1_767_225_600,
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let found = tokens
+            .authenticate(&format!("{}|{secret}", record.id))
+            .await
+            .unwrap();
+        assert_eq!(found.map(|t| t.id), Some(record.id));
+    });
+}
