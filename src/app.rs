@@ -233,9 +233,7 @@ impl App {
                         () = tokio::time::sleep_until(stale_at), if !marked => {
                             marked = true;
                             app.store_unreachable.store(true, Ordering::Relaxed);
-                            if app.tokens.set_fresh(false) | app.sessions.set_fresh(false) {
-                                tracing::error!("store unanswered past max_stale_seconds: refusing every token and session until it answers");
-                            }
+                            app.distrust_cache();
                         }
                     }
                 };
@@ -261,15 +259,22 @@ impl App {
                         failing = true;
                         app.store_unreachable.store(true, Ordering::Relaxed);
                         app.metrics.store_synced(false);
-                        if last_success.elapsed() > max_stale
-                            && app.tokens.set_fresh(false) | app.sessions.set_fresh(false)
-                        {
-                            tracing::error!("store unreachable past max_stale_seconds: refusing every token and session until it answers");
+                        if last_success.elapsed() > max_stale {
+                            app.distrust_cache();
                         }
                     }
                 }
             }
         }))
+    }
+
+    /// Stops trusting cached tokens and sessions (a shared store unanswered past
+    /// `max_stale_seconds`): every request is refused as "store unavailable" until a
+    /// re-check succeeds.
+    fn distrust_cache(&self) {
+        if self.tokens.set_fresh(false) | self.sessions.set_fresh(false) {
+            tracing::error!("store unreachable past max_stale_seconds: refusing every token and session until it answers");
+        }
     }
 
     /// How the store stands (an exclusive store is reachable while it is open).

@@ -54,20 +54,19 @@ pub fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
 
 /// Would an upstream read a cookie named `raw` under one of `names`?
 fn read_as_one_of(raw: &[u8], names: &[&str]) -> bool {
-    let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
-    let decoded: Vec<u8> = trim(&decoded)
-        .iter()
-        .map(|&b| match b {
-            b'.' | b' ' | b'[' => b'_',
-            b => b.to_ascii_lowercase(),
-        })
-        .collect();
+    // Decoded only when there is something to decode: no allocation for the usual name.
+    let decoded: std::borrow::Cow<'_, [u8]> = percent_encoding::percent_decode(raw).into();
+    let read = |b: u8| match b {
+        b'.' | b' ' | b'[' => b'_',
+        b => b.to_ascii_lowercase(),
+    };
+    let name_read = trim(&decoded);
     names.iter().any(|name| {
-        name.len() == decoded.len()
+        name.len() == name_read.len()
             && name
                 .bytes()
-                .zip(&decoded)
-                .all(|(a, &b)| a.to_ascii_lowercase() == b)
+                .zip(name_read)
+                .all(|(a, &b)| a.to_ascii_lowercase() == read(b))
     })
 }
 

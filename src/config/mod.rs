@@ -311,6 +311,19 @@ impl Config {
     }
 }
 
+/// Every problem `parse` reports for `yaml`, as `place: message` (the section tests').
+#[cfg(test)]
+fn problems(yaml: &str) -> Vec<String> {
+    match Config::parse(yaml) {
+        Ok(_) => Vec::new(),
+        Err(e) => e
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.place, p.message))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

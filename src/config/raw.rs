@@ -152,18 +152,7 @@ pub(super) struct RawLimits {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
-
-    fn problems(yaml: &str) -> Vec<String> {
-        match Config::parse(yaml) {
-            Ok(_) => Vec::new(),
-            Err(e) => e
-                .problems
-                .iter()
-                .map(|p| format!("{}: {}", p.place, p.message))
-                .collect(),
-        }
-    }
+    use super::super::problems;
 
     #[test]
     fn unknown_fields_are_refused_with_a_line() {

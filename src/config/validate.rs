@@ -774,18 +774,7 @@ fn limits(p: &mut Problems, raw: RawLimits) -> Option<Limits> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Config;
-
-    fn problems(yaml: &str) -> Vec<String> {
-        match Config::parse(yaml) {
-            Ok(_) => Vec::new(),
-            Err(e) => e
-                .problems
-                .iter()
-                .map(|p| format!("{}: {}", p.place, p.message))
-                .collect(),
-        }
-    }
+    use super::super::{problems, Config};
 
     #[test]
     fn every_problem_is_reported_with_its_place() {

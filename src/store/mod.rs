@@ -119,7 +119,12 @@ impl TokenQuery {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Stores a new token and returns only once it is durable.
-    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError>;
+    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
+        let mut created = self.create_tokens(vec![token]).await?;
+        created
+            .pop()
+            .ok_or_else(|| StoreError::Io("token not created".into()))
+    }
     /// Stores many new tokens with one flush at the end (bulk import).
     async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError>;
     async fn token(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError>;

@@ -346,13 +346,6 @@ where
 
 #[async_trait]
 impl Store for SledStore {
-    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
-        let mut created = self.create_tokens(vec![token]).await?;
-        created
-            .pop()
-            .ok_or_else(|| StoreError::Io("token not created".into()))
-    }
-
     async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError> {
         blocking(self, move |s| {
             let mut records = Vec::with_capacity(tokens.len());

@@ -780,13 +780,6 @@ fn int_params(ids: &[TokenId]) -> Result<Vec<Param>, StoreError> {
 
 #[async_trait]
 impl Store for SqlStore {
-    async fn create_token(&self, token: NewToken) -> Result<TokenRecord, StoreError> {
-        let mut created = self.create_tokens(vec![token]).await?;
-        created
-            .pop()
-            .ok_or_else(|| StoreError::Io("token not created".into()))
-    }
-
     async fn create_tokens(&self, tokens: Vec<NewToken>) -> Result<Vec<TokenRecord>, StoreError> {
         self.writable()?;
         let mut records = Vec::with_capacity(tokens.len());
