@@ -12,11 +12,15 @@ pub struct Ability(Box<str>);
 impl Ability {
     /// The name as an ability, if it is one.
     pub fn new(name: &str) -> Option<Ability> {
-        let valid = !name.is_empty()
+        Self::is_name(name).then(|| Ability(name.into()))
+    }
+
+    /// Whether `name` is an ability name (`new` without the allocation).
+    pub fn is_name(name: &str) -> bool {
+        !name.is_empty()
             && name
                 .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'));
-        valid.then(|| Ability(name.into()))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'.' | b'_' | b'-'))
     }
 
     pub fn as_str(&self) -> &str {

@@ -6,6 +6,7 @@
 //! store read, no allocation, no lock. A revocation removes the cache entry before it
 //! returns, so the very next request is refused.
 
+use crate::ability::Ability;
 use crate::clock::{Clock, Timestamp};
 use crate::credential::token::{self, Presented, TokenHash, TokenId};
 use crate::store::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
@@ -133,12 +134,19 @@ fn valid_until(record: &TokenRecord, lifetime: Option<i64>) -> Timestamp {
 }
 
 /// The `X-Token-Abilities` value of a stored ability list: sorted, deduplicated, joined;
-/// `*` when it holds `*`.
+/// `*` when it holds `*`. A stored string that is not an ability name (the Laravel app may
+/// have written `"read,admin"`, `" *"` or a line break) is left out: Sanctum's `tokenCan`
+/// compares whole strings, so it grants nothing there, and joined here it would read as
+/// abilities of its own to tokengate's `can` and to the upstream.
 fn abilities_header(abilities: &[String]) -> String {
     if abilities.iter().any(|a| a == "*") {
         return "*".to_owned();
     }
-    let mut sorted: Vec<&str> = abilities.iter().map(String::as_str).collect();
+    let mut sorted: Vec<&str> = abilities
+        .iter()
+        .map(String::as_str)
+        .filter(|a| Ability::is_name(a))
+        .collect();
     sorted.sort_unstable();
     sorted.dedup();
     sorted.join(",")
@@ -1001,6 +1009,22 @@ pub fn check_user(user: &str) -> Result<(), TokenError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_ability_names_reach_the_header() {
+        let header = |list: &[&str]| {
+            abilities_header(&list.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(header(&["read", "create", "read"]), "create,read");
+        assert_eq!(header(&["*"]), "*");
+        // Strings the app may have stored that are no ability: never split into others.
+        assert_eq!(header(&["read,admin"]), "");
+        assert_eq!(header(&["read, admin", "read"]), "read");
+        assert_eq!(
+            header(&[" *", "read\r\nX-Auth-User: 1", "", "tr\u{e4}de"]),
+            ""
+        );
+    }
 
     #[test]
     fn the_filter_of_stored_tokens_is_exact() {

@@ -205,6 +205,11 @@ fn interop(db: &dyn Database, kind: &str) {
     let (current_id, current) = php_token(db, 42, r#"["read","create"]"#, &["--prefix", "tg_"]);
     let (legacy_id, legacy) = php_token(db, 43, r#"["read"]"#, &["--legacy"]);
     let (_, star) = php_token(db, 44, r#"["*"]"#, &[]);
+    // Strings the app stored that are no ability names grant nothing, as in Sanctum's
+    // whole-string `tokenCan`: "create,read" is not "read", and never reaches the upstream
+    // to be split there.
+    let (_, odd) = php_token(db, 45, r#"["create,read","read ","*\n"]"#, &[]);
+    let (_, mixed) = php_token(db, 46, r#"["read","read,admin"]"#, &[]);
 
     let mut server = Server::start(&url, &cfg, "interop-admin-key");
     let gate = server.addr;
@@ -215,6 +220,9 @@ fn interop(db: &dyn Database, kind: &str) {
     assert_eq!(get(gate, &star), 200);
     assert_eq!(seen_identity(&echo), ("44".into(), "*".into()));
     assert_eq!(get(gate, "999|made-up"), 401);
+    assert_eq!(get(gate, &odd), 403);
+    assert_eq!(get(gate, &mixed), 200);
+    assert_eq!(seen_identity(&echo), ("46".into(), "read".into()));
 
     // Laravel revokes one and changes another's abilities: followed within a second.
     sanctum(&url, &["delete-token", &current_id.to_string()]);
