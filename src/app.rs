@@ -10,7 +10,7 @@ use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::session_cache::{SessionPolicy, Sessions};
-use crate::store::{RemovedUser, SledStore, SqlStore, Store, StoreError};
+use crate::store::{RemovedUser, Store, StoreError};
 use crate::streams::Streams;
 use crate::throttle::LoginThrottle;
 use crate::token_cache::Tokens;
@@ -188,12 +188,7 @@ impl App {
 
     /// Opens the store the config names, with the system clock.
     pub async fn open(config: Config) -> Result<Arc<Self>, StoreError> {
-        let store: Arc<dyn Store> = match &config.store {
-            StoreConfig::Sled { path, cache_bytes } => {
-                Arc::new(SledStore::open_with_cache(path, *cache_bytes)?)
-            }
-            StoreConfig::Sql(sql) => Arc::new(SqlStore::open(sql).await?),
-        };
+        let store = crate::store::open(&config.store).await?;
         Ok(Self::new(config, store, Arc::new(SystemClock)))
     }
 

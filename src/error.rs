@@ -214,6 +214,7 @@ impl From<StoreError> for ApiError {
                 StatusCode::CONFLICT,
                 "a token with this hash already exists",
             ),
+            StoreError::Conflict(message) => Self::new(StatusCode::CONFLICT, message),
         }
     }
 }

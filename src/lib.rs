@@ -34,9 +34,10 @@
 //! ```
 //!
 //! Around it: `config` (YAML → validated `Config`), `app` (the shared state), `store` (the
-//! `Store` trait and its sled implementation), `users` (argon2id passwords), `throttle` (the
-//! login throttle), `clock` (injectable time), `cli`, `explain` and `demo`
-//! (the command line), `echo` (a small upstream for the demo and tests).
+//! `Store` trait, the sled and the SQL implementation), `transfer` (`store export` and
+//! `store import`), `users` (argon2id passwords), `throttle` (the login throttle), `clock`
+//! (injectable time), `cli`, `explain` and `demo` (the command line), `echo` (a small
+//! upstream for the demo and tests).
 
 pub mod ability;
 pub mod accept;
@@ -70,6 +71,7 @@ pub mod streams;
 pub mod throttle;
 pub mod tls;
 pub mod token_cache;
+pub mod transfer;
 pub mod tunnel;
 pub mod upstream;
 pub mod users;

@@ -122,6 +122,15 @@ pub fn check_name(name: &str) -> Result<(), UserError> {
     Ok(())
 }
 
+/// A stored password hash tokengate can check a password against: an argon2 PHC string
+/// (`$argon2id$v=19$…`), as `user add` writes.
+pub fn check_password_hash(hash: &str) -> Result<(), String> {
+    match PasswordHash::new(hash) {
+        Ok(parsed) if parsed.algorithm.as_str().starts_with("argon2") => Ok(()),
+        _ => Err("the password hash is not an argon2 password hash (PHC string)".into()),
+    }
+}
+
 async fn hash_password(password: String) -> Result<String, UserError> {
     if password.is_empty() || password.len() > MAX_PASSWORD_LEN {
         return Err(UserError::InvalidPassword);

@@ -14,8 +14,8 @@ use tokengate::config::{SqlKind, SqlStoreConfig, TableName};
 use tokengate::credential::session::SessionHash;
 use tokengate::credential::token::{TokenHash, TokenId};
 use tokengate::store::{
-    NewToken, SessionRecord, SledStore, SqlStore, Store, StoreError, TokenQuery, TokenRecord,
-    UserRecord,
+    ImportBatch, ImportCounts, Imported, NewToken, SessionRecord, SledStore, SqlStore, Store,
+    StoreError, TokenQuery, TokenRecord, UserRecord,
 };
 
 const T: i64 = 1_700_000_000;
@@ -330,6 +330,108 @@ async fn behaviour(store: Arc<dyn Store>) {
         names(store.list_users(None, 10).await.unwrap()),
         vec!["Bob"]
     );
+
+    // Import: records as another store held them, token ids kept (later ids come after
+    // them); the same records again are counted as present; a record that differs from
+    // the one under its id, hash or name fails its whole batch.
+    let carol = UserRecord {
+        name: "carol".into(),
+        password_hash: None,
+        created_at: T,
+    };
+    let moved = TokenRecord {
+        id: TokenId(900),
+        user: "77".into(),
+        name: "moved".into(),
+        hash: TokenHash::of("moved"),
+        abilities: vec!["read".into()],
+        created_at: T,
+        expires_at: Some(T + 99),
+        last_used_at: Some(T + 50),
+    };
+    let batch = || ImportBatch {
+        users: vec![carol.clone()],
+        tokens: vec![moved.clone()],
+        sessions: vec![session(9, "carol")],
+    };
+    let added = Imported {
+        added: 1,
+        present: 0,
+    };
+    assert_eq!(
+        store.import(batch()).await.unwrap(),
+        ImportCounts {
+            users: added,
+            tokens: added,
+            sessions: added
+        }
+    );
+    assert_eq!(store.token(moved.id).await.unwrap().as_ref(), Some(&moved));
+    assert_eq!(store.user("carol").await.unwrap().as_ref(), Some(&carol));
+    assert_eq!(
+        store.session(session(9, "carol").hash).await.unwrap(),
+        Some(session(9, "carol"))
+    );
+    let present = Imported {
+        added: 0,
+        present: 1,
+    };
+    assert_eq!(
+        store.import(batch()).await.unwrap(),
+        ImportCounts {
+            users: present,
+            tokens: present,
+            sessions: present
+        }
+    );
+    let after = store
+        .create_token(new_token("77", "after import", &["read"], None))
+        .await
+        .unwrap();
+    assert_eq!(after.id, TokenId(901));
+    let dave = UserRecord {
+        name: "dave".into(),
+        password_hash: None,
+        created_at: T,
+    };
+    let conflicts = [
+        ImportBatch {
+            tokens: vec![TokenRecord {
+                hash: TokenHash::of("other secret"),
+                ..moved.clone()
+            }],
+            ..ImportBatch::default()
+        },
+        ImportBatch {
+            tokens: vec![TokenRecord {
+                id: TokenId(950),
+                ..moved.clone()
+            }],
+            ..ImportBatch::default()
+        },
+        ImportBatch {
+            users: vec![UserRecord {
+                password_hash: Some(
+                    "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into(),
+                ),
+                ..carol.clone()
+            }],
+            ..ImportBatch::default()
+        },
+        ImportBatch {
+            sessions: vec![session(10, "nobody")],
+            ..ImportBatch::default()
+        },
+    ];
+    for (n, mut conflict) in conflicts.into_iter().enumerate() {
+        conflict.users.push(dave.clone());
+        match store.import(conflict).await {
+            Err(StoreError::Conflict(_)) => {}
+            other => panic!("conflict {n}: {other:?}"),
+        }
+        assert_eq!(store.user("dave").await.unwrap(), None, "conflict {n}");
+    }
+    assert_eq!(store.token(TokenId(950)).await.unwrap(), None);
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -537,6 +639,17 @@ async fn database_only(db: &dyn Database) {
     ));
     assert!(matches!(
         read_only.delete_token(mine.id).await,
+        Err(StoreError::ReadOnly)
+    ));
+    let import = ImportBatch {
+        tokens: vec![TokenRecord {
+            id: TokenId(77_777),
+            ..mine.clone()
+        }],
+        ..ImportBatch::default()
+    };
+    assert!(matches!(
+        read_only.import(import).await,
         Err(StoreError::ReadOnly)
     ));
     read_only

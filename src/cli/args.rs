@@ -51,6 +51,9 @@ pub enum Command {
     /// Manage cookie sessions.
     #[command(subcommand)]
     Session(SessionCommand),
+    /// Move users, tokens and sessions between stores (sled, PostgreSQL, MySQL/MariaDB).
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Make the running server re-read its config file (as SIGHUP does), through its admin
     /// API; prints what needs a restart to apply.
     Reload(ConfigArg),
@@ -123,6 +126,27 @@ pub enum TokenCommand {
         #[command(flatten)]
         config: ConfigArg,
         id: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Write every user, token and session of the store to stdout as JSON lines (token
+    /// hashes, never plaintexts). A sled store must not be held by a running server.
+    Export {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read `store export`'s lines (or rows of Sanctum's personal_access_tokens as JSON)
+    /// from stdin into the store: token ids and hashes are kept, so issued tokens keep
+    /// working. Records already there, the same, are skipped, so it can be run again.
+    Import {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The model a Sanctum row must belong to (default: store.tokenable_type, or
+        /// App\Models\User for sled); rows of another are refused.
+        #[arg(long)]
+        tokenable_type: Option<String>,
     },
 }
 

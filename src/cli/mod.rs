@@ -4,7 +4,9 @@
 mod args;
 mod manage;
 
-pub use args::{Cli, Command, ConfigArg, LogFormat, SessionCommand, TokenCommand, UserCommand};
+pub use args::{
+    Cli, Command, ConfigArg, LogFormat, SessionCommand, StoreCommand, TokenCommand, UserCommand,
+};
 
 use crate::app::App;
 use crate::config::{Config, ConfigError};
@@ -84,6 +86,7 @@ async fn dispatch(command: Command) -> Result<(), Failure> {
         Command::Token(t) => manage::token(t).await,
         Command::Reload(c) => manage::reload(&c.config).await,
         Command::Migrate(c) => migrate(&c.config).await,
+        Command::Store(s) => store(s).await,
         Command::User(u) => manage::user(u).await,
         Command::Session(s) => manage::session(s).await,
         Command::Explain {
@@ -123,6 +126,61 @@ async fn serve(config_path: &Path) -> Result<(), Failure> {
     server::run(app, server::shutdown_signal())
         .await
         .map_err(|e| Failure::Runtime(e.into()))
+}
+
+/// `store export` / `store import`: the store itself, opened directly (a running server
+/// must not hold a sled store; database replicas may keep running).
+async fn store(command: StoreCommand) -> Result<(), Failure> {
+    let (config, tokenable_type) = match &command {
+        StoreCommand::Export { config } => (config, None),
+        StoreCommand::Import {
+            config,
+            tokenable_type,
+        } => (config, tokenable_type.clone()),
+    };
+    let config = load(&config.config)?;
+    let store = crate::store::open(&config.store).await.map_err(|e| {
+        let hint = match e {
+            crate::store::StoreError::Locked { .. } => {
+                ": stop the server that holds it first (export and import open the store itself)"
+            }
+            _ => "",
+        };
+        anyhow::anyhow!("cannot open the store: {e}{hint}")
+    })?;
+    match command {
+        StoreCommand::Export { .. } => {
+            let mut out = std::io::BufWriter::new(std::io::stdout());
+            let counts = crate::transfer::export(store.as_ref(), &mut out)
+                .await
+                .context("export failed")?;
+            eprintln!(
+                "exported {} users, {} tokens, {} sessions",
+                counts.users, counts.tokens, counts.sessions
+            );
+        }
+        StoreCommand::Import { .. } => {
+            let tokenable_type = tokenable_type.unwrap_or_else(|| match &config.store {
+                crate::config::StoreConfig::Sql(sql) => sql.tokenable_type.clone(),
+                crate::config::StoreConfig::Sled { .. } => "App\\Models\\User".to_owned(),
+            });
+            let mut input = std::io::stdin().lock();
+            let counts = crate::transfer::import(store.as_ref(), &mut input, &tokenable_type)
+                .await
+                .context("import failed")?;
+            store.flush().await.context("import failed")?;
+            let said: Vec<String> = [
+                ("users", counts.users),
+                ("tokens", counts.tokens),
+                ("sessions", counts.sessions),
+            ]
+            .iter()
+            .map(|(kind, n)| format!("{} {kind} ({} already there)", n.added, n.present))
+            .collect();
+            eprintln!("imported {}", said.join(", "));
+        }
+    }
+    Ok(())
 }
 
 /// Creates the database tables a SQL store needs (idempotent); a sled store needs none.

@@ -11,9 +11,22 @@ pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES};
 pub use self::sql::SqlStore;
 
 use crate::clock::Timestamp;
+use crate::config::StoreConfig;
 use crate::credential::session::SessionHash;
 use crate::credential::token::{TokenHash, TokenId};
 use async_trait::async_trait;
+use std::sync::Arc;
+
+/// Opens the store a config names: the sled directory (`Locked` while another process
+/// holds it), or the database (`Setup` until `tokengate migrate` made its tables).
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config {
+        StoreConfig::Sled { path, cache_bytes } => {
+            Arc::new(SledStore::open_with_cache(path, *cache_bytes)?)
+        }
+        StoreConfig::Sql(sql) => Arc::new(SqlStore::open(sql).await?),
+    })
+}
 
 /// A personal access token as stored, with its `last_used_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +76,75 @@ pub struct SessionRecord {
     pub last_seen: Timestamp,
 }
 
+impl TokenRecord {
+    /// The same token: everything but `last_used_at`, which moves with use.
+    pub fn same_as(&self, other: &TokenRecord) -> bool {
+        Self {
+            last_used_at: None,
+            ..self.clone()
+        } == Self {
+            last_used_at: None,
+            ..other.clone()
+        }
+    }
+}
+
+impl SessionRecord {
+    /// The same session: everything but `last_seen`, which moves with use.
+    pub fn same_as(&self, other: &SessionRecord) -> bool {
+        (self.hash, &self.user, self.created_at, self.expires_at)
+            == (other.hash, &other.user, other.created_at, other.expires_at)
+    }
+}
+
+/// Records as another store held them, for `store import`: tokens keep their ids and
+/// hashes, so the tokens already issued keep working.
+#[derive(Debug, Default)]
+pub struct ImportBatch {
+    pub users: Vec<UserRecord>,
+    pub tokens: Vec<TokenRecord>,
+    pub sessions: Vec<SessionRecord>,
+}
+
+impl ImportBatch {
+    pub fn len(&self) -> usize {
+        self.users.len() + self.tokens.len() + self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Of one kind of record in an import: how many were added, and how many were already
+/// stored, the same.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Imported {
+    pub added: usize,
+    pub present: usize,
+}
+
+/// What an import did, by kind.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ImportCounts {
+    pub users: Imported,
+    pub tokens: Imported,
+    pub sessions: Imported,
+}
+
+impl ImportCounts {
+    pub fn add(&mut self, other: ImportCounts) {
+        for (mine, theirs) in [
+            (&mut self.users, other.users),
+            (&mut self.tokens, other.tokens),
+            (&mut self.sessions, other.sessions),
+        ] {
+            mine.added += theirs.added;
+            mine.present += theirs.present;
+        }
+    }
+}
+
 /// What went with a removed user.
 #[derive(Debug, Default)]
 pub struct RemovedUser {
@@ -93,6 +175,9 @@ pub enum StoreError {
     /// Sanctum's `tokenable_id` is a number: a token's owner must be one.
     #[error("user {0:?} cannot own a token in a database store: tokenable_id is numeric")]
     InvalidUser(String),
+    /// An imported record differs from the one stored under its id, hash or name.
+    #[error("{0}")]
+    Conflict(String),
     /// The database store cannot be used as configured (no URL, tables not migrated).
     #[error("{0}")]
     Setup(String),
@@ -183,6 +268,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<SessionHash>, StoreError>;
     /// Records `last_seen` for many sessions in one write; gone sessions are skipped.
     async fn touch_sessions(&self, seen: Vec<(SessionHash, Timestamp)>) -> Result<(), StoreError>;
+    /// Stores records exactly as another store held them (`store import`), in one
+    /// transaction: users, then tokens (with their ids; ids made later come after them),
+    /// then sessions. A record already stored the same (`same_as`) is counted as present;
+    /// one that differs from what is stored under its id, hash or name fails the batch
+    /// with `Conflict`, and nothing of the batch is written. So an import can be run again.
+    async fn import(&self, batch: ImportBatch) -> Result<ImportCounts, StoreError>;
     /// Lets go of whatever the store keeps in memory from earlier reads (called once the
     /// token cache is loaded). Nothing to do by default.
     async fn release_memory(&self) -> Result<(), StoreError> {

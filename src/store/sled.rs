@@ -9,7 +9,8 @@
 //! of keys written: touching 100,000 tokens rewrites 196 values, not 100,000.
 
 use super::{
-    NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery, TokenRecord, UserRecord,
+    ImportBatch, ImportCounts, NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery,
+    TokenRecord, UserRecord,
 };
 use crate::clock::Timestamp;
 use crate::credential::session::SessionHash;
@@ -39,6 +40,19 @@ struct Stored {
     abilities: Vec<String>,
     created_at: Timestamp,
     expires_at: Option<Timestamp>,
+}
+
+impl From<&TokenRecord> for Stored {
+    fn from(token: &TokenRecord) -> Self {
+        Self {
+            user: token.user.clone(),
+            name: token.name.clone(),
+            hash: token.hash.to_hex(),
+            abilities: token.abilities.clone(),
+            created_at: token.created_at,
+            expires_at: token.expires_at,
+        }
+    }
 }
 
 /// A user's record on disk (the name is the key).
@@ -181,10 +195,7 @@ impl Trees {
         bytes: &[u8],
         block: &mut Option<([u8; 8], Option<sled::IVec>)>,
     ) -> Result<TokenRecord, StoreError> {
-        let stored: Stored = serde_json::from_slice(bytes)
-            .map_err(|e| StoreError::Corrupt(format!("token {id}: {e}")))?;
-        let hash = TokenHash::from_hex(&stored.hash)
-            .ok_or_else(|| StoreError::Corrupt(format!("token {id}: bad hash")))?;
+        let mut record = decode_token(id, bytes)?;
         let (key, slot) = last_used_slot(id);
         if block.as_ref().is_none_or(|(k, _)| *k != key) {
             *block = Some((key, self.last_used.get(key).map_err(io)?));
@@ -198,16 +209,8 @@ impl Trees {
                 ))
             })
             .filter(|&at| at != 0);
-        Ok(TokenRecord {
-            id,
-            user: stored.user,
-            name: stored.name,
-            hash,
-            abilities: stored.abilities,
-            created_at: stored.created_at,
-            expires_at: stored.expires_at,
-            last_used_at,
-        })
+        record.last_used_at = last_used_at;
+        Ok(record)
     }
 
     /// Reserves `n` consecutive token ids and returns the first. Ids start at 1 and are
@@ -249,6 +252,30 @@ impl Trees {
         })
     }
 
+    /// Writes `last_used_at` of many tokens, one atomic read-modify-write per block.
+    fn touch(&self, used: Vec<(TokenId, Timestamp)>) -> Result<(), StoreError> {
+        let mut by_block: std::collections::BTreeMap<[u8; 8], Vec<(usize, Timestamp)>> =
+            std::collections::BTreeMap::new();
+        for (id, at) in used {
+            let (block, slot) = last_used_slot(id);
+            by_block.entry(block).or_default().push((slot, at));
+        }
+        for (block, slots) in by_block {
+            self.last_used
+                .update_and_fetch(block, |old| {
+                    let mut bytes =
+                        old.map_or_else(|| vec![0u8; LAST_USED_BLOCK as usize * 8], <[u8]>::to_vec);
+                    bytes.resize(LAST_USED_BLOCK as usize * 8, 0);
+                    for &(slot, at) in &slots {
+                        bytes[slot..slot + 8].copy_from_slice(&at.to_le_bytes());
+                    }
+                    Some(bytes)
+                })
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
     fn get(&self, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
         match self.tokens.get(id.0.to_be_bytes()).map_err(io)? {
             Some(bytes) => self.record(id, &bytes).map(Some),
@@ -266,6 +293,24 @@ fn last_used_slot(id: TokenId) -> ([u8; 8], usize) {
         (id.0 / LAST_USED_BLOCK).to_be_bytes(),
         (id.0 % LAST_USED_BLOCK) as usize * 8,
     )
+}
+
+/// A token's record without its `last_used_at` (which is kept apart).
+fn decode_token(id: TokenId, bytes: &[u8]) -> Result<TokenRecord, StoreError> {
+    let stored: Stored = serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Corrupt(format!("token {id}: {e}")))?;
+    let hash = TokenHash::from_hex(&stored.hash)
+        .ok_or_else(|| StoreError::Corrupt(format!("token {id}: bad hash")))?;
+    Ok(TokenRecord {
+        id,
+        user: stored.user,
+        name: stored.name,
+        hash,
+        abilities: stored.abilities,
+        created_at: stored.created_at,
+        expires_at: stored.expires_at,
+        last_used_at: None,
+    })
 }
 
 fn io(e: sled::Error) -> StoreError {
@@ -351,26 +396,29 @@ impl Store for SledStore {
             let mut records = Vec::with_capacity(tokens.len());
             // Bounded transactions: one per chunk, one flush for all.
             for chunk in tokens.chunks(10_000) {
-                let mut rows = Vec::with_capacity(chunk.len());
                 let first = s.allocate_ids(chunk.len() as u64)?;
-                for (id, token) in (first..).map(TokenId).zip(chunk) {
-                    let stored = Stored {
+                let made: Vec<TokenRecord> = (first..)
+                    .map(TokenId)
+                    .zip(chunk)
+                    .map(|(id, token)| TokenRecord {
+                        id,
                         user: token.user.clone(),
                         name: token.name.clone(),
-                        hash: token.hash.to_hex(),
+                        hash: token.hash,
                         abilities: token.abilities.clone(),
                         created_at: token.created_at,
                         expires_at: token.expires_at,
-                    };
-                    rows.push((id, encode(&stored)));
-                }
+                        last_used_at: None,
+                    })
+                    .collect();
+                let rows: Vec<Vec<u8>> = made.iter().map(|t| encode(&Stored::from(t))).collect();
                 let result = (&s.tokens, &s.hashes).transaction(|(t, h)| {
-                    for ((id, value), token) in rows.iter().zip(chunk) {
+                    for (value, token) in rows.iter().zip(&made) {
                         if h.get(token.hash.0)?.is_some() {
                             return Err(ConflictableTransactionError::Abort(()));
                         }
-                        t.insert(&id.0.to_be_bytes(), value.as_slice())?;
-                        h.insert(&token.hash.0, &id.0.to_be_bytes())?;
+                        t.insert(&token.id.0.to_be_bytes(), value.as_slice())?;
+                        h.insert(&token.hash.0, &token.id.0.to_be_bytes())?;
                     }
                     Ok(())
                 });
@@ -379,20 +427,7 @@ impl Store for SledStore {
                     Err(TransactionError::Abort(())) => return Err(StoreError::DuplicateHash),
                     Err(TransactionError::Storage(e)) => return Err(io(e)),
                 }
-                records.extend(
-                    rows.into_iter()
-                        .zip(chunk)
-                        .map(|((id, _), token)| TokenRecord {
-                            id,
-                            user: token.user.clone(),
-                            name: token.name.clone(),
-                            hash: token.hash,
-                            abilities: token.abilities.clone(),
-                            created_at: token.created_at,
-                            expires_at: token.expires_at,
-                            last_used_at: None,
-                        }),
-                );
+                records.extend(made);
             }
             s.db.flush().map_err(io)?;
             Ok(records)
@@ -490,32 +525,7 @@ impl Store for SledStore {
     }
 
     async fn touch_tokens(&self, used: Vec<(TokenId, Timestamp)>) -> Result<(), StoreError> {
-        blocking(self, move |s| {
-            let mut by_block: std::collections::BTreeMap<[u8; 8], Vec<(usize, Timestamp)>> =
-                std::collections::BTreeMap::new();
-            for (id, at) in used {
-                let (block, slot) = last_used_slot(id);
-                by_block.entry(block).or_default().push((slot, at));
-            }
-            for (block, slots) in by_block {
-                // Atomic read-modify-write of one block.
-                s.last_used
-                    .update_and_fetch(block, |old| {
-                        let mut bytes = old.map_or_else(
-                            || vec![0u8; LAST_USED_BLOCK as usize * 8],
-                            <[u8]>::to_vec,
-                        );
-                        bytes.resize(LAST_USED_BLOCK as usize * 8, 0);
-                        for &(slot, at) in &slots {
-                            bytes[slot..slot + 8].copy_from_slice(&at.to_le_bytes());
-                        }
-                        Some(bytes)
-                    })
-                    .map_err(io)?;
-            }
-            Ok(())
-        })
-        .await
+        blocking(self, move |s| s.touch(used)).await
     }
 
     async fn count_tokens(&self) -> Result<u64, StoreError> {
@@ -745,6 +755,109 @@ impl Store for SledStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         blocking(self, |s| s.db.flush().map(|_| ()).map_err(io)).await
+    }
+
+    async fn import(&self, batch: ImportBatch) -> Result<ImportCounts, StoreError> {
+        blocking(self, move |s| {
+            let imported = (&s.users, &s.tokens, &s.hashes, &s.sessions).transaction(
+                |(users, tokens, hashes, sessions)| {
+                    let mut counts = ImportCounts::default();
+                    let conflict = |what: String| ConflictableTransactionError::Abort(what);
+                    for user in &batch.users {
+                        match users.get(user.name.as_bytes())? {
+                            Some(old) => match user_record(user.name.as_bytes(), &old) {
+                                Ok(old) if old == *user => counts.users.present += 1,
+                                _ => {
+                                    return Err(conflict(format!(
+                                        "user {}: the store has a different user of this name",
+                                        user.name
+                                    )))
+                                }
+                            },
+                            None => {
+                                let stored = StoredUser {
+                                    password_hash: user.password_hash.clone(),
+                                    created_at: user.created_at,
+                                };
+                                users.insert(user.name.as_bytes(), encode(&stored))?;
+                                counts.users.added += 1;
+                            }
+                        }
+                    }
+                    for token in &batch.tokens {
+                        let key = token.id.0.to_be_bytes();
+                        if let Some(old) = tokens.get(key)? {
+                            match decode_token(token.id, &old) {
+                                Ok(old) if old.same_as(token) => {
+                                    counts.tokens.present += 1;
+                                    continue;
+                                }
+                                _ => {
+                                    return Err(conflict(format!(
+                                        "token {}: the store has a different token with this id",
+                                        token.id
+                                    )))
+                                }
+                            }
+                        }
+                        if let Some(other) = hashes.get(token.hash.0)? {
+                            let other =
+                                id_of(&other).map_or_else(|_| "?".into(), |id| id.to_string());
+                            return Err(conflict(format!(
+                                "token {}: the store has token {other} with the same hash",
+                                token.id
+                            )));
+                        }
+                        tokens.insert(&key, encode(&Stored::from(token)))?;
+                        hashes.insert(&token.hash.0, &key)?;
+                        counts.tokens.added += 1;
+                    }
+                    for session in &batch.sessions {
+                        if let Some(old) = sessions.get(session.hash.0)? {
+                            match s.session_record(&session.hash.0, &old) {
+                                Ok(old) if old.same_as(session) => {
+                                    counts.sessions.present += 1;
+                                    continue;
+                                }
+                                _ => return Err(conflict(
+                                    "a session: the store has a different session with this hash"
+                                        .into(),
+                                )),
+                            }
+                        }
+                        if users.get(session.user.as_bytes())?.is_none() {
+                            return Err(conflict(format!(
+                                "a session of user {}: no such user in the store or the import",
+                                session.user
+                            )));
+                        }
+                        let stored = StoredSession {
+                            user: session.user.clone(),
+                            created_at: session.created_at,
+                            expires_at: session.expires_at,
+                            last_seen: session.last_seen,
+                        };
+                        sessions.insert(&session.hash.0, encode(&stored))?;
+                        counts.sessions.added += 1;
+                    }
+                    Ok(counts)
+                },
+            );
+            let counts = match imported {
+                Ok(counts) => counts,
+                Err(TransactionError::Abort(what)) => return Err(StoreError::Conflict(what)),
+                Err(TransactionError::Storage(e)) => return Err(io(e)),
+            };
+            let used = batch
+                .tokens
+                .iter()
+                .filter_map(|t| Some((t.id, t.last_used_at?)))
+                .collect();
+            s.touch(used)?;
+            s.db.flush().map_err(io)?;
+            Ok(counts)
+        })
+        .await
     }
 
     /// Closes and reopens sled, which lets go of every page it holds. sled's LRU evicts a

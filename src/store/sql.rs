@@ -17,7 +17,8 @@
 //! writes fail with `ReadOnly`).
 
 use super::{
-    NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery, TokenRecord, UserRecord,
+    ImportBatch, ImportCounts, NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery,
+    TokenRecord, UserRecord,
 };
 use crate::clock::Timestamp;
 use crate::config::{SqlKind, SqlStoreConfig, TableName};
@@ -27,6 +28,7 @@ use async_trait::async_trait;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions, MySqlRow};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::ConnectOptions;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 use time::{OffsetDateTime, PrimitiveDateTime};
@@ -438,12 +440,10 @@ impl SqlStore {
         let q = self.sql.text(&format!(
             "SELECT {TOKEN_COLUMNS} FROM {{t}} WHERE tokenable_type = ? AND {condition}"
         ));
+        let mut params = vec![Param::Text(self.tokenable_type.clone())];
+        params.extend(bind);
         on_pool!(self, pool => {
-            let mut query = sqlx::query(&q).bind(&self.tokenable_type);
-            for p in &bind {
-                query = p.bind_to(query);
-            }
-            query
+            bound(&q, &params)
                 .fetch_all(pool)
                 .await
                 .map_err(db)?
@@ -462,11 +462,7 @@ impl SqlStore {
             "SELECT {SESSION_COLUMNS} FROM {{s}} WHERE {condition} ORDER BY hash"
         ));
         on_pool!(self, pool => {
-            let mut query = sqlx::query(&q);
-            for p in &bind {
-                query = p.bind_to(query);
-            }
-            query
+            bound(&q, &bind)
                 .fetch_all(pool)
                 .await
                 .map_err(db)?
@@ -486,11 +482,7 @@ impl SqlStore {
         on_pool!(self, timeout, pool => {
             let mut tx = pool.begin().await.map_err(db)?;
             for (q, params) in &statements {
-                let mut query = sqlx::query(q);
-                for p in params {
-                    query = p.bind_to(query);
-                }
-                query.execute(&mut *tx).await.map_err(db)?;
+                bound(q, params).execute(&mut *tx).await.map_err(db)?;
             }
             tx.commit().await.map_err(db)
         })
@@ -567,6 +559,148 @@ impl SqlStore {
     }
 }
 
+/// Rows per multi-row `INSERT` of an import (9 values each: far below the placeholder limits).
+const INSERT_ROWS: usize = 200;
+
+impl SqlStore {
+    /// `{select} WHERE {column} IN (…)` over `keys`, `BATCH` keys per query.
+    fn lookups(&self, select: &str, column: &str, keys: Vec<Param>) -> Vec<(String, Vec<Param>)> {
+        let mut keys = keys.into_iter().peekable();
+        let mut queries = Vec::new();
+        while keys.peek().is_some() {
+            let chunk: Vec<Param> = keys.by_ref().take(BATCH).collect();
+            let q = format!("{select} WHERE {column} IN ({})", placeholders(chunk.len()));
+            queries.push((self.sql.text(&q), chunk));
+        }
+        queries
+    }
+
+    /// `{insert} VALUES (…), (…), …` for rows of `width` values, `INSERT_ROWS` per statement.
+    fn inserts(
+        &self,
+        insert: &str,
+        width: usize,
+        rows: Vec<Vec<Param>>,
+    ) -> Vec<(String, Vec<Param>)> {
+        let row = format!("({})", placeholders(width));
+        let mut rows = rows.into_iter().peekable();
+        let mut statements = Vec::new();
+        while rows.peek().is_some() {
+            let chunk: Vec<Vec<Param>> = rows.by_ref().take(INSERT_ROWS).collect();
+            let q = format!(
+                "{insert} VALUES {}",
+                vec![row.as_str(); chunk.len()].join(", ")
+            );
+            statements.push((self.sql.text(&q), chunk.into_iter().flatten().collect()));
+        }
+        statements
+    }
+
+    fn insert_users(&self, users: &[&UserRecord]) -> Result<Vec<(String, Vec<Param>)>, StoreError> {
+        let rows = users
+            .iter()
+            .map(|u| {
+                Ok(vec![
+                    Param::Text(u.name.clone()),
+                    Param::MaybeText(u.password_hash.clone()),
+                    Param::Time(to_time(u.created_at)?),
+                ])
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(self.inserts("INSERT INTO {u} (name, password_hash, created_at)", 3, rows))
+    }
+
+    /// Tokens with their ids, as another store held them.
+    fn insert_imported_tokens(
+        &self,
+        tokens: &[&TokenRecord],
+    ) -> Result<Vec<(String, Vec<Param>)>, StoreError> {
+        let rows = tokens
+            .iter()
+            .map(|t| {
+                let owner =
+                    owner_id(&t.user).ok_or_else(|| StoreError::InvalidUser(t.user.clone()))?;
+                let abilities = serde_json::to_string(&t.abilities)
+                    .map_err(|e| StoreError::Io(e.to_string()))?;
+                let created = to_time(t.created_at)?;
+                Ok(vec![
+                    int_params(&[t.id])?.remove(0),
+                    Param::Text(self.tokenable_type.clone()),
+                    Param::Int(owner),
+                    Param::Text(t.name.clone()),
+                    Param::Text(t.hash.to_hex()),
+                    Param::Text(abilities),
+                    Param::MaybeTime(t.last_used_at.map(to_time).transpose()?),
+                    Param::MaybeTime(t.expires_at.map(to_time).transpose()?),
+                    Param::Time(created),
+                    Param::Time(created),
+                ])
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(self.inserts(
+            "INSERT INTO {t} (id, tokenable_type, tokenable_id, name, token, abilities, \
+             last_used_at, expires_at, created_at, updated_at)",
+            10,
+            rows,
+        ))
+    }
+
+    fn insert_sessions(
+        &self,
+        sessions: &[&SessionRecord],
+    ) -> Result<Vec<(String, Vec<Param>)>, StoreError> {
+        let rows = sessions
+            .iter()
+            .map(|s| {
+                Ok(vec![
+                    Param::Text(session_hex(&s.hash)),
+                    Param::Text(s.user.clone()),
+                    Param::Time(to_time(s.created_at)?),
+                    Param::Time(to_time(s.expires_at)?),
+                    Param::Time(to_time(s.last_seen)?),
+                ])
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok(self.inserts(&format!("INSERT INTO {{s}} ({SESSION_COLUMNS})"), 5, rows))
+    }
+}
+
+/// A query with its parameters bound.
+fn bound<'q, DB>(
+    q: &'q str,
+    params: &'q [Param],
+) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    PrimitiveDateTime: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<PrimitiveDateTime>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    params.iter().fold(sqlx::query(q), |query, p| match p {
+        Param::Int(n) => query.bind(*n),
+        Param::Text(s) => query.bind(s.as_str()),
+        Param::Time(t) => query.bind(*t),
+        Param::MaybeText(s) => query.bind(s.as_deref()),
+        Param::MaybeTime(t) => query.bind(*t),
+    })
+}
+
+/// An import's insert failed: a repeated id or hash (within the import, or written
+/// meanwhile by another process) is a conflict.
+fn import_error(e: sqlx::Error) -> StoreError {
+    if e.as_database_error()
+        .is_some_and(|d| d.is_unique_violation() || d.is_foreign_key_violation())
+    {
+        StoreError::Conflict(format!(
+            "the import repeats a token id, token hash, user or session, or another process wrote one meanwhile: {e}"
+        ))
+    } else {
+        db(e)
+    }
+}
+
 /// The `tokenable_id` a token owner stands for: a number written as Laravel reads it back
 /// (`42`, not `042` or `+42`), so that an owner's tokens keep the owner they were made for.
 fn owner_id(user: &str) -> Option<i64> {
@@ -592,25 +726,8 @@ enum Param {
     Int(i64),
     Text(String),
     Time(PrimitiveDateTime),
-}
-
-impl Param {
-    fn bind_to<'q, DB>(
-        &'q self,
-        query: sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>,
-    ) -> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
-    where
-        DB: sqlx::Database,
-        i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-        PrimitiveDateTime: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    {
-        match self {
-            Param::Int(n) => query.bind(*n),
-            Param::Text(s) => query.bind(s.as_str()),
-            Param::Time(t) => query.bind(*t),
-        }
-    }
+    MaybeText(Option<String>),
+    MaybeTime(Option<PrimitiveDateTime>),
 }
 
 /// Reading columns the same way from either database's rows.
@@ -942,6 +1059,170 @@ impl Store for SqlStore {
     async fn flush(&self) -> Result<(), StoreError> {
         // Every write has committed before it returned.
         Ok(())
+    }
+
+    async fn import(&self, batch: ImportBatch) -> Result<ImportCounts, StoreError> {
+        if !batch.tokens.is_empty() {
+            self.writable()?;
+        }
+        let names = |names: &mut dyn Iterator<Item = &String>| {
+            names.map(|n| Param::Text(n.clone())).collect::<Vec<_>>()
+        };
+        let find_users = self.lookups(
+            "SELECT name, password_hash, created_at FROM {u}",
+            "name",
+            names(&mut batch.users.iter().map(|u| &u.name)),
+        );
+        let token_select = format!("SELECT tokenable_type, {TOKEN_COLUMNS} FROM {{t}}");
+        let mut find_tokens = self.lookups(
+            &token_select,
+            "id",
+            int_params(&batch.tokens.iter().map(|t| t.id).collect::<Vec<_>>())?,
+        );
+        find_tokens.extend(
+            self.lookups(
+                &token_select,
+                "token",
+                batch
+                    .tokens
+                    .iter()
+                    .map(|t| Param::Text(t.hash.to_hex()))
+                    .collect(),
+            ),
+        );
+        let find_sessions = self.lookups(
+            &format!("SELECT {SESSION_COLUMNS} FROM {{s}}"),
+            "hash",
+            batch
+                .sessions
+                .iter()
+                .map(|s| Param::Text(session_hex(&s.hash)))
+                .collect(),
+        );
+        let find_owners = self.lookups(
+            "SELECT name, password_hash, created_at FROM {u}",
+            "name",
+            names(&mut batch.sessions.iter().map(|s| &s.user)),
+        );
+        // The PostgreSQL sequence behind `id` moves past the imported ids, never back
+        // (MySQL's AUTO_INCREMENT does so by itself).
+        let advance_ids = (self.sql.kind == SqlKind::Postgres).then(|| {
+            "SELECT setval(pg_get_serial_sequence($1, 'id'), GREATEST($2, \
+             COALESCE(pg_sequence_last_value(pg_get_serial_sequence($1, 'id')::regclass), 0)))"
+        });
+        // Time for the rows, not for one query.
+        let timeout = QUERY_TIMEOUT * (1 + u32::try_from(batch.len() / 100).unwrap_or(1000));
+        on_pool!(self, timeout, pool => {
+            let mut tx = pool.begin().await.map_err(db)?;
+            let mut counts = ImportCounts::default();
+
+            let mut stored_users = HashMap::new();
+            for (q, params) in &find_users {
+                for row in bound(q, params).fetch_all(&mut *tx).await.map_err(db)? {
+                    let user = user_row(&row)?;
+                    stored_users.insert(user.name.clone(), user);
+                }
+            }
+            let mut new_users = Vec::new();
+            for user in &batch.users {
+                match stored_users.get(&user.name) {
+                    Some(old) if old == user => counts.users.present += 1,
+                    Some(_) => {
+                        return Err(StoreError::Conflict(format!(
+                            "user {}: the store has a different user of this name",
+                            user.name
+                        )))
+                    }
+                    None => new_users.push(user),
+                }
+            }
+
+            let (mut by_id, mut by_hash) = (HashMap::new(), HashMap::new());
+            for (q, params) in &find_tokens {
+                for row in bound(q, params).fetch_all(&mut *tx).await.map_err(db)? {
+                    let ours = row.text("tokenable_type")?.as_deref()
+                        == Some(self.tokenable_type.as_str());
+                    let token = token_row(&row)?;
+                    by_hash.insert(token.hash, token.id);
+                    by_id.insert(token.id, ours.then_some(token));
+                }
+            }
+            let mut new_tokens = Vec::new();
+            for token in &batch.tokens {
+                match by_id.get(&token.id) {
+                    Some(Some(old)) if old.same_as(token) => {
+                        counts.tokens.present += 1;
+                        continue;
+                    }
+                    Some(_) => {
+                        return Err(StoreError::Conflict(format!(
+                            "token {}: the store has a different token with this id",
+                            token.id
+                        )))
+                    }
+                    None => {}
+                }
+                if let Some(other) = by_hash.get(&token.hash) {
+                    return Err(StoreError::Conflict(format!(
+                        "token {}: the store has token {other} with the same hash",
+                        token.id
+                    )));
+                }
+                new_tokens.push(token);
+            }
+
+            let mut stored_sessions = HashMap::new();
+            for (q, params) in &find_sessions {
+                for row in bound(q, params).fetch_all(&mut *tx).await.map_err(db)? {
+                    let session = session_row(&row)?;
+                    stored_sessions.insert(session.hash, session);
+                }
+            }
+            let mut owners: HashSet<String> = new_users.iter().map(|u| u.name.clone()).collect();
+            for (q, params) in &find_owners {
+                for row in bound(q, params).fetch_all(&mut *tx).await.map_err(db)? {
+                    owners.insert(user_row(&row)?.name);
+                }
+            }
+            let mut new_sessions = Vec::new();
+            for session in &batch.sessions {
+                match stored_sessions.get(&session.hash) {
+                    Some(old) if old.same_as(session) => counts.sessions.present += 1,
+                    Some(_) => {
+                        return Err(StoreError::Conflict(
+                            "a session: the store has a different session with this hash".into(),
+                        ))
+                    }
+                    None if !owners.contains(&session.user) => {
+                        return Err(StoreError::Conflict(format!(
+                            "a session of user {}: no such user in the store or the import",
+                            session.user
+                        )))
+                    }
+                    None => new_sessions.push(session),
+                }
+            }
+
+            let mut inserts = self.insert_users(&new_users)?;
+            inserts.extend(self.insert_imported_tokens(&new_tokens)?);
+            inserts.extend(self.insert_sessions(&new_sessions)?);
+            for (q, params) in &inserts {
+                bound(q, params).execute(&mut *tx).await.map_err(import_error)?;
+            }
+            if let (Some(q), Some(highest)) = (advance_ids, new_tokens.iter().map(|t| t.id.0).max()) {
+                sqlx::query(q)
+                    .bind(&self.sql.tokens)
+                    .bind(i64::try_from(highest).unwrap_or(i64::MAX))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)?;
+            counts.users.added = new_users.len();
+            counts.tokens.added = new_tokens.len();
+            counts.sessions.added = new_sessions.len();
+            Ok(counts)
+        })
     }
 
     async fn create_user(&self, user: UserRecord) -> Result<(), StoreError> {

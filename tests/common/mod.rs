@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod db;
+pub mod process;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
