@@ -5,8 +5,15 @@
 //! and every `charts/tokengate/ci/*.yaml`; the chart rendered by Helm's install action (on a
 //! stand-in API server), each rendered config accepted by this binary's `check-config` and
 //! served by it while the NOTES' commands run; and values that must be refused, refused.
+//! The chart's postgres values are used against a real PostgreSQL that this test starts
+//! (`common::db`): the install's migrate hook Job runs `tokengate migrate` on the empty
+//! database, then two replicas serve the rendered config on it. A server that does not start
+//! fails the test: never a skip.
 //! There is no Docker engine here: the image itself is not built.
 
+mod common;
+
+use common::db::{Database, Postgres};
 use std::path::Path;
 use std::process::Command;
 
@@ -20,10 +27,13 @@ const INSTALL: &str = "scripts/test.sh installs them: \
 #[test]
 fn dockerfile_and_helm_chart_pass_their_checks() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let db = Postgres::start();
     let output = Command::new("python3")
         .arg(root.join("tests/packaging/check.py"))
         .arg("--tokengate")
         .arg(env!("CARGO_BIN_EXE_tokengate"))
+        .arg("--database-url")
+        .arg(db.url())
         .current_dir(root)
         .output()
         .unwrap_or_else(|e| {

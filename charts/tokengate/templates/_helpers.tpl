@@ -49,6 +49,33 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- .Values.admin.existingSecret | default (printf "%s-admin" (include "tokengate.fullname" .)) }}
 {{- end }}
 
+{{/* "true" when the store is a database (postgres or mysql) shared by replicas, else "". */}}
+{{- define "tokengate.sqlStore" -}}
+{{- if has .Values.store.kind (list "postgres" "mysql") }}true{{ end }}
+{{- end }}
+
+{{/*
+Labels of the migrate Job's pod. Not the selector labels: the Service and the
+PodDisruptionBudget must never count that pod as one of tokengate's.
+*/}}
+{{- define "tokengate.migrateLabels" -}}
+helm.sh/chart: {{ include "tokengate.chart" . }}
+app.kubernetes.io/name: {{ include "tokengate.name" . }}-migrate
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: migrate
+{{- end }}
+
+{{/* The database URL's environment variable, from the existing Secret. */}}
+{{- define "tokengate.databaseEnv" -}}
+- name: {{ .Values.store.database.urlEnv }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.store.database.existingSecret }}
+      key: {{ .Values.store.database.secretKey }}
+{{- end }}
+
 {{- define "tokengate.claimName" -}}
 {{- .Values.persistence.existingClaim | default (printf "%s-data" (include "tokengate.fullname" .)) }}
 {{- end }}
@@ -67,8 +94,23 @@ Refuses values that would render a broken deployment. The schema catches most of
 first; these checks also hold with --skip-schema-validation and give the reason.
 */}}
 {{- define "tokengate.validate" -}}
-{{- if gt (int .Values.replicaCount) 1 }}
-{{- fail (printf "replicaCount is %d, but the token store is an embedded sled database on one volume, which exactly one tokengate process may hold: set replicaCount to 1 (several replicas need a shared store, which this version does not have)" (int .Values.replicaCount)) }}
+{{- if not (has .Values.store.kind (list "sled" "postgres" "mysql")) }}
+{{- fail (printf "store.kind must be sled, postgres or mysql, not %q" (toString .Values.store.kind)) }}
+{{- end }}
+{{- if include "tokengate.sqlStore" . }}
+{{- if not .Values.store.database.existingSecret }}
+{{- fail (printf "store.kind %s needs store.database.existingSecret: the name of an existing Secret holding the database URL under the key store.database.secretKey (%s); the chart never takes the URL itself" .Values.store.kind .Values.store.database.secretKey) }}
+{{- end }}
+{{- $env := .Values.store.database.urlEnv }}
+{{- if or (eq $env .Values.admin.keyEnv) (eq $env "TOKENGATE_CONFIG") }}
+{{- fail (printf "store.database.urlEnv %q is already used (admin.keyEnv or TOKENGATE_CONFIG): name another variable" $env) }}
+{{- end }}
+{{- $pdb := .Values.podDisruptionBudget }}
+{{- if and $pdb.enabled (gt (int .Values.replicaCount) 1) (kindIs "invalid" $pdb.minAvailable) (kindIs "invalid" $pdb.maxUnavailable) }}
+{{- fail "podDisruptionBudget needs maxUnavailable or minAvailable (or enabled: false)" }}
+{{- end }}
+{{- else if gt (int .Values.replicaCount) 1 }}
+{{- fail (printf "replicaCount is %d, but store.kind is sled: the embedded sled store is one database on one volume, which exactly one tokengate process may hold. Set replicaCount to 1, or use a database shared by the replicas (store.kind postgres or mysql, with store.database.existingSecret)" (int .Values.replicaCount)) }}
 {{- end }}
 {{- if not (has .Values.mode (list "sidecar" "standalone")) }}
 {{- fail (printf "mode must be sidecar or standalone, not %q" (toString .Values.mode)) }}
@@ -118,13 +160,26 @@ first; these checks also hold with --skip-schema-validation and give the reason.
 
 {{/*
 The tokengate config file. Built as a dict and rendered with toYaml, so that values can
-never break the YAML. Keys set by the chart: listen, upstream, store.path, admin.
+never break the YAML. Keys set by the chart: listen, upstream, store.path (sled) or
+store.kind and store.url_env (a database: the name of the variable, never the URL), admin.
+Of config.store, only the keys of the chosen kind of store are rendered (tokengate refuses
+the others).
 */}}
 {{- define "tokengate.config" -}}
 {{- $c := .Values.config }}
-{{- $store := dict "path" "/data/tokengate" }}
-{{- if not (kindIs "invalid" $c.store.cache_mb) }}
-{{- $_ := set $store "cache_mb" $c.store.cache_mb }}
+{{- $store := dict }}
+{{- $keys := list "cache_mb" }}
+{{- if include "tokengate.sqlStore" . }}
+{{- $store = dict "kind" .Values.store.kind "url_env" .Values.store.database.urlEnv }}
+{{- $keys = list "tokens_table" "tokenable_type" "read_only" "sync_interval_ms" "max_stale_seconds" }}
+{{- else }}
+{{- $store = dict "path" "/data/tokengate" }}
+{{- end }}
+{{- $given := $c.store | default dict }}
+{{- range $key := $keys }}
+{{- if and (hasKey $given $key) (not (kindIs "invalid" (get $given $key))) }}
+{{- $_ := set $store $key (get $given $key) }}
+{{- end }}
 {{- end }}
 {{- $cfg := dict
   "listen" (printf "0.0.0.0:%d" (int .Values.tokengate.port))
