@@ -7,7 +7,7 @@
 
 use crate::clock::{Clock, Timestamp};
 use crate::credential::session::{generate_cookie_value, CookieValue, SessionHash};
-use crate::store::{SessionRecord, Store, StoreError};
+use crate::store::{SessionRecord, Store, StoreError, SHARED_IDLE_SECONDS};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use http::HeaderValue;
@@ -188,10 +188,21 @@ impl Sessions {
     /// there (a logout on another replica) leaves the cache, another owner replaces it,
     /// and a later `last_seen` written by another replica is taken (so the idle expiry
     /// counts every replica's sightings). Returns how many sessions were dropped or
-    /// replaced.
+    /// replaced. A session not seen for `SHARED_IDLE_SECONDS` (here or, as far as the last
+    /// re-check told, anywhere) leaves the cache instead, to be read again at its next use.
     pub async fn sync(&self) -> Result<usize, StoreError> {
         const BATCH: usize = 1_000;
-        let hashes: Vec<SessionHash> = self.cache.iter().map(|s| *s.key()).collect();
+        let idle_since = self.clock.now().saturating_sub(SHARED_IDLE_SECONDS);
+        let (mut hashes, mut idle) = (Vec::new(), Vec::new());
+        for session in self.cache.iter() {
+            match session.last_seen() < idle_since {
+                true => idle.push(*session.key()),
+                false => hashes.push(*session.key()),
+            }
+        }
+        for hash in idle {
+            self.cache.remove(&hash);
+        }
         let mut changed = 0;
         for batch in hashes.chunks(BATCH) {
             let generation = self.generation.load(Ordering::SeqCst);
@@ -588,6 +599,25 @@ mod tests {
         assert_eq!(f.sessions.flush_last_seen().await.unwrap(), 0);
         assert!(f.store.session(new.session.hash).await.unwrap().is_none());
         assert_eq!(f.sessions.active(), 0);
+    }
+
+    /// A session not seen for `SHARED_IDLE_SECONDS` leaves the cache at the re-check and
+    /// is read again at its next use; one seen stays.
+    #[tokio::test]
+    async fn sync_lets_idle_sessions_go() {
+        let f = fixture().await;
+        let idle = f.sessions.create("alice").await.unwrap();
+        let busy = f.sessions.create("bob").await.unwrap();
+        f.clock.advance(SHARED_IDLE_SECONDS + 1);
+        assert!(valid(&f.sessions, &busy.cookie_value).await);
+        assert_eq!(f.sessions.sync().await.unwrap(), 0);
+        assert!(f.sessions.cache.contains_key(&busy.session.hash));
+        assert!(!f.sessions.cache.contains_key(&idle.session.hash));
+        assert!(
+            valid(&f.sessions, &idle.cookie_value).await,
+            "read again from the store (idle 600 s not yet reached)"
+        );
+        assert!(f.sessions.cache.contains_key(&idle.session.hash));
     }
 
     /// The re-check against a store others change: a session deleted there (a logout on

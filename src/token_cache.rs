@@ -9,7 +9,7 @@
 use crate::ability::Ability;
 use crate::clock::{Clock, Timestamp};
 use crate::credential::token::{self, Presented, TokenHash, TokenId};
-use crate::store::{NewToken, Store, StoreError, TokenQuery, TokenRecord};
+use crate::store::{NewToken, Store, StoreError, TokenQuery, TokenRecord, SHARED_IDLE_SECONDS};
 use bytes::Bytes;
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
@@ -519,7 +519,12 @@ impl Tokens {
     /// Loads stored tokens into the cache, up to its capacity, before serving. When all of
     /// them fit and the store is exclusive, the cache becomes authoritative (see `complete`).
     /// Returns how many tokens were loaded. The store then lets go of the pages it read.
+    /// A shared store loads nothing: its table may hold millions of rows (a Laravel app's
+    /// every token), so a replica caches tokens at their first use and starts at once.
     pub async fn warm(&self) -> Result<usize, StoreError> {
+        if !self.store.is_exclusive() {
+            return Ok(0);
+        }
         let loaded = self.load_all().await?;
         self.store.release_memory().await?;
         Ok(loaded)
@@ -587,15 +592,31 @@ impl Tokens {
         self.read_all(|_| {}).await
     }
 
-    /// Takes a place for a new token of `user` under `max_per_user`, or refuses it.
-    fn reserve(&self, user: &str, count: usize) -> Result<(), TokenError> {
+    /// Takes places for `count` new tokens of `user` under `max_per_user`, or refuses them.
+    /// An exclusive store's counts are kept here, exact whatever the concurrency. A shared
+    /// store is asked each time, since other replicas and the app make tokens too (there
+    /// two creations at once may both pass).
+    async fn reserve(&self, user: &str, count: usize) -> Result<(), TokenError> {
         let most = self.policy().max_per_user;
+        if !self.store.is_exclusive() {
+            let stored = self
+                .store
+                .list_tokens(TokenQuery {
+                    user: Some(user.to_owned()),
+                    after: None,
+                    limit: most.saturating_add(1),
+                })
+                .await?
+                .len();
+            return match stored + count > most {
+                true => Err(too_many(user, stored, most)),
+                false => Ok(()),
+            };
+        }
+        self.count_owned().await?;
         let mut owned = self.owned.entry(user.to_owned()).or_insert(0);
         if *owned + count > most {
-            return Err(TokenError::Invalid(format!(
-                "user {user} already has {} tokens; at most {most} are allowed (tokens.max_per_user)",
-                *owned
-            )));
+            return Err(too_many(user, *owned, most));
         }
         *owned += count;
         Ok(())
@@ -627,11 +648,24 @@ impl Tokens {
 
     /// Re-checks every cached token against the store, in batches: a token deleted there
     /// leaves the cache, a changed one is replaced. What keeps replicas on a shared store
-    /// honest about revocations made elsewhere (`spawn_sync`). Returns how many cached
-    /// tokens were dropped or replaced.
+    /// honest about revocations made elsewhere (`spawn_sync`). A token unused for
+    /// `SHARED_IDLE_SECONDS` leaves the cache instead of being re-checked, so the re-check
+    /// costs what the tokens in use need, not what the table holds. Returns how many cached
+    /// tokens were dropped or replaced (idle ones not counted).
     pub async fn sync(&self) -> Result<usize, StoreError> {
         const BATCH: usize = 1_000;
-        let ids: Vec<TokenId> = self.by_id.iter().map(|t| *t.key()).collect();
+        let idle_since = self.clock.now().saturating_sub(SHARED_IDLE_SECONDS);
+        let (mut ids, mut idle) = (Vec::new(), Vec::new());
+        for token in self.by_id.iter() {
+            match token.last_used.load(Ordering::Relaxed) < idle_since {
+                true => idle.push(*token.key()),
+                false => ids.push(*token.key()),
+            }
+        }
+        // Its last use, if not yet written, stays queued for the flusher.
+        for id in idle {
+            self.evict(id);
+        }
         let lifetime = self.policy().lifetime;
         let mut changed = 0;
         for batch in ids.chunks(BATCH) {
@@ -855,8 +889,7 @@ impl Tokens {
     pub async fn create(&self, request: CreateToken) -> Result<Created, TokenError> {
         let now = self.clock.now();
         self.prepare(request.clone(), now)?;
-        self.count_owned().await?;
-        self.reserve(&request.user, 1)?;
+        self.reserve(&request.user, 1).await?;
         loop {
             let (new, secret, dropped) = self.prepare(request.clone(), now)?;
             match self.store.create_token(new).await {
@@ -893,14 +926,13 @@ impl Tokens {
             news.push(new);
             secrets.push((secret, dropped));
         }
-        self.count_owned().await?;
         let mut per_user: std::collections::HashMap<&str, usize> = Default::default();
         for new in &news {
             *per_user.entry(new.user.as_str()).or_insert(0) += 1;
         }
         let mut reserved: Vec<(&str, usize)> = Vec::new();
         for (user, count) in per_user {
-            if let Err(e) = self.reserve(user, count) {
+            if let Err(e) = self.reserve(user, count).await {
                 for (user, count) in reserved {
                     self.release(user, count);
                 }
@@ -994,6 +1026,12 @@ impl Tokens {
         }
         deleted
     }
+}
+
+fn too_many(user: &str, owned: usize, most: usize) -> TokenError {
+    TokenError::Invalid(format!(
+        "user {user} already has {owned} tokens; at most {most} are allowed (tokens.max_per_user)"
+    ))
 }
 
 /// User ids are the app's opaque ids; they travel in a header, so printable ASCII only.
@@ -1126,6 +1164,44 @@ mod tests {
             );
             assert!(tokens.authenticate("another").await.unwrap().is_none());
         }
+    }
+
+    /// A shared store's re-check lets a token unused for `SHARED_IDLE_SECONDS` leave the
+    /// cache (its next use reads the store again), and keeps one in use.
+    #[tokio::test]
+    async fn sync_lets_idle_tokens_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let tokens = Tokens::new(Arc::clone(&store), clock.clone(), policy(100));
+        let mut made = Vec::new();
+        for name in ["idle", "busy"] {
+            let request = CreateToken {
+                user: "7".into(),
+                name: name.into(),
+                abilities: None,
+                expires_at: None,
+            };
+            made.push(tokens.create(request).await.unwrap().plaintext);
+        }
+        for plaintext in &made {
+            assert!(tokens.authenticate(plaintext).await.unwrap().is_some());
+        }
+        clock.advance(SHARED_IDLE_SECONDS);
+        assert!(tokens.authenticate(&made[1]).await.unwrap().is_some());
+        assert_eq!(tokens.sync().await.unwrap(), 0);
+        assert_eq!(tokens.cached(), 2, "used within the idle time: both stay");
+        clock.advance(1);
+        assert_eq!(tokens.sync().await.unwrap(), 0);
+        assert_eq!(tokens.cached(), 1, "the idle one left");
+        let reads = tokens.store_reads();
+        assert!(tokens.authenticate(&made[0]).await.unwrap().is_some());
+        assert_eq!(
+            tokens.store_reads(),
+            reads + 1,
+            "read again at its next use"
+        );
+        assert_eq!(tokens.cached(), 2);
     }
 
     /// The re-check against a store that others change: a token deleted there leaves the

@@ -4,6 +4,7 @@
 //! the only module that imports sqlx), so the trait is async and assumes nothing local (no
 //! "only writer", no synchronous calls).
 
+mod homed;
 mod sled;
 mod sql;
 
@@ -17,6 +18,11 @@ use crate::credential::token::{TokenHash, TokenId};
 use async_trait::async_trait;
 use std::sync::Arc;
 
+/// On a shared store, a credential a replica has cached but not seen used for this long
+/// leaves its cache at the next re-check, and is read again at its next use: the re-check
+/// then costs what the credentials in use need, not what the tables hold.
+pub const SHARED_IDLE_SECONDS: i64 = 300;
+
 /// Opens the store a config names: the sled directory (`Locked` while another process
 /// holds it), or the database (`Setup` until `tokengate migrate` made its tables).
 pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
@@ -24,7 +30,8 @@ pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
         StoreConfig::Sled { path, cache_bytes } => {
             Arc::new(SledStore::open_with_cache(path, *cache_bytes)?)
         }
-        StoreConfig::Sql(sql) => Arc::new(SqlStore::open(sql).await?),
+        // The pool stays on this runtime, whichever worker calls (`homed`).
+        StoreConfig::Sql(sql) => Arc::new(homed::Homed::here(Arc::new(SqlStore::open(sql).await?))),
     })
 }
 

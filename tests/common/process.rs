@@ -30,22 +30,30 @@ pub struct Server {
     pub child: Child,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// Its stderr (the log, `RUST_LOG=warn`), shown when it fails.
+    log: tempfile::NamedTempFile,
 }
 
 impl Server {
     pub fn start(db_url: &str, cfg: &Path, admin_key: &str) -> Server {
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = bin(db_url)
             .args(["serve", "--config", cfg.to_str().unwrap()])
             .env("TOKENGATE_ADMIN_KEY", admin_key)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .expect("tokengate starts");
         let pid = child.id();
         let mut exited = || child.try_wait().unwrap().map(|status| status.to_string());
         let addr = wait_listening("tokengate's proxy", pid, [127, 0, 0, 1], &mut exited);
         let admin = wait_listening("tokengate's admin", pid, [127, 0, 0, 2], &mut exited);
-        Server { child, addr, admin }
+        Server {
+            child,
+            addr,
+            admin,
+            log,
+        }
     }
 
     pub fn stop(&mut self) {
@@ -65,7 +73,12 @@ impl Server {
                 None => false,
             }
         });
-        assert_eq!(code, Some(Some(0)), "serve exits 0 after SIGTERM");
+        assert_eq!(
+            code,
+            Some(Some(0)),
+            "serve exits 0 after SIGTERM; its log:\n{}",
+            std::fs::read_to_string(self.log.path()).unwrap_or_default()
+        );
     }
 }
 
