@@ -246,6 +246,8 @@ impl App {
                         last_success = tokio::time::Instant::now();
                         app.tokens.set_fresh(true);
                         app.sessions.set_fresh(true);
+                        app.tokens.set_reachable(true);
+                        app.sessions.set_reachable(true);
                     }
                     Err(e) => {
                         if !failing {
@@ -253,6 +255,8 @@ impl App {
                         }
                         failing = true;
                         app.store_unreachable.store(true, Ordering::Relaxed);
+                        app.tokens.set_reachable(false);
+                        app.sessions.set_reachable(false);
                         app.metrics.store_synced(false);
                         if last_success.elapsed() > max_stale {
                             app.distrust_cache();

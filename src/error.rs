@@ -66,6 +66,19 @@ impl From<Denial> for Rejection {
 }
 
 impl Rejection {
+    /// A credential the store could not look up: 503. An outage of a shared store is
+    /// reported once, by its re-check; the requests it refuses meanwhile are not logged
+    /// each again (at debug only), other failures are.
+    pub fn store_failed(what: &str, e: &StoreError) -> Rejection {
+        match e {
+            StoreError::Stale | StoreError::Unreachable => {
+                tracing::debug!(error = %e, "{what} lookup refused: the store is unreachable");
+            }
+            _ => tracing::error!(error = %e, "{what} lookup failed"),
+        }
+        Rejection::StoreUnavailable
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::BadPath(_) | Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -206,7 +219,8 @@ impl From<StoreError> for ApiError {
             | StoreError::Setup(_)
             | StoreError::Io(_)
             | StoreError::Corrupt(_)
-            | StoreError::Stale => {
+            | StoreError::Stale
+            | StoreError::Unreachable => {
                 tracing::error!(error = %e, "store failed");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "The store is unavailable.")
             }

@@ -382,10 +382,7 @@ pub async fn authenticate(
     };
     match app.tokens.authenticate(presented).await {
         Ok(token) => Ok(token.map(Principal::Token)),
-        Err(e) => {
-            tracing::error!(error = %e, "token store lookup failed");
-            Err(Rejection::StoreUnavailable)
-        }
+        Err(e) => Err(Rejection::store_failed("token", &e)),
     }
 }
 
@@ -398,10 +395,11 @@ async fn session(
     conn: &ConnInfo,
 ) -> Result<Option<Principal>, Rejection> {
     let values = cookies::values(&parts.headers, &config.sessions.cookie);
-    let found = app.sessions.from_cookies(values).await.map_err(|e| {
-        tracing::error!(error = %e, "session store lookup failed");
-        Rejection::StoreUnavailable
-    })?;
+    let found = app
+        .sessions
+        .from_cookies(values)
+        .await
+        .map_err(|e| Rejection::store_failed("session", &e))?;
     let Some((session, cookie)) = found else {
         return Ok(None);
     };

@@ -87,6 +87,8 @@ pub struct Sessions {
     dirty: Mutex<Vec<Arc<Session>>>,
     /// False once a shared store has gone unchecked for too long (`Tokens::set_fresh`).
     fresh: AtomicBool,
+    /// False while a shared store's last re-check failed (`Tokens::set_reachable`).
+    reachable: AtomicBool,
 }
 
 impl Sessions {
@@ -100,6 +102,7 @@ impl Sessions {
             complete: AtomicBool::new(false),
             dirty: Mutex::new(Vec::new()),
             fresh: AtomicBool::new(true),
+            reachable: AtomicBool::new(true),
         }
     }
 
@@ -139,6 +142,7 @@ impl Sessions {
         let session = match cached {
             Some(session) => session,
             None if self.complete.load(Ordering::Acquire) => return Ok(None),
+            None if !self.reachable.load(Ordering::Relaxed) => return Err(StoreError::Unreachable),
             None => match self.load(hash).await? {
                 Some(session) => session,
                 None => return Ok(None),
@@ -189,13 +193,16 @@ impl Sessions {
     /// and a later `last_seen` written by another replica is taken (so the idle expiry
     /// counts every replica's sightings). Returns how many sessions were dropped or
     /// replaced. A session not seen for `SHARED_IDLE_SECONDS` (here or, as far as the last
-    /// re-check told, anywhere) leaves the cache instead, to be read again at its next use.
+    /// re-check told, anywhere) and held by nothing but the cache (an open stream holds its
+    /// session) leaves the cache instead, to be read again at its next use.
     pub async fn sync(&self) -> Result<usize, StoreError> {
         const BATCH: usize = 1_000;
         let idle_since = self.clock.now().saturating_sub(SHARED_IDLE_SECONDS);
         let (mut hashes, mut idle) = (Vec::new(), Vec::new());
         for session in self.cache.iter() {
-            match session.last_seen() < idle_since {
+            // Held elsewhere too (an open stream's grant, a request under way): in use.
+            let unused = Arc::strong_count(session.value()) == 1;
+            match unused && session.last_seen() < idle_since {
                 true => idle.push(*session.key()),
                 false => hashes.push(*session.key()),
             }
@@ -239,6 +246,11 @@ impl Sessions {
             }
         }
         Ok(changed)
+    }
+
+    /// Whether the last re-check reached the store (see `Tokens::set_reachable`).
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// Marks cached sessions trusted, or not (see `Tokens::set_fresh`); returns the old mark.
@@ -606,18 +618,22 @@ mod tests {
     #[tokio::test]
     async fn sync_lets_idle_sessions_go() {
         let f = fixture().await;
+        // Only its hash and cookie kept: the session itself is the cache's alone.
         let idle = f.sessions.create("alice").await.unwrap();
+        let (idle_hash, idle_cookie) = (idle.session.hash, idle.cookie_value.clone());
+        drop(idle);
         let busy = f.sessions.create("bob").await.unwrap();
         f.clock.advance(SHARED_IDLE_SECONDS + 1);
         assert!(valid(&f.sessions, &busy.cookie_value).await);
+        f.sessions.flush_last_seen().await.unwrap();
         assert_eq!(f.sessions.sync().await.unwrap(), 0);
         assert!(f.sessions.cache.contains_key(&busy.session.hash));
-        assert!(!f.sessions.cache.contains_key(&idle.session.hash));
+        assert!(!f.sessions.cache.contains_key(&idle_hash));
         assert!(
-            valid(&f.sessions, &idle.cookie_value).await,
+            valid(&f.sessions, &idle_cookie).await,
             "read again from the store (idle 600 s not yet reached)"
         );
-        assert!(f.sessions.cache.contains_key(&idle.session.hash));
+        assert!(f.sessions.cache.contains_key(&idle_hash));
     }
 
     /// The re-check against a store others change: a session deleted there (a logout on

@@ -215,6 +215,8 @@ pub struct Tokens {
     /// False once a shared store has gone unchecked for longer than it may (`spawn_sync`):
     /// cached tokens are then no longer trusted, and every request gets "store unavailable".
     fresh: AtomicBool,
+    /// False while a shared store's last re-check failed (`set_reachable`).
+    reachable: AtomicBool,
 }
 
 /// Every stored token's id and the first eight bytes of its hash, kept for an exclusive
@@ -332,6 +334,7 @@ impl Tokens {
             complete: AtomicBool::new(false),
             misses: DashMap::default(),
             fresh: AtomicBool::new(true),
+            reachable: AtomicBool::new(true),
             dirty: Mutex::new(Vec::new()),
             touch_writes: AtomicU64::new(0),
             owned: DashMap::default(),
@@ -420,6 +423,9 @@ impl Tokens {
             _ => {
                 if self.recently_missed(&hash) {
                     return Ok(None);
+                }
+                if !self.reachable.load(Ordering::Relaxed) {
+                    return Err(StoreError::Unreachable);
                 }
                 match self.load(presented, hash).await? {
                     Some(token) => token,
@@ -649,7 +655,8 @@ impl Tokens {
     /// Re-checks every cached token against the store, in batches: a token deleted there
     /// leaves the cache, a changed one is replaced. What keeps replicas on a shared store
     /// honest about revocations made elsewhere (`spawn_sync`). A token unused for
-    /// `SHARED_IDLE_SECONDS` leaves the cache instead of being re-checked, so the re-check
+    /// `SHARED_IDLE_SECONDS`, and held by nothing but the cache (an open stream holds its
+    /// token), leaves the cache instead of being re-checked, so the re-check
     /// costs what the tokens in use need, not what the table holds. Returns how many cached
     /// tokens were dropped or replaced (idle ones not counted).
     pub async fn sync(&self) -> Result<usize, StoreError> {
@@ -657,7 +664,9 @@ impl Tokens {
         let idle_since = self.clock.now().saturating_sub(SHARED_IDLE_SECONDS);
         let (mut ids, mut idle) = (Vec::new(), Vec::new());
         for token in self.by_id.iter() {
-            match token.last_used.load(Ordering::Relaxed) < idle_since {
+            // Held elsewhere too (an open stream's grant, a request under way): in use.
+            let unused = Arc::strong_count(token.value()) == 1;
+            match unused && token.last_used.load(Ordering::Relaxed) < idle_since {
                 true => idle.push(*token.key()),
                 false => ids.push(*token.key()),
             }
@@ -701,6 +710,12 @@ impl Tokens {
     /// every request is then refused as "store unavailable"). Returns the old mark.
     pub fn set_fresh(&self, fresh: bool) -> bool {
         self.fresh.swap(fresh, Ordering::Relaxed)
+    }
+
+    /// Whether the last re-check reached the store (`spawn_sync`). While not, a token the
+    /// cache does not hold is refused as unavailable at once.
+    pub fn set_reachable(&self, reachable: bool) {
+        self.reachable.store(reachable, Ordering::Relaxed);
     }
 
     /// Whether cached tokens are trusted (false: a shared store unreachable for too long).
@@ -1193,15 +1208,28 @@ mod tests {
         assert_eq!(tokens.cached(), 2, "used within the idle time: both stay");
         clock.advance(1);
         assert_eq!(tokens.sync().await.unwrap(), 0);
+        assert_eq!(tokens.cached(), 2, "last uses not yet written: still held");
+        tokens.flush_last_used().await.unwrap();
+        assert_eq!(tokens.sync().await.unwrap(), 0);
         assert_eq!(tokens.cached(), 1, "the idle one left");
         let reads = tokens.store_reads();
-        assert!(tokens.authenticate(&made[0]).await.unwrap().is_some());
+        let held = tokens.authenticate(&made[0]).await.unwrap().unwrap();
         assert_eq!(
             tokens.store_reads(),
             reads + 1,
             "read again at its next use"
         );
-        assert_eq!(tokens.cached(), 2);
+        clock.advance(SHARED_IDLE_SECONDS * 2);
+        tokens.flush_last_used().await.unwrap();
+        assert_eq!(tokens.sync().await.unwrap(), 0);
+        assert_eq!(
+            tokens.cached(),
+            1,
+            "held elsewhere (an open stream): in use"
+        );
+        drop(held);
+        assert_eq!(tokens.sync().await.unwrap(), 0);
+        assert_eq!(tokens.cached(), 0, "both idle now");
     }
 
     /// The re-check against a store that others change: a token deleted there leaves the

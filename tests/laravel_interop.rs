@@ -371,7 +371,7 @@ fn admin_get(server: &Server, path: &str) -> (u16, String) {
 }
 
 /// The database stops under a running replica: cached tokens keep working until
-/// `max_stale_seconds`, uncached ones get 503 + Retry-After (never 401), /readyz and the
+/// `max_stale_seconds`, uncached ones get 503 + Retry-After at once (never 401), /readyz and the
 /// metrics say so; past max_stale every token gets 503; the database returns and
 /// everything works again, and a revocation is followed within a second.
 fn outage(db: &mut dyn Database, kind: &str) {
@@ -406,9 +406,17 @@ fn outage(db: &mut dyn Database, kind: &str) {
         metrics.contains("\ntokengate_store_reachable 0"),
         "{metrics}"
     );
+    let reads = |server: &Server| {
+        let (_, metrics) = admin_get(server, "/metrics");
+        common::metric_value(&metrics, "tokengate_token_store_reads_total").unwrap()
+    };
+    let reads_before = reads(&server);
     let head = head_of(gate, "/api/items", &uncached);
     assert!(head.starts_with("http/1.1 503"), "{head}");
     assert!(head.contains("\r\nretry-after: "), "{head}");
+    // Refused at once: while the re-check fails, a token not in the cache is not looked
+    // up (which would wait for the connection attempt to give up).
+    assert_eq!(reads(&server), reads_before, "no store read");
     println!(
         "{kind}: uncached token answered 503 {:?} after the database stopped",
         stopped.elapsed()

@@ -169,6 +169,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a token with this hash already exists")]
     DuplicateHash,
+    /// A shared store did not answer the last re-check: what the cache does not hold is not
+    /// looked up (it would wait for the connection attempt to give up) until one succeeds.
+    #[error("the store did not answer the last re-check")]
+    Unreachable,
     /// A shared store went unchecked for longer than `store.max_stale_seconds`.
     #[error("the store has been unreachable for longer than max_stale_seconds")]
     Stale,
