@@ -22,8 +22,11 @@ need_apt python3-flask php-cli php-laravel-framework
 # Real database servers for tests/databases.rs (tests/common/db.rs starts each in a temp
 # dir, as an unprivileged user, on loopback; the packages' own services are not used), and
 # PHP's PDO drivers for them, with which Laravel's schema builder and Sanctum's token code
-# (tests/laravel/sanctum.php) work on those databases.
-need_apt postgresql mariadb-server php-pgsql php-mysql
+# (tests/laravel/sanctum.php) work on those databases. Redis for the Laravel session tests
+# (tests/common/redis.rs starts it in a temp dir on loopback; the package's service is not
+# used) and phpredis, with which Laravel's own session code (tests/laravel/session.php)
+# stores sessions there.
+need_apt postgresql mariadb-server php-pgsql php-mysql redis-server php-redis
 # jsonschema: the admin API's responses are validated against docs/admin-openapi.json.
 python3 -c 'import jsonschema, referencing' 2>/dev/null \
   || python3 -m pip install -q 'jsonschema>=4.18'

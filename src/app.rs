@@ -8,6 +8,7 @@ use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::config::StoreConfig;
 use crate::config::{Config, ConfigError};
+use crate::laravel_sessions::LaravelSessions;
 use crate::metrics::Metrics;
 use crate::session_cache::{SessionPolicy, Sessions};
 use crate::store::{RemovedUser, Store, StoreError};
@@ -38,6 +39,8 @@ pub struct App {
     config_path: Mutex<Option<PathBuf>>,
     pub tokens: Tokens,
     pub sessions: Sessions,
+    /// The Laravel app's own sessions (`sessions.laravel`).
+    pub laravel: LaravelSessions,
     pub users: Users,
     pub login_throttle: LoginThrottle,
     pub metrics: Metrics,
@@ -73,6 +76,7 @@ impl App {
             Arc::clone(&clock),
             session_policy(&config),
         );
+        let laravel = LaravelSessions::new(Arc::clone(&store), Arc::clone(&clock));
         let users = Users::new(store, Arc::clone(&clock));
         let metrics = Metrics::new(&config.routes);
         metrics.reload(true, clock.now());
@@ -82,6 +86,7 @@ impl App {
             config_path: Mutex::new(None),
             tokens,
             sessions,
+            laravel,
             users,
             login_throttle: LoginThrottle::new(LOGIN_ATTEMPTS, LOGIN_WINDOW),
             metrics,
@@ -352,6 +357,17 @@ impl App {
                 .current(&session)
                 .await?
                 .map(Principal::Session),
+            Principal::Laravel(session) => {
+                let config = self.config();
+                match &config.sessions.laravel {
+                    Some(settings) => self
+                        .laravel
+                        .current(settings, config.store.sync_interval(), &session)
+                        .await?
+                        .map(Principal::Laravel),
+                    None => None,
+                }
+            }
         })
     }
 }

@@ -52,6 +52,20 @@ pub fn values<'a>(headers: &'a HeaderMap, name: &str) -> Vec<&'a str> {
         .collect()
 }
 
+/// The value of the cookie named exactly `name`, when it is the only one an upstream could
+/// read under that name (see `strip`): with two or more (`laravel_session` and
+/// `laravel.session`, or the name twice), which one an app reads depends on the app (PHP
+/// keeps the first), so none is taken.
+pub fn value_read_as<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    let mut candidates = headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|header| pairs(header.as_bytes()))
+        .filter(|(n, _)| read_as_one_of(n, &[name]));
+    let (found, value) = candidates.next()?;
+    (found == name.as_bytes() && candidates.next().is_none()).then_some(value)
+}
+
 /// Would an upstream read a cookie named `raw` under one of `names`?
 fn read_as_one_of(raw: &[u8], names: &[&str]) -> bool {
     // Decoded only when there is something to decode: no allocation for the usual name.
@@ -127,6 +141,23 @@ mod tests {
             .iter()
             .map(|v| v.as_bytes())
             .collect()
+    }
+
+    #[test]
+    fn one_value_an_app_reads_under_a_name() {
+        let read =
+            |lines: &[&[u8]]| value_read_as(&headers(lines), "laravel_session").map(<[u8]>::to_vec);
+        assert_eq!(read(&[b"a=1; laravel_session=abc"]), Some(b"abc".to_vec()));
+        assert_eq!(read(&[b"a=1"]), None);
+        for ambiguous in [
+            &[&b"laravel_session=abc; laravel_session=def"[..]][..],
+            &[b"laravel.session=evil; laravel_session=abc"],
+            &[b"laravel_session=abc", b"Laravel_Session=evil"],
+            &[b"laravel%5Fsession=evil; laravel_session=abc"],
+        ] {
+            assert_eq!(read(ambiguous), None, "{ambiguous:?}");
+        }
+        assert_eq!(read(&[b"laravel.session=abc"]), None, "only the exact name");
     }
 
     #[test]

@@ -248,12 +248,14 @@ pub fn override_refusal(e: OverrideError) -> Rejection {
 }
 
 /// Does `principal` satisfy every route of the plan? A browser (`Accept: text/html`)
-/// without a session where a route takes only sessions is sent to the login page, to come
-/// back to the path and query it asked for.
+/// without a session where a route takes only sessions is sent to the login page: the
+/// app's (`login_page`, a Laravel app's), or tokengate's, to come back to the path and
+/// query it asked for.
 pub fn authorize(
     plan: &Plan<'_>,
     principal: Option<&Principal>,
     parts: &request::Parts,
+    login_page: Option<&str>,
 ) -> Result<(), Rejection> {
     for route in plan.routes() {
         if let Err(denial) = auth::authorize(route, principal) {
@@ -262,9 +264,11 @@ pub fn authorize(
                 && reserved::wants_html(&parts.headers)
             {
                 let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-                return Err(Rejection::LoginRequired {
-                    next: next.to_owned(),
-                });
+                let location = match login_page {
+                    Some(page) => page.to_owned(),
+                    None => reserved::login_location(next),
+                };
+                return Err(Rejection::LoginRequired { location });
             }
             return Err(denial.into());
         }
@@ -438,7 +442,7 @@ routes:
         let plan = plan(&config, &mut parts, Body::Unread).unwrap();
         assert!(plan.tokens && plan.sessions);
         assert_eq!(
-            authorize(&plan, None, &parts),
+            authorize(&plan, None, &parts, None),
             Err(Rejection::Unauthenticated)
         );
     }

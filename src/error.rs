@@ -4,7 +4,6 @@
 
 use crate::auth::Denial;
 use crate::path::PathError;
-use crate::reserved::login_location;
 use crate::store::StoreError;
 use crate::token_cache::TokenError;
 use crate::users::UserError;
@@ -34,7 +33,7 @@ pub enum Rejection {
     /// A browser without a session on a session route: sent to the login page, which
     /// brings it back to `next` (the path and query it asked for).
     #[error("login required")]
-    LoginRequired { next: String },
+    LoginRequired { location: String },
     #[error("CSRF check failed")]
     CsrfMismatch,
     #[error("method not allowed")]
@@ -136,8 +135,8 @@ impl Rejection {
             Rejection::StoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            Rejection::LoginRequired { next } => {
-                if let Ok(location) = HeaderValue::from_str(&login_location(next)) {
+            Rejection::LoginRequired { location } => {
+                if let Ok(location) = HeaderValue::from_str(location) {
                     headers.insert(LOCATION, location);
                 }
                 headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));

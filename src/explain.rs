@@ -95,13 +95,21 @@ pub async fn explain(
                 token.abilities()
             ),
             Some(Principal::Session(session)) => format!("session: of user {}", session.user()),
+            Some(Principal::Laravel(session)) => {
+                format!("Laravel session: of user {}", session.user())
+            }
             None => {
                 "token: not valid (unknown, malformed, revoked or expired, or not accepted here)"
                     .into()
             }
         });
     }
-    if let Err(rejection) = decision::authorize(&plan, principal.as_ref(), &parts) {
+    let login_page = config
+        .sessions
+        .laravel
+        .as_ref()
+        .map(|l| l.login_url.as_str());
+    if let Err(rejection) = decision::authorize(&plan, principal.as_ref(), &parts, login_page) {
         return Ok(explanation.refused(&rejection));
     }
     explanation

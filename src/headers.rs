@@ -323,6 +323,11 @@ pub fn prepare_request<'a>(
             added.push(&names.user, session.user_value());
             added.push(&names.method, METHOD_SESSION);
         }
+        Some(Principal::Laravel(session)) => {
+            added.push(&names.abilities, ALL_ABILITIES);
+            added.push(&names.user, session.user_value());
+            added.push(&names.method, METHOD_SESSION);
+        }
         None => {}
     }
     added

@@ -57,6 +57,7 @@ pub mod echo;
 pub mod error;
 pub mod explain;
 pub mod headers;
+pub mod laravel_sessions;
 pub mod method_override;
 pub mod metrics;
 pub mod pages;

@@ -247,13 +247,18 @@ async fn forward(
     let principal = authenticate(app, config, &plan, &parts, conn).await?;
     trace.kind = match &principal {
         Some(Principal::Token(_)) => CredentialKind::Token,
-        Some(Principal::Session(_)) => CredentialKind::Session,
+        Some(Principal::Session(_) | Principal::Laravel(_)) => CredentialKind::Session,
         None => CredentialKind::None,
     };
     if config.access_log.is_some() {
         trace.principal = principal.clone();
     }
-    decision::authorize(&plan, principal.as_ref(), &parts)?;
+    let login_page = config
+        .sessions
+        .laravel
+        .as_ref()
+        .map(|l| l.login_url.as_str());
+    decision::authorize(&plan, principal.as_ref(), &parts, login_page)?;
 
     let upgrading = tunnel::requested(&parts, &config.upgrades)?;
     let added = headers::prepare_request(&mut parts, config, principal.as_ref(), conn);
@@ -401,19 +406,59 @@ async fn session(
         .await
         .map_err(|e| Rejection::store_failed("session", &e))?;
     let Some((session, cookie)) = found else {
+        return laravel_session(app, config, plan, parts, conn).await;
+    };
+    csrf_checked(plan, parts, conn, || {
+        parts
+            .headers
+            .get(csrf::XSRF_HEADER)
+            .is_some_and(|v| cookie.xsrf_matches(v.as_bytes()))
+    })?;
+    Ok(Some(Principal::Session(session)))
+}
+
+/// The CSRF rules for a session's request (`csrf::passes_with`); `token_matches`: does
+/// it carry the session's own token?
+fn csrf_checked(
+    plan: &decision::Plan<'_>,
+    parts: &request::Parts,
+    conn: &ConnInfo,
+    token_matches: impl FnOnce() -> bool,
+) -> Result<(), Rejection> {
+    let (scheme, host) = headers::own_origin(parts, conn);
+    let method = plan.csrf_method(&parts.method);
+    if csrf::passes_with(method, &parts.headers, scheme, host, token_matches) {
+        Ok(())
+    } else {
+        Err(Rejection::CsrfMismatch)
+    }
+}
+
+/// The Laravel app's own session (`sessions.laravel`), if its cookie names one with a user,
+/// once it passes the CSRF rules (Laravel's `X-XSRF-TOKEN` and `X-CSRF-TOKEN` headers for
+/// the token check).
+async fn laravel_session(
+    app: &App,
+    config: &Config,
+    plan: &decision::Plan<'_>,
+    parts: &request::Parts,
+    conn: &ConnInfo,
+) -> Result<Option<Principal>, Rejection> {
+    let Some(settings) = &config.sessions.laravel else {
         return Ok(None);
     };
-    let (scheme, host) = headers::own_origin(parts, conn);
-    if !csrf::passes(
-        plan.csrf_method(&parts.method),
-        &parts.headers,
-        scheme,
-        host,
-        cookie,
-    ) {
-        return Err(Rejection::CsrfMismatch);
-    }
-    Ok(Some(Principal::Session(session)))
+    let found = app
+        .laravel
+        .authenticate(settings, config.store.sync_interval(), &parts.headers)
+        .await
+        .map_err(|e| Rejection::store_failed("Laravel session", &e))?;
+    let Some(session) = found else {
+        return Ok(None);
+    };
+    csrf_checked(plan, parts, conn, || {
+        session.xsrf_matches(settings, &parts.headers)
+    })?;
+    Ok(Some(Principal::Laravel(session)))
 }
 
 /// What a tunnel's relay needs from the request's connection, and its credential's watch.

@@ -9,6 +9,9 @@ pub const LOGIN_PATH: &str = "/_tokengate/login";
 pub const LOGOUT_PATH: &str = "/_tokengate/logout";
 pub const CSRF_COOKIE_PATH: &str = "/_tokengate/csrf-cookie";
 
+/// The header an SPA copies the `XSRF-TOKEN` cookie into (Axios does it by itself).
+pub const XSRF_HEADER: &str = "x-xsrf-token";
+
 /// Is this raw request path one of tokengate's own (never forwarded)?
 pub fn is_reserved(raw_path: &str) -> bool {
     raw_path.starts_with(PREFIX) || raw_path == "/_tokengate"

@@ -11,8 +11,7 @@
 use crate::credential::session::CookieValue;
 use http::{HeaderMap, Method};
 
-/// The header an SPA copies the `XSRF-TOKEN` cookie into (Axios does it by itself).
-pub const XSRF_HEADER: &str = "x-xsrf-token";
+pub use crate::reserved::XSRF_HEADER;
 
 /// Does a method change state (and so need CSRF protection)?
 pub fn is_unsafe(method: &Method) -> bool {
@@ -31,6 +30,22 @@ pub fn passes(
     host: Option<&str>,
     session: CookieValue<'_>,
 ) -> bool {
+    passes_with(method, headers, scheme, host, || {
+        headers
+            .get(XSRF_HEADER)
+            .is_some_and(|v| session.xsrf_matches(v.as_bytes()))
+    })
+}
+
+/// `passes`, with the session's own token check (`token_matches`: do the request's
+/// headers carry this session's CSRF token?) for a session of another kind (Laravel's).
+pub fn passes_with(
+    method: &Method,
+    headers: &HeaderMap,
+    scheme: &str,
+    host: Option<&str>,
+    token_matches: impl FnOnce() -> bool,
+) -> bool {
     if !is_unsafe(method) {
         return true;
     }
@@ -48,9 +63,7 @@ pub fn passes(
             return true;
         }
     }
-    headers
-        .get(XSRF_HEADER)
-        .is_some_and(|v| session.xsrf_matches(v.as_bytes()))
+    token_matches()
 }
 
 /// `origin` (`scheme://host[:port]`) against the request's scheme and `Host`, with default

@@ -4,6 +4,7 @@
 
 pub mod csrf;
 
+use crate::laravel_sessions::LaravelSession;
 use crate::routes::{AuthMode, Route};
 use crate::session_cache::Session;
 use crate::token_cache::AccessToken;
@@ -15,6 +16,8 @@ pub enum Principal {
     Token(Arc<AccessToken>),
     /// A first-party browser session: like Sanctum's `TransientToken`, it can do everything.
     Session(Arc<Session>),
+    /// The Laravel app's own session (`sessions.laravel`): a session like the others.
+    Laravel(Arc<LaravelSession>),
 }
 
 impl Principal {
@@ -22,7 +25,7 @@ impl Principal {
     pub fn can(&self, ability: &str) -> bool {
         match self {
             Principal::Token(token) => token.can(ability),
-            Principal::Session(_) => true,
+            Principal::Session(_) | Principal::Laravel(_) => true,
         }
     }
 
@@ -30,6 +33,7 @@ impl Principal {
         match self {
             Principal::Token(token) => token.user(),
             Principal::Session(session) => session.user(),
+            Principal::Laravel(session) => session.user(),
         }
     }
 }

@@ -182,6 +182,15 @@ pub enum StoreConfig {
 }
 
 impl StoreConfig {
+    /// How long what was read from a shared store may be reused (`sync_interval_ms`); an
+    /// exclusive store has no other writer, but the same half second is used.
+    pub fn sync_interval(&self) -> std::time::Duration {
+        match self {
+            StoreConfig::Sql(sql) => sql.sync_interval,
+            StoreConfig::Sled { .. } => std::time::Duration::from_millis(500),
+        }
+    }
+
     /// The sled directory, for a sled store.
     pub fn sled_path(&self) -> Option<&std::path::Path> {
         match self {
@@ -273,6 +282,26 @@ pub struct SessionConfig {
     pub lifetime_minutes: i64,
     pub secure: bool,
     pub forward_cookie: bool,
+    /// A Laravel app's own session cookie, accepted as a session (`sessions.laravel`).
+    pub laravel: Option<LaravelSessions>,
+}
+
+/// `sessions.laravel`: how to read the session cookie of the Laravel app behind tokengate.
+#[derive(Debug, Clone)]
+pub struct LaravelSessions {
+    /// `APP_KEY` then `APP_PREVIOUS_KEYS`, read from the environment when the config loads.
+    pub keys: crate::credential::laravel::Keys,
+    pub cookie: String,
+    /// Laravel's `sessions` table, in the database of `store` (which must be one).
+    pub table: TableName,
+    /// `session.lifetime`: a row whose `last_activity` is older is no session.
+    pub lifetime_minutes: i64,
+    /// `session.serialization`: PHP's `serialize` (Laravel's default) or JSON.
+    pub json: bool,
+    /// `session.encrypt`: payloads encrypted with the app's key.
+    pub encrypt: bool,
+    /// Where a browser without a session is sent (the app's login page).
+    pub login_url: String,
 }
 
 /// The names of the identity headers sent upstream.

@@ -99,6 +99,22 @@ pub(super) struct RawSessions {
     pub(super) lifetime_minutes: Option<i64>,
     pub(super) secure: Option<bool>,
     pub(super) forward_cookie: Option<bool>,
+    pub(super) laravel: Option<RawLaravel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLaravel {
+    pub(super) app_key_env: Option<String>,
+    pub(super) previous_keys_env: Option<String>,
+    pub(super) cookie: Option<String>,
+    pub(super) cipher: Option<String>,
+    pub(super) driver: Option<String>,
+    pub(super) table: Option<String>,
+    pub(super) lifetime_minutes: Option<i64>,
+    pub(super) serialization: Option<String>,
+    pub(super) encrypt: Option<bool>,
+    pub(super) login_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -6,15 +6,16 @@
 //! that one is broken.
 
 use super::raw::{
-    RawAccessLog, RawAdmin, RawConfig, RawHeaders, RawLimits, RawRoute, RawSessions, RawStore,
-    RawTimeouts, RawTls, RawTokens,
+    RawAccessLog, RawAdmin, RawConfig, RawHeaders, RawLaravel, RawLimits, RawRoute, RawSessions,
+    RawStore, RawTimeouts, RawTls, RawTokens,
 };
 use super::{
-    AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, Limits, Problem,
-    SessionConfig, SqlKind, SqlStoreConfig, StoreConfig, TableName, Timeouts, TlsFiles,
+    AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, LaravelSessions, Limits,
+    Problem, SessionConfig, SqlKind, SqlStoreConfig, StoreConfig, TableName, Timeouts, TlsFiles,
     TokenPolicy, UpstreamTarget,
 };
 use crate::ability::Ability;
+use crate::credential::laravel::{Cipher, Keys};
 use crate::routes::{parse_pattern, AuthMode, Route, RouteTable, Segment};
 use http::uri::Scheme;
 use http::{HeaderName, Method, Uri};
@@ -84,6 +85,14 @@ fn sections(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let forward_authorization = raw.tokens.forward_authorization.unwrap_or(false);
     let tokens = tokens(p, raw.tokens);
     let sessions = sessions(p, raw.sessions);
+    if let (Some(sessions), Some(StoreConfig::Sled { .. })) = (&sessions, &store) {
+        if sessions.laravel.is_some() {
+            p.add(
+                "sessions.laravel",
+                "reads Laravel's sessions table: store.kind must be the app's database (postgres or mysql)",
+            );
+        }
+    }
     let headers = headers(p, raw.headers);
     let trusted_proxies = trusted_proxies(p, &raw.trusted_proxies);
     let routes = routes(p, raw.routes, &declared);
@@ -478,6 +487,7 @@ fn sessions(p: &mut Problems, raw: RawSessions) -> Option<SessionConfig> {
         "sessions.lifetime_minutes",
         positive(raw.lifetime_minutes.unwrap_or(1440), "lifetime_minutes"),
     );
+    let laravel = raw.laravel.map(|raw| laravel(p, raw, &cookie));
     p.clean_since(
         mark,
         SessionConfig {
@@ -486,6 +496,119 @@ fn sessions(p: &mut Problems, raw: RawSessions) -> Option<SessionConfig> {
             lifetime_minutes: lifetime_minutes?,
             secure: raw.secure.unwrap_or(true),
             forward_cookie: raw.forward_cookie.unwrap_or(false),
+            laravel: laravel.flatten(),
+        },
+    )
+}
+
+/// `sessions.laravel`; the keys are read from the environment here, so a missing or wrong
+/// `APP_KEY` stops the start with the others.
+fn laravel(p: &mut Problems, raw: RawLaravel, own_cookie: &str) -> Option<LaravelSessions> {
+    let mark = p.mark();
+    let cipher_name = raw.cipher.unwrap_or_else(|| "AES-256-CBC".into());
+    let cipher = Cipher::parse(&cipher_name);
+    if cipher.is_none() {
+        p.add(
+            "sessions.laravel.cipher",
+            format!(
+                "'{cipher_name}' is not one of AES-128-CBC, AES-256-CBC, AES-128-GCM, AES-256-GCM"
+            ),
+        );
+    }
+    let key_env = raw.app_key_env.unwrap_or_else(|| "APP_KEY".into());
+    let mut written: Vec<String> = Vec::new();
+    match std::env::var(&key_env) {
+        Ok(key) if !key.trim().is_empty() => written.push(key),
+        _ => p.add(
+            "sessions.laravel.app_key_env",
+            format!(
+                "the environment variable {key_env} is not set: it must hold the app's APP_KEY"
+            ),
+        ),
+    }
+    if let Some(previous_env) = &raw.previous_keys_env {
+        let previous = std::env::var(previous_env).unwrap_or_default();
+        written.extend(
+            previous
+                .split(',')
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let keys = match (cipher, written.is_empty()) {
+        (Some(cipher), false) => {
+            let texts: Vec<&str> = written.iter().map(String::as_str).collect();
+            p.check(
+                "sessions.laravel.app_key_env",
+                Keys::new(cipher, &texts)
+                    .map_err(|e| format!("{key_env} and the previous keys: {e}")),
+            )
+        }
+        _ => None,
+    };
+    let cookie = raw.cookie.unwrap_or_else(|| "laravel_session".into());
+    if cookie.is_empty()
+        || cookie == own_cookie
+        || !cookie
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"=;,".contains(&b))
+    {
+        p.add(
+            "sessions.laravel.cookie",
+            format!("'{cookie}' is not a cookie name other than sessions.cookie"),
+        );
+    }
+    match raw.driver.as_deref().unwrap_or("database") {
+        "database" => {}
+        other => p.add(
+            "sessions.laravel.driver",
+            format!("'{other}' is not supported: database (Laravel's sessions table in the store's database)"),
+        ),
+    }
+    let table_name = raw.table.unwrap_or_else(|| "sessions".into());
+    let table = TableName::parse(&table_name);
+    if table.is_none() {
+        p.add(
+            "sessions.laravel.table",
+            format!("'{table_name}' is not a table name ([A-Za-z_][A-Za-z0-9_]*, optionally schema.table)"),
+        );
+    }
+    let lifetime_minutes = p.check(
+        "sessions.laravel.lifetime_minutes",
+        positive(raw.lifetime_minutes.unwrap_or(120), "lifetime_minutes"),
+    );
+    let json = match raw.serialization.as_deref().unwrap_or("php") {
+        "php" => Some(false),
+        "json" => Some(true),
+        other => {
+            p.add(
+                "sessions.laravel.serialization",
+                format!("'{other}' is not php or json (Laravel's session.serialization)"),
+            );
+            None
+        }
+    };
+    let login_url = raw.login_url.unwrap_or_else(|| "/login".into());
+    if !login_url.starts_with('/')
+        || login_url.starts_with("//")
+        || login_url.bytes().any(|b| b.is_ascii_control())
+    {
+        p.add(
+            "sessions.laravel.login_url",
+            format!("'{login_url}' is not a path on this site (/login)"),
+        );
+    }
+    p.clean_since(
+        mark,
+        LaravelSessions {
+            keys: keys?,
+            cookie,
+            table: table?,
+            lifetime_minutes: lifetime_minutes?,
+            json: json?,
+            encrypt: raw.encrypt.unwrap_or(false),
+            login_url,
         },
     )
 }

@@ -9,10 +9,11 @@
 //! dropped by its caller still runs to its end there, bounded by the store's own timeouts.)
 
 use super::{
-    ImportBatch, ImportCounts, NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery,
-    TokenRecord, UserRecord,
+    ImportBatch, ImportCounts, LaravelSessionRow, NewToken, RemovedUser, SessionRecord, Store,
+    StoreError, TokenQuery, TokenRecord, UserRecord,
 };
 use crate::clock::Timestamp;
+use crate::config::TableName;
 use crate::credential::session::SessionHash;
 use crate::credential::token::{TokenHash, TokenId};
 use async_trait::async_trait;
@@ -177,6 +178,16 @@ impl Store for Homed {
 
     async fn release_memory(&self) -> Result<(), StoreError> {
         self.run(|s| async move { s.release_memory().await }).await
+    }
+
+    async fn laravel_session(
+        &self,
+        table: &TableName,
+        id: &str,
+    ) -> Result<Option<LaravelSessionRow>, StoreError> {
+        let (table, id) = (table.clone(), id.to_owned());
+        self.run(|s| async move { s.laravel_session(&table, &id).await })
+            .await
     }
 }
 

@@ -12,7 +12,7 @@ pub use self::sled::{SledStore, DEFAULT_CACHE_BYTES};
 pub use self::sql::SqlStore;
 
 use crate::clock::Timestamp;
-use crate::config::StoreConfig;
+use crate::config::{StoreConfig, TableName};
 use crate::credential::session::SessionHash;
 use crate::credential::token::{TokenHash, TokenId};
 use async_trait::async_trait;
@@ -152,6 +152,27 @@ impl ImportCounts {
     }
 }
 
+/// A row of a Laravel app's `sessions` table (`sessions.laravel`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct LaravelSessionRow {
+    /// Written by Laravel's `DatabaseSessionHandler` when a user is logged in.
+    pub user_id: Option<i64>,
+    /// base64 of the serialized (maybe encrypted) session attributes.
+    pub payload: String,
+    /// Unix seconds of the session's last request.
+    pub last_activity: i64,
+}
+
+impl std::fmt::Debug for LaravelSessionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The payload holds the session's CSRF token: never printed.
+        f.debug_struct("LaravelSessionRow")
+            .field("user_id", &self.user_id)
+            .field("last_activity", &self.last_activity)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What went with a removed user.
 #[derive(Debug, Default)]
 pub struct RemovedUser {
@@ -285,6 +306,15 @@ pub trait Store: Send + Sync + 'static {
     /// one that differs from what is stored under its id, hash or name fails the batch
     /// with `Conflict`, and nothing of the batch is written. So an import can be run again.
     async fn import(&self, batch: ImportBatch) -> Result<ImportCounts, StoreError>;
+    /// The row of a Laravel app's sessions table with this session id, if any. Only a
+    /// database store holds one (the config allows `sessions.laravel` with no other).
+    async fn laravel_session(
+        &self,
+        _table: &TableName,
+        _id: &str,
+    ) -> Result<Option<LaravelSessionRow>, StoreError> {
+        Ok(None)
+    }
     /// Lets go of whatever the store keeps in memory from earlier reads (called once the
     /// token cache is loaded). Nothing to do by default.
     async fn release_memory(&self) -> Result<(), StoreError> {

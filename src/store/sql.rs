@@ -17,8 +17,8 @@
 //! writes fail with `ReadOnly`).
 
 use super::{
-    ImportBatch, ImportCounts, NewToken, RemovedUser, SessionRecord, Store, StoreError, TokenQuery,
-    TokenRecord, UserRecord,
+    ImportBatch, ImportCounts, LaravelSessionRow, NewToken, RemovedUser, SessionRecord, Store,
+    StoreError, TokenQuery, TokenRecord, UserRecord,
 };
 use crate::clock::Timestamp;
 use crate::config::{SqlKind, SqlStoreConfig, TableName};
@@ -733,6 +733,8 @@ enum Param {
 /// Reading columns the same way from either database's rows.
 trait RowExt {
     fn int(&self, column: &str) -> Result<i64, StoreError>;
+    /// A nullable integer column of any width (Laravel's `integer` and `foreignId`).
+    fn maybe_int(&self, column: &str) -> Result<Option<i64>, StoreError>;
     fn text(&self, column: &str) -> Result<Option<String>, StoreError>;
     fn time(&self, column: &str) -> Result<Option<Timestamp>, StoreError>;
 }
@@ -741,6 +743,17 @@ impl RowExt for PgRow {
     fn int(&self, column: &str) -> Result<i64, StoreError> {
         use sqlx::Row;
         self.try_get::<i64, _>(column).map_err(db)
+    }
+
+    fn maybe_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        use sqlx::Row;
+        match self.try_get::<Option<i64>, _>(column) {
+            Ok(n) => Ok(n),
+            Err(_) => Ok(self
+                .try_get::<Option<i32>, _>(column)
+                .map_err(db)?
+                .map(i64::from)),
+        }
     }
 
     fn text(&self, column: &str) -> Result<Option<String>, StoreError> {
@@ -771,6 +784,22 @@ impl RowExt for MySqlRow {
                 let n = self.try_get::<u64, _>(column).map_err(db)?;
                 i64::try_from(n).map_err(|_| StoreError::Corrupt(format!("{column} {n} too large")))
             }
+        }
+    }
+
+    fn maybe_int(&self, column: &str) -> Result<Option<i64>, StoreError> {
+        use sqlx::Row;
+        if let Ok(n) = self.try_get::<Option<i64>, _>(column) {
+            return Ok(n);
+        }
+        if let Ok(n) = self.try_get::<Option<i32>, _>(column) {
+            return Ok(n.map(i64::from));
+        }
+        match self.try_get::<Option<u64>, _>(column).map_err(db)? {
+            Some(n) => i64::try_from(n)
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt(format!("{column} {n} too large"))),
+            None => Ok(None),
         }
     }
 
@@ -1222,6 +1251,27 @@ impl Store for SqlStore {
             counts.tokens.added = new_tokens.len();
             counts.sessions.added = new_sessions.len();
             Ok(counts)
+        })
+    }
+
+    async fn laravel_session(
+        &self,
+        table: &TableName,
+        id: &str,
+    ) -> Result<Option<LaravelSessionRow>, StoreError> {
+        let q = self.sql.text(&format!(
+            "SELECT user_id, payload, last_activity FROM {} WHERE id = ?",
+            table.quoted(self.sql.kind)
+        ));
+        on_pool!(self, pool => {
+            let Some(row) = sqlx::query(&q).bind(id).fetch_optional(pool).await.map_err(db)? else {
+                return Ok(None);
+            };
+            Ok(Some(LaravelSessionRow {
+                user_id: row.maybe_int("user_id")?,
+                payload: row.text("payload")?.unwrap_or_default(),
+                last_activity: row.maybe_int("last_activity")?.unwrap_or(0),
+            }))
         })
     }
 

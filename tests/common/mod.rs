@@ -4,7 +4,9 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod db;
+pub mod laravel;
 pub mod process;
+pub mod redis;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};

@@ -36,10 +36,16 @@ pub struct Server {
 
 impl Server {
     pub fn start(db_url: &str, cfg: &Path, admin_key: &str) -> Server {
+        Self::start_with(db_url, cfg, admin_key, &[])
+    }
+
+    /// `start`, with more environment variables (an app's `APP_KEY`, …).
+    pub fn start_with(db_url: &str, cfg: &Path, admin_key: &str, env: &[(&str, &str)]) -> Server {
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = bin(db_url)
             .args(["serve", "--config", cfg.to_str().unwrap()])
             .env("TOKENGATE_ADMIN_KEY", admin_key)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log.reopen().unwrap())
             .spawn()

@@ -14,6 +14,7 @@
 //
 // Each prints one line of JSON on success; on failure a message on stderr and exit 1 (2 for
 // bad usage).
+require __DIR__ . '/cli.php';
 require '/usr/share/php/Illuminate/Support/autoload.php';
 require '/usr/share/php/Illuminate/Database/autoload.php';
 require '/usr/share/php/Illuminate/Events/autoload.php';
@@ -23,32 +24,6 @@ use Illuminate\Database\Capsule\Manager as Capsule;
 use Illuminate\Database\Schema\Blueprint;
 use Illuminate\Support\Str;
 use Tokengate\Tests\PersonalAccessToken;
-
-function usage(string $why): never
-{
-    fwrite(STDERR, "sanctum.php: $why\n");
-    exit(2);
-}
-
-/** Splits argv into positional arguments and --options (`--flag` is true, `--key value`). */
-function parse_args(array $argv, array $flags): array
-{
-    $positional = [];
-    $options = [];
-    for ($i = 0; $i < count($argv); $i++) {
-        $arg = $argv[$i];
-        if (!str_starts_with($arg, '--')) {
-            $positional[] = $arg;
-        } elseif (in_array(substr($arg, 2), $flags, true)) {
-            $options[substr($arg, 2)] = true;
-        } elseif ($i + 1 < count($argv)) {
-            $options[substr($arg, 2)] = $argv[++$i];
-        } else {
-            usage("$arg needs a value");
-        }
-    }
-    return [$positional, $options];
-}
 
 function abilities_arg(string $json): array
 {

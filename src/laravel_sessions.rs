@@ -1,0 +1,271 @@
+//! A Laravel app's own sessions, accepted as sessions (`sessions.laravel`): Laravel's
+//! encrypted session cookie opened with the app's keys (`credential::laravel`), the row of
+//! its `sessions` table read from the store's database, the user taken from the row's
+//! `user_id` or, where that is empty, from the payload's `SessionGuard` login entry.
+//!
+//! What a cookie stands for is kept for at most `store.sync_interval_ms`, so a logout in
+//! Laravel (the row deleted or its user cleared) is refused on every replica within that
+//! and a query. Anything that fails at any step is no session, never an error: only the
+//! store failing is one. The session id and the payload never leave this module's values
+//! (their `Debug` says nothing of them).
+
+use crate::clock::Clock;
+use crate::config::LaravelSessions as Settings;
+use crate::cookies;
+use crate::credential::php::{self, Value};
+use crate::store::{LaravelSessionRow, Store, StoreError};
+use base64::Engine;
+use dashmap::DashMap;
+use foldhash::fast::RandomState;
+use http::{HeaderMap, HeaderValue};
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// The payload key `SessionGuard` keeps the user id under, for the `web` guard:
+/// `login_web_` and the SHA-1 of `Illuminate\Auth\SessionGuard`.
+pub const LOGIN_KEY: &str = "login_web_59ba36addc2b2f9401580f014c7f58ea4e30989d";
+
+/// Remembered cookies at most; past it the memory starts over.
+const MAX_REMEMBERED: usize = 100_000;
+
+/// A Laravel session a request's cookie stands for, with a user logged in.
+pub struct LaravelSession {
+    id: Box<str>,
+    user: Box<str>,
+    user_value: HeaderValue,
+    /// The session's `_token` (Laravel's CSRF token).
+    csrf: Option<Box<[u8]>>,
+    /// `last_activity` + the lifetime.
+    expires_at: i64,
+}
+
+impl std::fmt::Debug for LaravelSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LaravelSession")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LaravelSession {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// The `X-Auth-User` value.
+    pub fn user_value(&self) -> HeaderValue {
+        self.user_value.clone()
+    }
+
+    /// Laravel's `VerifyCsrfToken` on the headers: `X-CSRF-TOKEN` as it is, or
+    /// `X-XSRF-TOKEN` decrypted with the app's keys and its prefix removed, equal (in
+    /// constant time) to the session's token.
+    pub fn xsrf_matches(&self, settings: &Settings, headers: &HeaderMap) -> bool {
+        let Some(csrf) = &self.csrf else {
+            return false;
+        };
+        let given = match headers.get("x-csrf-token") {
+            Some(plain) => plain.as_bytes().to_vec(),
+            None => match headers.get(crate::reserved::XSRF_HEADER) {
+                // As Laravel reads it: the header's bytes, not URL-decoded.
+                Some(encrypted) => match settings.keys.open_xsrf_header(encrypted.as_bytes()) {
+                    Some(token) => token,
+                    None => return false,
+                },
+                None => return false,
+            },
+        };
+        csrf.len() == given.len() && bool::from(csrf.ct_eq(&given))
+    }
+}
+
+/// What a cookie was found to stand for, and when.
+struct Remembered {
+    session: Option<Arc<LaravelSession>>,
+    at: Instant,
+}
+
+pub struct LaravelSessions {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    /// By the SHA-256 of the session id.
+    remembered: DashMap<[u8; 32], Remembered, RandomState>,
+}
+
+impl LaravelSessions {
+    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            remembered: DashMap::default(),
+        }
+    }
+
+    /// The Laravel session of a request's cookies, if one with a user is open. `fresh_for`:
+    /// how long an answer may be reused.
+    pub async fn authenticate(
+        &self,
+        settings: &Settings,
+        fresh_for: Duration,
+        headers: &HeaderMap,
+    ) -> Result<Option<Arc<LaravelSession>>, StoreError> {
+        // The one cookie PHP would read under the name; none when several could be it.
+        let Some(value) = cookies::value_read_as(headers, &settings.cookie) else {
+            return Ok(None);
+        };
+        let decoded = url_decode(value);
+        let Some(id) = settings.keys.open_cookie(&settings.cookie, &decoded) else {
+            return Ok(None);
+        };
+        // `Store::isValidId`: 40 letters and digits.
+        let Ok(id) = String::from_utf8(id) else {
+            return Ok(None);
+        };
+        if id.len() != 40 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(None);
+        }
+        self.by_id(settings, fresh_for, &id).await
+    }
+
+    /// The session as it stands now (an open stream's check).
+    pub async fn current(
+        &self,
+        settings: &Settings,
+        fresh_for: Duration,
+        session: &LaravelSession,
+    ) -> Result<Option<Arc<LaravelSession>>, StoreError> {
+        self.by_id(settings, fresh_for, &session.id).await
+    }
+
+    async fn by_id(
+        &self,
+        settings: &Settings,
+        fresh_for: Duration,
+        id: &str,
+    ) -> Result<Option<Arc<LaravelSession>>, StoreError> {
+        let key: [u8; 32] = Sha256::digest(id.as_bytes()).into();
+        let now = self.clock.now();
+        if let Some(known) = self.remembered.get(&key) {
+            if known.at.elapsed() < fresh_for {
+                return Ok(known
+                    .session
+                    .clone()
+                    .filter(|session| now < session.expires_at));
+            }
+        }
+        let row = self.store.laravel_session(&settings.table, id).await?;
+        let session = row
+            .and_then(|row| session_of(settings, id, &row, now))
+            .map(Arc::new);
+        if self.remembered.len() >= MAX_REMEMBERED {
+            self.remembered.clear();
+        }
+        self.remembered.insert(
+            key,
+            Remembered {
+                session: session.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(session)
+    }
+}
+
+/// The session a row stands for, if it is open and has a user (as Laravel's
+/// `DatabaseSessionHandler::read` and `SessionGuard::user` would find).
+fn session_of(
+    settings: &Settings,
+    id: &str,
+    row: &LaravelSessionRow,
+    now: i64,
+) -> Option<LaravelSession> {
+    let expires_at = row
+        .last_activity
+        .saturating_add(settings.lifetime_minutes.saturating_mul(60));
+    if now >= expires_at {
+        return None;
+    }
+    let attributes = attributes(settings, &row.payload);
+    let user = match row.user_id {
+        Some(user) => user.to_string(),
+        None => attributes.as_ref()?.get(LOGIN_KEY)?.as_text()?,
+    };
+    crate::token_cache::check_user(&user).ok()?;
+    let csrf = attributes
+        .as_ref()
+        .and_then(|a| a.get("_token"))
+        .and_then(Value::as_text)
+        .map(|t| t.into_bytes().into_boxed_slice());
+    Some(LaravelSession {
+        id: id.into(),
+        user_value: HeaderValue::from_str(&user).ok()?,
+        user: user.into(),
+        csrf,
+        expires_at,
+    })
+}
+
+/// The session's attributes from the `payload` column: base64, then (`session.encrypt`)
+/// decrypted and unserialized once, then PHP-unserialized or JSON.
+fn attributes(settings: &Settings, payload: &str) -> Option<Value> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .ok()?;
+    let raw = if settings.encrypt {
+        let (plain, _) = settings.keys.decrypt(&raw)?;
+        // `Encrypter::encrypt` serialized the string it was given.
+        match php::unserialize(&plain)? {
+            Value::Str(inner) => inner,
+            _ => return None,
+        }
+    } else {
+        raw
+    };
+    if settings.json {
+        let json: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        Some(from_json(&json, 0)?)
+    } else {
+        php::unserialize(&raw)
+    }
+}
+
+/// A JSON session payload as the PHP values it stands for.
+fn from_json(json: &serde_json::Value, depth: usize) -> Option<Value> {
+    if depth > 64 {
+        return None;
+    }
+    Some(match json {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64()?),
+        },
+        serde_json::Value::String(s) => Value::Str(s.clone().into_bytes()),
+        serde_json::Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| Some((Value::Int(i as i64), from_json(v, depth + 1)?)))
+                .collect::<Option<_>>()?,
+        ),
+        serde_json::Value::Object(entries) => Value::Array(
+            entries
+                .iter()
+                .map(|(k, v)| Some((Value::Str(k.clone().into_bytes()), from_json(v, depth + 1)?)))
+                .collect::<Option<_>>()?,
+        ),
+    })
+}
+
+/// PHP's `urldecode`, as `$_COOKIE` and Laravel read a cookie or header: `%XX` decoded and
+/// `+` read as a space.
+fn url_decode(value: &[u8]) -> Vec<u8> {
+    let spaced: Vec<u8> = value
+        .iter()
+        .map(|&b| if b == b'+' { b' ' } else { b })
+        .collect();
+    percent_encoding::percent_decode(&spaced).collect()
+}
