@@ -10,7 +10,7 @@
 //! (their `Debug` says nothing of them).
 
 use crate::clock::Clock;
-use crate::config::LaravelSessions as Settings;
+use crate::config::{LaravelDriver, LaravelSessions as Settings};
 use crate::cookies;
 use crate::credential::php::{self, Value};
 use crate::store::{LaravelSessionRow, Store, StoreError};
@@ -90,6 +90,10 @@ struct Remembered {
 pub struct LaravelSessions {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    /// The runtime that opens the Redis connection (its driver task runs there, whichever
+    /// worker asks), and the connection once opened.
+    home: Option<tokio::runtime::Handle>,
+    redis: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
     /// By the SHA-256 of the session id.
     remembered: DashMap<[u8; 32], Remembered, RandomState>,
 }
@@ -99,6 +103,8 @@ impl LaravelSessions {
         Self {
             store,
             clock,
+            home: tokio::runtime::Handle::try_current().ok(),
+            redis: tokio::sync::OnceCell::new(),
             remembered: DashMap::default(),
         }
     }
@@ -155,7 +161,14 @@ impl LaravelSessions {
                     .filter(|session| now < session.expires_at));
             }
         }
-        let row = self.store.laravel_session(&settings.table, id).await?;
+        let row = match &settings.driver {
+            LaravelDriver::Database { table } => self
+                .store
+                .laravel_session(table, id)
+                .await?
+                .map(Found::from_row),
+            LaravelDriver::Redis { url, prefix } => self.read_redis(url, prefix, id).await?,
+        };
         let session = row
             .and_then(|row| session_of(settings, id, &row, now))
             .map(Arc::new);
@@ -173,17 +186,84 @@ impl LaravelSessions {
     }
 }
 
+impl LaravelSessions {
+    /// A session as Laravel's Redis cache store keeps it: under `prefix` + id, the session
+    /// string PHP-serialized once more, expired by Redis itself (so no `last_activity`).
+    async fn read_redis(
+        &self,
+        url: &str,
+        prefix: &str,
+        id: &str,
+    ) -> Result<Option<Found>, StoreError> {
+        // The kind only: a message could repeat the URL.
+        let unreachable = |e: redis::RedisError| StoreError::Io(format!("redis: {:?}", e.kind()));
+        let mut connection = self
+            .redis
+            .get_or_try_init(|| async {
+                let client = redis::Client::open(url).map_err(unreachable)?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    .set_number_of_retries(1);
+                let open = async move { client.get_connection_manager_with_config(config).await };
+                match &self.home {
+                    Some(home) => home
+                        .spawn(open)
+                        .await
+                        .map_err(|e| StoreError::Io(format!("redis: {e}")))?
+                        .map_err(unreachable),
+                    None => open.await.map_err(unreachable),
+                }
+            })
+            .await?
+            .clone();
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(format!("{prefix}{id}"))
+            .query_async(&mut connection)
+            .await
+            .map_err(unreachable)?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let Some(Value::Str(payload)) = php::unserialize(&value) else {
+            return Ok(None);
+        };
+        Ok(Some(Found {
+            user_id: None,
+            payload,
+            last_activity: None,
+        }))
+    }
+}
+
+/// A session as its driver keeps it.
+struct Found {
+    user_id: Option<i64>,
+    /// The session string (serialized, maybe encrypted).
+    payload: Vec<u8>,
+    /// None where the driver expires sessions itself (Redis).
+    last_activity: Option<i64>,
+}
+
+impl Found {
+    /// A row of the sessions table; its payload column is base64.
+    fn from_row(row: LaravelSessionRow) -> Found {
+        Found {
+            user_id: row.user_id,
+            payload: base64::engine::general_purpose::STANDARD
+                .decode(row.payload.trim())
+                .unwrap_or_default(),
+            last_activity: Some(row.last_activity),
+        }
+    }
+}
+
 /// The session a row stands for, if it is open and has a user (as Laravel's
 /// `DatabaseSessionHandler::read` and `SessionGuard::user` would find).
-fn session_of(
-    settings: &Settings,
-    id: &str,
-    row: &LaravelSessionRow,
-    now: i64,
-) -> Option<LaravelSession> {
-    let expires_at = row
-        .last_activity
-        .saturating_add(settings.lifetime_minutes.saturating_mul(60));
+fn session_of(settings: &Settings, id: &str, row: &Found, now: i64) -> Option<LaravelSession> {
+    let expires_at = row.last_activity.map_or(i64::MAX, |at| {
+        at.saturating_add(settings.lifetime_minutes.saturating_mul(60))
+    });
     if now >= expires_at {
         return None;
     }
@@ -207,27 +287,26 @@ fn session_of(
     })
 }
 
-/// The session's attributes from the `payload` column: base64, then (`session.encrypt`)
-/// decrypted and unserialized once, then PHP-unserialized or JSON.
-fn attributes(settings: &Settings, payload: &str) -> Option<Value> {
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(payload.trim())
-        .ok()?;
+/// The session's attributes from its string: (`session.encrypt`) decrypted and
+/// unserialized once, then PHP-unserialized or JSON.
+fn attributes(settings: &Settings, payload: &[u8]) -> Option<Value> {
+    let decrypted;
     let raw = if settings.encrypt {
-        let (plain, _) = settings.keys.decrypt(&raw)?;
+        let (plain, _) = settings.keys.decrypt(payload)?;
         // `Encrypter::encrypt` serialized the string it was given.
-        match php::unserialize(&plain)? {
+        decrypted = match php::unserialize(&plain)? {
             Value::Str(inner) => inner,
             _ => return None,
-        }
+        };
+        &decrypted[..]
     } else {
-        raw
+        payload
     };
     if settings.json {
-        let json: serde_json::Value = serde_json::from_slice(&raw).ok()?;
+        let json: serde_json::Value = serde_json::from_slice(raw).ok()?;
         Some(from_json(&json, 0)?)
     } else {
-        php::unserialize(&raw)
+        php::unserialize(raw)
     }
 }
 

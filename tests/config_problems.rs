@@ -352,3 +352,54 @@ fn an_absent_or_empty_section_takes_its_defaults() {
         assert_eq!(c.upgrades, ["websocket"]);
     }
 }
+
+/// `sessions.laravel` is checked with the rest, its keys read from the environment when the
+/// config loads: every problem at once from `check-config`, and the key never printed.
+#[test]
+fn laravel_sessions_are_checked_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |yaml: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join("config.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["check-config", "--config", path.to_str().unwrap()])
+            .env_remove("TG_TEST_NO_SUCH_KEY")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let said = check(
+        "upstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n\
+         sessions:\n  laravel:\n    app_key_env: TG_TEST_NO_SUCH_KEY\n    cookie: 'a b'\n\
+         \x20   serialization: yaml\n    login_url: https://evil.example/\n",
+        &[],
+    );
+    for expected in [
+        "sessions.laravel.app_key_env: the environment variable TG_TEST_NO_SUCH_KEY is not set",
+        "sessions.laravel.cookie: 'a b' is not a cookie name",
+        "sessions.laravel.serialization: 'yaml' is not php or json",
+        "sessions.laravel.login_url: 'https://evil.example/' is not a path on this site",
+        "sessions.laravel: reads Laravel's sessions table: store.kind must be the app's database",
+    ] {
+        assert!(said.contains(expected), "{expected}\n{said}");
+    }
+    let short = "base64:c2l4dGVlbiBieXRlcyBrZXk=";
+    let said = check(
+        "upstream: http://127.0.0.1:1\nroutes:\n  - path: /**\n\
+         sessions:\n  laravel:\n    app_key_env: TG_TEST_SHORT_KEY\n    driver: redis\n\
+         \x20   redis_url_env: TG_TEST_NO_SUCH_KEY\n",
+        &[("TG_TEST_SHORT_KEY", short)],
+    );
+    for expected in [
+        "sessions.laravel.app_key_env: TG_TEST_SHORT_KEY and the previous keys: key 1 is 17 bytes; AES-256-CBC needs 32",
+        "sessions.laravel.redis_url_env: the environment variable TG_TEST_NO_SUCH_KEY must hold the redis://",
+    ] {
+        assert!(said.contains(expected), "{expected}\n{said}");
+    }
+    assert!(
+        !said.contains("c2l4dGVlbiBieXRlcyBrZXk"),
+        "the key is never printed"
+    );
+}

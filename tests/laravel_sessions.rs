@@ -252,3 +252,124 @@ fn laravel_sessions_on_mariadb() {
     let db = Mariadb::start();
     laravel_app(&db, "mysql");
 }
+
+/// One way a Laravel app may keep its sessions: a login works through tokengate with the
+/// session's user, a logout is refused within a second.
+struct Variant<'a> {
+    what: &'a str,
+    cipher: &'a str,
+    /// Lines under `sessions.laravel:` beyond the key and cookie.
+    laravel: &'a str,
+    /// The `store:` lines.
+    store: &'a str,
+    /// For session.php.
+    env: Vec<(&'a str, &'a str)>,
+    /// For tokengate beyond APP_KEY.
+    gate_env: Vec<(&'a str, &'a str)>,
+    db_url: &'a str,
+}
+
+fn variant(v: Variant<'_>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let echo = runtime.block_on(async {
+        Echo::start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap())
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen: 127.0.0.1:0\nworkers: 1\nupstream: http://{}\nstore:\n{}\
+             admin:\n  listen: 127.0.0.2:0\n  key_env: TOKENGATE_ADMIN_KEY\n\
+             sessions:\n  laravel:\n    app_key_env: APP_KEY\n    cipher: {}\n{}\
+             routes:\n  - path: /app/**\n    auth: session\n",
+            echo.addr, v.store, v.cipher, v.laravel
+        ),
+    )
+    .unwrap();
+    let key = laravel_key(v.cipher);
+    let mut env = v.env.clone();
+    env.extend([("APP_KEY", key.as_str()), ("SESSION_CIPHER", v.cipher)]);
+    let mut gate_env = v.gate_env.clone();
+    gate_env.push(("APP_KEY", &key));
+    if v.store.contains("postgres") {
+        let migrated = bin(v.db_url)
+            .args(["migrate", "--config", cfg.to_str().unwrap()])
+            .envs(gate_env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(migrated.status.success(), "{migrated:?}");
+    }
+    let server = Server::start_with(v.db_url, &cfg, ADMIN_KEY, &gate_env);
+    let login = laravel_session(&env, &["login", "77"]);
+    let value = login["cookie"].as_str().unwrap().to_owned();
+    assert_eq!(
+        ask(server.addr, &echo, "GET", "/app/home", &cookie(&value)),
+        (200, Some(("77".into(), "*".into()))),
+        "{}",
+        v.what
+    );
+    laravel_session(&env, &["logout", login["id"].as_str().unwrap()]);
+    let after = refused_after(server.addr, &echo, &value);
+    assert!(after < Duration::from_secs(1), "{}: {after:?}", v.what);
+}
+
+/// The other ciphers, JSON and encrypted payloads, in the database; and the Redis driver
+/// (with a sled store: it needs no database).
+#[test]
+fn laravel_session_variants() {
+    let pg = Postgres::start();
+    let redis = common::redis::Redis::start();
+    let (pg_url, redis_url) = (pg.url(), redis.url());
+    let database = [("DB_URL", pg_url.as_str()), ("SESSION_DRIVER", "database")];
+    let store = format!("  kind: postgres\n  url_env: {URL_ENV}\n");
+    laravel_session(&database, &["migrate"]);
+    let dir = tempfile::tempdir().unwrap();
+    let sled = format!("  path: {}\n", dir.path().join("store").display());
+    let variants = [
+        Variant {
+            what: "AES-256-GCM, JSON payload",
+            cipher: "AES-256-GCM",
+            laravel: "    serialization: json\n",
+            store: &store,
+            env: [&database[..], &[("SESSION_SERIALIZATION", "json")]].concat(),
+            gate_env: vec![],
+            db_url: &pg_url,
+        },
+        Variant {
+            what: "AES-128-CBC, encrypted payload",
+            cipher: "AES-128-CBC",
+            laravel: "    encrypt: true\n",
+            store: &store,
+            env: [&database[..], &[("SESSION_ENCRYPT", "1")]].concat(),
+            gate_env: vec![],
+            db_url: &pg_url,
+        },
+        Variant {
+            what: "AES-128-GCM, Redis, encrypted JSON payload",
+            cipher: "AES-128-GCM",
+            laravel: "    driver: redis\n    redis_url_env: TOKENGATE_REDIS_URL\n    serialization: json\n    encrypt: true\n",
+            store: &sled,
+            env: vec![
+                ("SESSION_DRIVER", "redis"),
+                ("REDIS_URL", redis_url.as_str()),
+                ("SESSION_SERIALIZATION", "json"),
+                ("SESSION_ENCRYPT", "1"),
+            ],
+            gate_env: vec![("TOKENGATE_REDIS_URL", redis_url.as_str())],
+            db_url: "",
+        },
+        Variant {
+            what: "AES-256-CBC, Redis",
+            cipher: "AES-256-CBC",
+            laravel: "    driver: redis\n    redis_url_env: TOKENGATE_REDIS_URL\n",
+            store: &sled,
+            env: vec![("SESSION_DRIVER", "redis"), ("REDIS_URL", redis_url.as_str())],
+            gate_env: vec![("TOKENGATE_REDIS_URL", redis_url.as_str())],
+            db_url: "",
+        },
+    ];
+    for v in variants {
+        variant(v);
+    }
+}

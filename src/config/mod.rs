@@ -286,14 +286,36 @@ pub struct SessionConfig {
     pub laravel: Option<LaravelSessions>,
 }
 
+/// Where a Laravel app keeps its sessions.
+#[derive(Clone)]
+pub enum LaravelDriver {
+    /// Laravel's `sessions` table, in the database of `store` (which must be one).
+    Database { table: TableName },
+    /// Laravel's Redis cache store: the session under `prefix` + its id.
+    Redis {
+        /// `redis://…`, from the environment; it may hold a password: never printed.
+        url: String,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Debug for LaravelDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LaravelDriver::Database { table } => write!(f, "Database({table:?})"),
+            LaravelDriver::Redis { prefix, .. } => write!(f, "Redis(prefix {prefix:?})"),
+        }
+    }
+}
+
 /// `sessions.laravel`: how to read the session cookie of the Laravel app behind tokengate.
 #[derive(Debug, Clone)]
 pub struct LaravelSessions {
     /// `APP_KEY` then `APP_PREVIOUS_KEYS`, read from the environment when the config loads.
     pub keys: crate::credential::laravel::Keys,
     pub cookie: String,
-    /// Laravel's `sessions` table, in the database of `store` (which must be one).
-    pub table: TableName,
+    /// Where Laravel keeps its sessions (`session.driver`).
+    pub driver: LaravelDriver,
     /// `session.lifetime`: a row whose `last_activity` is older is no session.
     pub lifetime_minutes: i64,
     /// `session.serialization`: PHP's `serialize` (Laravel's default) or JSON.

@@ -111,6 +111,8 @@ pub(super) struct RawLaravel {
     pub(super) cipher: Option<String>,
     pub(super) driver: Option<String>,
     pub(super) table: Option<String>,
+    pub(super) redis_url_env: Option<String>,
+    pub(super) redis_prefix: Option<String>,
     pub(super) lifetime_minutes: Option<i64>,
     pub(super) serialization: Option<String>,
     pub(super) encrypt: Option<bool>,

@@ -10,9 +10,9 @@ use super::raw::{
     RawStore, RawTimeouts, RawTls, RawTokens,
 };
 use super::{
-    AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, LaravelSessions, Limits,
-    Problem, SessionConfig, SqlKind, SqlStoreConfig, StoreConfig, TableName, Timeouts, TlsFiles,
-    TokenPolicy, UpstreamTarget,
+    AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, LaravelDriver,
+    LaravelSessions, Limits, Problem, SessionConfig, SqlKind, SqlStoreConfig, StoreConfig,
+    TableName, Timeouts, TlsFiles, TokenPolicy, UpstreamTarget,
 };
 use crate::ability::Ability;
 use crate::credential::laravel::{Cipher, Keys};
@@ -84,15 +84,8 @@ fn sections(raw: RawConfig, p: &mut Problems) -> Option<Config> {
     let default_abilities = default_abilities(p, &raw.default_abilities, &declared);
     let forward_authorization = raw.tokens.forward_authorization.unwrap_or(false);
     let tokens = tokens(p, raw.tokens);
-    let sessions = sessions(p, raw.sessions);
-    if let (Some(sessions), Some(StoreConfig::Sled { .. })) = (&sessions, &store) {
-        if sessions.laravel.is_some() {
-            p.add(
-                "sessions.laravel",
-                "reads Laravel's sessions table: store.kind must be the app's database (postgres or mysql)",
-            );
-        }
-    }
+    let sled = matches!(store, Some(StoreConfig::Sled { .. }));
+    let sessions = sessions(p, raw.sessions, sled);
     let headers = headers(p, raw.headers);
     let trusted_proxies = trusted_proxies(p, &raw.trusted_proxies);
     let routes = routes(p, raw.routes, &declared);
@@ -466,7 +459,8 @@ fn tokens(p: &mut Problems, raw: RawTokens) -> Option<TokenSection> {
     )
 }
 
-fn sessions(p: &mut Problems, raw: RawSessions) -> Option<SessionConfig> {
+/// `sled`: the store is sled, so no database holds Laravel's sessions table.
+fn sessions(p: &mut Problems, raw: RawSessions, sled: bool) -> Option<SessionConfig> {
     let mark = p.mark();
     let cookie = raw.cookie.unwrap_or_else(|| "tokengate_session".into());
     if cookie.is_empty()
@@ -487,7 +481,7 @@ fn sessions(p: &mut Problems, raw: RawSessions) -> Option<SessionConfig> {
         "sessions.lifetime_minutes",
         positive(raw.lifetime_minutes.unwrap_or(1440), "lifetime_minutes"),
     );
-    let laravel = raw.laravel.map(|raw| laravel(p, raw, &cookie));
+    let laravel = raw.laravel.map(|raw| laravel(p, raw, &cookie, sled));
     p.clean_since(
         mark,
         SessionConfig {
@@ -503,7 +497,12 @@ fn sessions(p: &mut Problems, raw: RawSessions) -> Option<SessionConfig> {
 
 /// `sessions.laravel`; the keys are read from the environment here, so a missing or wrong
 /// `APP_KEY` stops the start with the others.
-fn laravel(p: &mut Problems, raw: RawLaravel, own_cookie: &str) -> Option<LaravelSessions> {
+fn laravel(
+    p: &mut Problems,
+    raw: RawLaravel,
+    own_cookie: &str,
+    sled: bool,
+) -> Option<LaravelSessions> {
     let mark = p.mark();
     let cipher_name = raw.cipher.unwrap_or_else(|| "AES-256-CBC".into());
     let cipher = Cipher::parse(&cipher_name);
@@ -559,21 +558,53 @@ fn laravel(p: &mut Problems, raw: RawLaravel, own_cookie: &str) -> Option<Larave
             format!("'{cookie}' is not a cookie name other than sessions.cookie"),
         );
     }
-    match raw.driver.as_deref().unwrap_or("database") {
-        "database" => {}
-        other => p.add(
-            "sessions.laravel.driver",
-            format!("'{other}' is not supported: database (Laravel's sessions table in the store's database)"),
-        ),
-    }
-    let table_name = raw.table.unwrap_or_else(|| "sessions".into());
-    let table = TableName::parse(&table_name);
-    if table.is_none() {
-        p.add(
-            "sessions.laravel.table",
-            format!("'{table_name}' is not a table name ([A-Za-z_][A-Za-z0-9_]*, optionally schema.table)"),
-        );
-    }
+    let driver = match raw.driver.as_deref().unwrap_or("database") {
+        "database" => {
+            if sled {
+                p.add(
+                    "sessions.laravel",
+                    "reads Laravel's sessions table: store.kind must be the app's database (postgres or mysql), or driver redis",
+                );
+            }
+            let table_name = raw.table.unwrap_or_else(|| "sessions".into());
+            let table = TableName::parse(&table_name);
+            if table.is_none() {
+                p.add(
+                    "sessions.laravel.table",
+                    format!("'{table_name}' is not a table name ([A-Za-z_][A-Za-z0-9_]*, optionally schema.table)"),
+                );
+            }
+            table.map(|table| LaravelDriver::Database { table })
+        }
+        "redis" => {
+            let url_env = raw
+                .redis_url_env
+                .unwrap_or_else(|| "TOKENGATE_REDIS_URL".into());
+            let url = std::env::var(&url_env).unwrap_or_default();
+            // The URL may hold a password: no message repeats it.
+            if !url.starts_with("redis://") && !url.starts_with("rediss://") {
+                p.add(
+                    "sessions.laravel.redis_url_env",
+                    format!("the environment variable {url_env} must hold the redis://… URL of the app's Redis"),
+                );
+            }
+            Some(LaravelDriver::Redis {
+                url,
+                // Laravel 8–10 with APP_NAME Laravel: the connection's prefix, the cache
+                // store's, and ':'.
+                prefix: raw
+                    .redis_prefix
+                    .unwrap_or_else(|| "laravel_database_laravel_cache:".into()),
+            })
+        }
+        other => {
+            p.add(
+                "sessions.laravel.driver",
+                format!("'{other}' is not database or redis"),
+            );
+            None
+        }
+    };
     let lifetime_minutes = p.check(
         "sessions.laravel.lifetime_minutes",
         positive(raw.lifetime_minutes.unwrap_or(120), "lifetime_minutes"),
@@ -604,7 +635,7 @@ fn laravel(p: &mut Problems, raw: RawLaravel, own_cookie: &str) -> Option<Larave
         LaravelSessions {
             keys: keys?,
             cookie,
-            table: table?,
+            driver: driver?,
             lifetime_minutes: lifetime_minutes?,
             json: json?,
             encrypt: raw.encrypt.unwrap_or(false),

@@ -34,6 +34,16 @@ impl Cipher {
         })
     }
 
+    /// Laravel's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cipher::Aes128Cbc => "AES-128-CBC",
+            Cipher::Aes256Cbc => "AES-256-CBC",
+            Cipher::Aes128Gcm => "AES-128-GCM",
+            Cipher::Aes256Gcm => "AES-256-GCM",
+        }
+    }
+
     pub fn key_len(self) -> usize {
         match self {
             Cipher::Aes128Cbc | Cipher::Aes128Gcm => 16,
@@ -98,10 +108,10 @@ impl Keys {
             };
             if key.len() != cipher.key_len() {
                 return Err(format!(
-                    "key {} is {} bytes; {:?} needs {}",
+                    "key {} is {} bytes; {} needs {}",
                     n + 1,
                     key.len(),
-                    cipher,
+                    cipher.name(),
                     cipher.key_len()
                 ));
             }
