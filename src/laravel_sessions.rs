@@ -1,7 +1,8 @@
 //! A Laravel app's own sessions, accepted as sessions (`sessions.laravel`): Laravel's
 //! encrypted session cookie opened with the app's keys (`credential::laravel`), the row of
-//! its `sessions` table read from the store's database, the user taken from the row's
-//! `user_id` or, where that is empty, from the payload's `SessionGuard` login entry.
+//! its `sessions` table read from the store's database (or its key in the app's Redis),
+//! the user taken from the payload's `SessionGuard` login entry or, where the payload has
+//! none, from the row's `user_id`.
 //!
 //! What a cookie stands for is kept for at most `store.sync_interval_ms`, so a logout in
 //! Laravel (the row deleted or its user cleared) is refused on every replica within that
@@ -268,9 +269,16 @@ fn session_of(settings: &Settings, id: &str, row: &Found, now: i64) -> Option<La
         return None;
     }
     let attributes = attributes(settings, &row.payload);
-    let user = match row.user_id {
-        Some(user) => user.to_string(),
-        None => attributes.as_ref()?.get(LOGIN_KEY)?.as_text()?,
+    // The payload's entry is what Laravel's `web` guard reads; the row's `user_id` is the
+    // default guard's as of the last write, taken only when the payload has no entry.
+    let from_payload = attributes
+        .as_ref()
+        .and_then(|a| a.get(LOGIN_KEY))
+        .and_then(Value::as_text);
+    let user = match (from_payload, row.user_id) {
+        (Some(user), _) => user,
+        (None, Some(user)) => user.to_string(),
+        (None, None) => return None,
     };
     crate::token_cache::check_user(&user).ok()?;
     let csrf = attributes
@@ -347,4 +355,72 @@ fn url_decode(value: &[u8]) -> Vec<u8> {
         .map(|&b| if b == b'+' { b' ' } else { b })
         .collect();
     percent_encoding::percent_decode(&spaced).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TableName;
+    use crate::credential::laravel::{Cipher, Keys};
+
+    fn settings() -> Settings {
+        Settings {
+            keys: Keys::new(Cipher::Aes256Cbc, &[&"k".repeat(32)]).unwrap(),
+            cookie: "laravel_session".into(),
+            driver: LaravelDriver::Database {
+                table: TableName::parse("sessions").unwrap(),
+            },
+            lifetime_minutes: 120,
+            json: false,
+            encrypt: false,
+            login_url: "/login".into(),
+        }
+    }
+
+    fn found(user_id: Option<i64>, payload: &str, last_activity: i64) -> Found {
+        Found {
+            user_id,
+            payload: payload.as_bytes().to_vec(),
+            last_activity: Some(last_activity),
+        }
+    }
+
+    fn user(row: &Found, now: i64) -> Option<String> {
+        session_of(&settings(), &"a".repeat(40), row, now).map(|s| s.user().to_owned())
+    }
+
+    #[test]
+    fn the_user_is_the_web_guards_then_the_rows() {
+        let with_login = format!(r#"a:2:{{s:6:"_token";s:3:"abc";s:50:"{LOGIN_KEY}";i:42;}}"#);
+        let without = r#"a:1:{s:6:"_token";s:3:"abc";}"#;
+        let now = 1_000_000;
+        assert_eq!(
+            user(&found(None, &with_login, now), now).as_deref(),
+            Some("42")
+        );
+        assert_eq!(
+            user(&found(Some(5), &with_login, now), now).as_deref(),
+            Some("42"),
+            "the payload is what the web guard reads"
+        );
+        assert_eq!(
+            user(&found(Some(5), without, now), now).as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            user(&found(None, without, now), now),
+            None,
+            "no user: no session"
+        );
+        assert_eq!(
+            user(&found(Some(5), "garbage", now), now).as_deref(),
+            Some("5")
+        );
+        // The lifetime counts from last_activity.
+        assert!(user(&found(Some(5), without, now - 7199), now).is_some());
+        assert_eq!(user(&found(Some(5), without, now - 7200), now), None);
+        // A user id that cannot travel in a header is no session.
+        let spaced = format!(r#"a:1:{{s:50:"{LOGIN_KEY}";s:3:"a b";}}"#);
+        assert_eq!(user(&found(None, &spaced, now), now), None);
+    }
 }
