@@ -62,9 +62,7 @@ pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
             addr: config.admin.listen,
             error,
         })?;
-    let key = std::env::var(&config.admin.key_env)
-        .ok()
-        .filter(|k| !k.is_empty());
+    let key = config.admin.key();
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|error| ServeError::AdminListen {
@@ -75,8 +73,8 @@ pub async fn start(app: Arc<App>) -> Result<Server, ServeError> {
         Some(_) => tracing::info!(addr = %admin_addr, "admin listener (API enabled)"),
         None => tracing::warn!(
             addr = %admin_addr,
-            "admin listener: health checks only; the admin API is disabled until {} is set",
-            config.admin.key_env
+            "admin listener: health checks only; the admin API is disabled until {} holds its key",
+            config.admin.key_source()
         ),
     }
     let mut tasks = vec![

@@ -425,7 +425,7 @@ fn serve_guards_an_upstream_and_flushes_on_sigterm() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("held by a running tokengate")
-            && stderr(&out).contains("TOKENGATE_ADMIN_KEY is not set"),
+            && stderr(&out).contains("the environment variable TOKENGATE_ADMIN_KEY holds no key"),
         "{}",
         stderr(&out)
     );
@@ -1110,6 +1110,72 @@ fn descriptor_exhaustion_neither_crashes_nor_spins() {
     assert!(
         server.child.try_wait().unwrap().is_none(),
         "tokengate exited under descriptor exhaustion"
+    );
+    server.stop();
+}
+
+/// `admin.key_file`: the admin key from a file (a mounted Secret), not the environment; the
+/// CLI reads it from the same config; a rotated file takes effect at the next reload.
+#[test]
+fn the_admin_key_can_come_from_a_file_and_follows_a_reload() {
+    let setup = Setup::new("");
+    let dir = setup.cfg.parent().unwrap().to_path_buf();
+    let key_file = dir.join("admin-key");
+    std::fs::write(&key_file, "first-file-key\n").unwrap();
+    let yaml = std::fs::read_to_string(&setup.cfg).unwrap();
+    std::fs::write(
+        &setup.cfg,
+        yaml.replace(
+            &format!("  listen: {ADMIN_ANY_PORT}\n"),
+            &format!(
+                "  listen: {ADMIN_ANY_PORT}\n  key_file: {}\n",
+                key_file.display()
+            ),
+        ),
+    )
+    .unwrap();
+    // The environment's key is not the key.
+    let mut server = Server::start(
+        setup
+            .serve_command()
+            .env("TOKENGATE_ADMIN_KEY", "environment-key"),
+    );
+    let admin = server.admin;
+    name_admin_port(&setup.cfg, admin.port());
+    let users = |key: &str| {
+        get_with(
+            admin,
+            "/admin/users",
+            &format!("Authorization: Bearer {key}\r\n"),
+        )
+    };
+    assert_eq!(users("first-file-key"), 200);
+    assert_eq!(users("environment-key"), 401);
+    // The CLI goes through the admin API with the key from the file.
+    let out = bin()
+        .args(["user", "add", "--config", setup.cfg(), "alice"])
+        .env_remove("TOKENGATE_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A rotated Secret: the new key at the next reload, the old one refused.
+    std::fs::write(&key_file, "second-file-key").unwrap();
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    eventually_blocking("the new key applies", || users("second-file-key") == 200);
+    assert_eq!(users("first-file-key"), 401);
+    // An empty key file is a config problem.
+    std::fs::write(&key_file, "\n").unwrap();
+    let out = run(&["check-config", "--config", setup.cfg()]);
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("admin.key_file:") && stderr(&out).contains("is empty"),
+        "{}",
+        stderr(&out)
     );
     server.stop();
 }

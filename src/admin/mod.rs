@@ -252,12 +252,19 @@ fn known_path(segments: &[&str]) -> bool {
 }
 
 fn authorize(app: &App, key: Option<&str>, headers: &http::HeaderMap) -> Result<(), ApiError> {
+    // A key file is read with the config, so a reload takes a rotated Secret's new key.
+    let config = app.config();
+    let from_file = config.admin.key_file.as_ref().and(config.admin.key());
+    let key = match &config.admin.key_file {
+        Some(_) => from_file.as_deref(),
+        None => key,
+    };
     let Some(key) = key else {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(
-                "The admin API is disabled: set the environment variable {} to its key.",
-                app.config().admin.key_env
+                "The admin API is disabled: {} must hold its key.",
+                config.admin.key_source()
             ),
         ));
     };

@@ -19,14 +19,13 @@ use std::sync::Arc;
 pub(super) async fn reload(config_path: &Path) -> Result<(), Failure> {
     let config = load(config_path)?;
     let addr = reachable(config.admin.listen);
-    let key = std::env::var(&config.admin.key_env).unwrap_or_default();
-    if key.is_empty() {
+    let Some(key) = config.admin.key() else {
         return Err(anyhow::anyhow!(
-            "reload goes through the running server's admin API at {addr}: set {} to its key (or send the server SIGHUP)",
-            config.admin.key_env
+            "reload goes through the running server's admin API at {addr}: {} must hold its key (or send the server SIGHUP)",
+            config.admin.key_source()
         )
         .into());
-    }
+    };
     let answer = AdminClient::new(addr, &key)
         .reload()
         .await
@@ -65,15 +64,13 @@ impl Manager {
             Ok(app) => Ok(Manager::Local(app)),
             Err(StoreError::Locked { path }) => {
                 let addr = reachable(admin.listen);
-                let key = std::env::var(&admin.key_env).unwrap_or_default();
-                if key.is_empty() {
+                let Some(key) = admin.key() else {
                     return Err(anyhow::anyhow!(
-                        "the store at {path} is held by a running tokengate, and {} is not set, so its admin API at {addr} cannot be used: set {} to the server's admin key, or stop the server",
-                        admin.key_env,
-                        admin.key_env
+                        "the store at {path} is held by a running tokengate, and {} holds no key, so its admin API at {addr} cannot be used: put the server's admin key there, or stop the server",
+                        admin.key_source()
                     )
                     .into());
-                }
+                };
                 Ok(Manager::Remote(
                     Box::new(AdminClient::new(addr, &key)),
                     format!("the store at {path} is held by a running tokengate, and its admin API at {addr}"),

@@ -273,6 +273,46 @@ impl TableName {
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub key_env: String,
+    /// `admin.key_file`: the key is this file's content (a mounted Secret), read when the
+    /// config loads (so again at each reload), and the environment variable is not used.
+    pub key_file: Option<PathBuf>,
+    /// The key read from `key_file`.
+    pub file_key: Option<AdminKey>,
+}
+
+/// An admin key as read from a file: never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminKey(String);
+
+impl AdminKey {
+    pub fn new(key: String) -> Self {
+        Self(key)
+    }
+}
+
+impl std::fmt::Debug for AdminKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminKey(redacted)")
+    }
+}
+
+impl AdminConfig {
+    /// The admin API's key: from `key_file` if set, else from the environment variable
+    /// `key_env` names (read now). `None`: no key, the API is disabled.
+    pub fn key(&self) -> Option<String> {
+        match &self.key_file {
+            Some(_) => self.file_key.as_ref().map(|k| k.0.clone()),
+            None => std::env::var(&self.key_env).ok().filter(|k| !k.is_empty()),
+        }
+    }
+
+    /// Where the key comes from, for messages.
+    pub fn key_source(&self) -> String {
+        match &self.key_file {
+            Some(path) => format!("the file {} (admin.key_file)", path.display()),
+            None => format!("the environment variable {}", self.key_env),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

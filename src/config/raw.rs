@@ -79,6 +79,7 @@ pub(super) struct RawStore {
 pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
     pub(super) key_env: Option<String>,
+    pub(super) key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,7 @@ use super::raw::{
     RawStore, RawTimeouts, RawTls, RawTokens,
 };
 use super::{
-    AccessLogFormat, AdminConfig, Config, ConfigError, IdentityHeaders, LaravelDriver,
+    AccessLogFormat, AdminConfig, AdminKey, Config, ConfigError, IdentityHeaders, LaravelDriver,
     LaravelSessions, Limits, Problem, SessionConfig, SqlKind, SqlStoreConfig, StoreConfig,
     TableName, Timeouts, TlsFiles, TokenPolicy, UpstreamTarget,
 };
@@ -355,11 +355,29 @@ fn admin(p: &mut Problems, raw: RawAdmin, listen: Option<SocketAddr>) -> Option<
             );
         }
     }
+    // Read now, so that a reload reads it again (a rotated Secret).
+    let file_key = raw.key_file.as_ref().and_then(|path| {
+        let read = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| {
+                let key = text.trim_end_matches(['\r', '\n']).to_owned();
+                if key.is_empty() {
+                    Err(format!("{} is empty", path.display()))
+                } else if key.chars().any(|c| c.is_control()) {
+                    Err(format!("{} holds more than one line", path.display()))
+                } else {
+                    Ok(AdminKey::new(key))
+                }
+            });
+        p.check("admin.key_file", read)
+    });
     p.clean_since(
         mark,
         AdminConfig {
             listen: admin_listen?,
             key_env,
+            key_file: raw.key_file,
+            file_key,
         },
     )
 }
