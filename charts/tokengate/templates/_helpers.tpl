@@ -41,8 +41,22 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- end }}
 
+{{/* repository@sha256:… when image.digest is set (the tag is then not used), else repository:tag. */}}
 {{- define "tokengate.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the pod's preStop pause uses Kubernetes' own sleep action: tokengate.preStopMode
+sleep on a cluster that has it on (1.30+: beta and on by default; in 1.29 it is alpha, behind
+a feature gate that is off by default). Elsewhere the pause is an exec of the image's sleep.
+*/}}
+{{- define "tokengate.preStopSleepAction" -}}
+{{- if and (eq .Values.tokengate.preStopMode "sleep") (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version) }}true{{ end }}
 {{- end }}
 
 {{- define "tokengate.adminSecretName" -}}
