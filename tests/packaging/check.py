@@ -81,6 +81,8 @@ INSTALL_HINT = (
     "python3 -m pip install -q kubernetes-validate checkov"
 )
 MISSING = 3
+# Where the chart mounts the admin key (admin.keyFrom: file; admin.key_file in the config).
+ADMIN_KEY_FILE = "/etc/tokengate-admin/admin-key"
 
 failures: list[str] = []
 # (label, Kubernetes minor, [objects]) of every rendering check_render made: validated by
@@ -641,10 +643,13 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     upstream = f"http://127.0.0.1:{v['app']['port']}" if sidecar else v["upstream"]["url"]
     expect(cfg.get("listen") == f"0.0.0.0:{tg['port']}"
            and cfg.get("admin", {}).get("listen") == f"0.0.0.0:{tg['adminPort']}"
-           and cfg.get("admin", {}).get("key_env") == v["admin"]["keyEnv"]
+           and cfg.get("admin") == {"listen": f"0.0.0.0:{tg['adminPort']}", **(
+               {"key_env": v["admin"]["keyEnv"]} if v["admin"]["keyFrom"] == "env"
+               else {"key_file": ADMIN_KEY_FILE})}
            and cfg.get("upstream") == upstream
            and cfg.get("routes") == v["config"]["routes"],
            f"{label}: config listens on 0.0.0.0:{tg['port']} and 0.0.0.0:{tg['adminPort']}, "
+           f"the admin key from {'$' + v['admin']['keyEnv'] if v['admin']['keyFrom'] == 'env' else ADMIN_KEY_FILE}, "
            f"upstream {upstream}, the routes from values", text)
     given = {k: x for k, x in (v["config"].get("store") or {}).items() if x is not None}
     sql_keys = ("tokens_table", "tokenable_type", "read_only", "sync_interval_ms",
@@ -725,9 +730,28 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     secret_name = v["admin"]["existingSecret"] or f"{full}-admin"
     env = {e["name"]: e for e in c.get("env", [])}
     ref = env.get(v["admin"]["keyEnv"], {}).get("valueFrom", {}).get("secretKeyRef", {})
-    expect(ref == {"name": secret_name, "key": v["admin"]["secretKey"]},
-           f"{label}: ${v['admin']['keyEnv']} from Secret {secret_name}/{v['admin']['secretKey']}",
-           str(ref))
+    key_mounts = [m for m in c.get("volumeMounts", [])
+                  if m["mountPath"] == os.path.dirname(ADMIN_KEY_FILE)]
+    key_vol = next((vol for vol in pod.get("volumes", [])
+                    if key_mounts and vol["name"] == key_mounts[0]["name"]), {})
+    if v["admin"]["keyFrom"] == "env":
+        expect(ref == {"name": secret_name, "key": v["admin"]["secretKey"]} and not key_mounts,
+               f"{label}: ${v['admin']['keyEnv']} from Secret {secret_name}/"
+               f"{v['admin']['secretKey']} (admin.keyFrom: env)", str(ref))
+    else:
+        expect(v["admin"]["keyEnv"] not in env
+               and not any("secretKeyRef" in e.get("valueFrom", {})
+                           and e["valueFrom"]["secretKeyRef"].get("name") == secret_name
+                           for e in env.values())
+               and len(key_mounts) == 1 and key_mounts[0].get("readOnly") is True
+               and key_vol.get("secret") == {
+                   "secretName": secret_name, "defaultMode": 0o400,
+                   "items": [{"key": v["admin"]["secretKey"],
+                              "path": os.path.basename(ADMIN_KEY_FILE)}]}
+               and pod.get("securityContext", {}).get("fsGroup") == sc.get("runAsGroup"),
+               f"{label}: the admin key is the file {ADMIN_KEY_FILE} (Secret {secret_name}/"
+               f"{v['admin']['secretKey']} mounted read-only, mode 0400, readable through "
+               "fsGroup), not in the env", f"{key_mounts} {key_vol} {list(env)}")
     if sql:
         db = v["store"]["database"]
         expect(env.get(db["urlEnv"]) == {"name": db["urlEnv"], "valueFrom": {"secretKeyRef": {
@@ -989,7 +1013,15 @@ def smoke_test(tokengate: str, tmp: Path, label: str, release: dict, v: dict,
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     env = {k: x for k, x in os.environ.items() if not k.startswith("TOKENGATE_")}
-    env[rendered["admin"]["key_env"]] = key
+    if "key_file" in rendered["admin"]:
+        # The mounted Secret's file, here: with a trailing newline, which tokengate trims
+        # (a Secret made with `kubectl create secret --from-file` often has one).
+        key_file = tmp / f"admin-key-{label}"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o400)
+        rendered["admin"]["key_file"] = str(key_file)
+    else:
+        env[rendered["admin"]["key_env"]] = key
     if sql:
         env[rendered["store"]["url_env"]] = database_url
     servers, configs, proxies, admins, logs, outputs = [], [], [], [], [], []
@@ -1222,6 +1254,15 @@ def check_value_effects(helm: Helm, tokengate: str, tmp: Path, database: dict) -
     expect(cfg["store"] == {"path": "/data/tokengate", "cache_mb": 8},
            "store.kind: sled: config.store's database keys are left out (tokengate refuses "
            "them with sled), cache_mb is rendered", str(cfg["store"]))
+
+    pod, cfg = render({"admin": {"keyFrom": "env"}})
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    expect(cfg["admin"].get("key_env") == "TOKENGATE_ADMIN_KEY" and "key_file" not in cfg["admin"]
+           and "secretKeyRef" in env.get("TOKENGATE_ADMIN_KEY", {}).get("valueFrom", {})
+           and not any(vol.get("secret") for vol in pod["spec"].get("volumes", [])),
+           "admin.keyFrom: env: the key in $TOKENGATE_ADMIN_KEY (admin.key_env), no key file "
+           "mounted", f"{cfg['admin']} {list(env)}")
 
     # The checksum follows the config, and only the config.
     first = render(None)[0]["metadata"]["annotations"]["checksum/config"]
