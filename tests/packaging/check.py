@@ -1341,6 +1341,27 @@ def check_kubernetes_schemas() -> None:
                f"({len(objs)} objects)", "\n  ".join(errors))
     expect(counted > 0, f"kubernetes-validate checked {counted} objects in "
            f"{len(RENDERINGS)} renderings")
+    # And the check can fail: a rendered Deployment with the preStop sleep action on 1.28
+    # (before the field existed) and with an unknown field, a ServiceMonitor with a typo.
+    dep = next((copy.deepcopy(o) for _, _, objs in RENDERINGS for o in objs
+                if o.get("kind") == "Deployment"), None)
+    smon = next((copy.deepcopy(o) for _, _, objs in RENDERINGS for o in objs
+                 if o.get("kind") == "ServiceMonitor"), None)
+    if expect(dep is not None and smon is not None,
+              "a rendered Deployment and ServiceMonitor to break on purpose"):
+        refused = []
+        tg = dep["spec"]["template"]["spec"]["containers"][0]
+        tg["lifecycle"] = {"preStop": {"sleep": {"seconds": 5}}}
+        for minor, obj in ((28, dep), (37, {**dep, "spec": {**dep["spec"], "replica": 2}})):
+            try:
+                kv.validate(obj, f"1.{minor}.0", strict=True)
+            except kv.ValidationError:
+                refused.append(minor)
+        smon["spec"]["endpoints"][0]["intervall"] = "30s"
+        expect(refused == [28, 37] and any(smon_validator.iter_errors(smon)),
+               "kubernetes-validate refuses the preStop sleep action on 1.28 and an unknown "
+               "field (spec.replica) on 1.37; the ServiceMonitor schema refuses "
+               "endpoints[].intervall", f"refused on {refused}")
 
 
 def checkov_skips() -> dict[str, tuple[set[str] | None, str]]:
