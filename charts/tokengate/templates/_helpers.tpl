@@ -41,12 +41,40 @@ app.kubernetes.io/component: {{ .Values.mode }}
 {{- end }}
 {{- end }}
 
+{{/* repository@sha256:… when image.digest is set (the tag is then not used), else repository:tag. */}}
 {{- define "tokengate.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the pod's preStop pause uses Kubernetes' own sleep action: tokengate.preStopMode
+sleep on a cluster that has it on (1.30+: beta and on by default; in 1.29 it is alpha, behind
+a feature gate that is off by default). Elsewhere the pause is an exec of the image's sleep.
+*/}}
+{{- define "tokengate.preStopSleepAction" -}}
+{{- if and (eq .Values.tokengate.preStopMode "sleep") (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version) }}true{{ end }}
 {{- end }}
 
 {{- define "tokengate.adminSecretName" -}}
 {{- .Values.admin.existingSecret | default (printf "%s-admin" (include "tokengate.fullname" .)) }}
+{{- end }}
+
+{{/* Where the admin key file is mounted (admin.keyFrom: file), and the file in it. */}}
+{{- define "tokengate.adminKeyDir" -}}/etc/tokengate-admin{{- end }}
+{{- define "tokengate.adminKeyFile" -}}{{ include "tokengate.adminKeyDir" . }}/admin-key{{- end }}
+
+{{/* The config's admin section: the listener, and the key from the mounted file or the env. */}}
+{{- define "tokengate.adminConfig" -}}
+listen: {{ printf "0.0.0.0:%d" (int .Values.tokengate.adminPort) | quote }}
+{{- if eq .Values.admin.keyFrom "env" }}
+key_env: {{ .Values.admin.keyEnv | quote }}
+{{- else }}
+key_file: {{ include "tokengate.adminKeyFile" . | quote }}
+{{- end }}
 {{- end }}
 
 {{/* "true" when the store is a database (postgres or mysql) shared by replicas, else "". */}}
@@ -185,7 +213,7 @@ the others).
   "listen" (printf "0.0.0.0:%d" (int .Values.tokengate.port))
   "upstream" (include "tokengate.upstream" .)
   "store" $store
-  "admin" (dict "listen" (printf "0.0.0.0:%d" (int .Values.tokengate.adminPort)) "key_env" .Values.admin.keyEnv)
+  "admin" (include "tokengate.adminConfig" . | fromYaml)
   "abilities" ($c.abilities | default list)
   "default_abilities" ($c.default_abilities | default list)
   "trusted_proxies" ($c.trusted_proxies | default list)
