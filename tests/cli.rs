@@ -1168,14 +1168,27 @@ fn the_admin_key_can_come_from_a_file_and_follows_a_reload() {
         .success());
     eventually_blocking("the new key applies", || users("second-file-key") == 200);
     assert_eq!(users("first-file-key"), 401);
-    // An empty key file is a config problem.
-    std::fs::write(&key_file, "\n").unwrap();
+    // A key file of two lines is a config problem (the reload is refused, the key stays);
+    // an empty or missing one is no key, as an unset variable: the API is disabled.
+    std::fs::write(&key_file, "one\ntwo\n").unwrap();
     let out = run(&["check-config", "--config", setup.cfg()]);
     assert_eq!(out.status.code(), Some(64));
     assert!(
-        stderr(&out).contains("admin.key_file:") && stderr(&out).contains("is empty"),
+        stderr(&out).contains("admin.key_file:") && stderr(&out).contains("more than one line"),
         "{}",
         stderr(&out)
     );
+    std::fs::remove_file(&key_file).unwrap();
+    assert!(run(&["check-config", "--config", setup.cfg()])
+        .status
+        .success());
+    assert!(Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    eventually_blocking("no key: the API is disabled", || {
+        users("second-file-key") == 503
+    });
     server.stop();
 }

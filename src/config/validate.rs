@@ -355,21 +355,23 @@ fn admin(p: &mut Problems, raw: RawAdmin, listen: Option<SocketAddr>) -> Option<
             );
         }
     }
-    // Read now, so that a reload reads it again (a rotated Secret).
+    // Read now, so that a reload reads it again (a rotated Secret). Missing or empty, like
+    // an unset variable: no key, the API disabled (check-config on a rendered config runs
+    // where the Secret is not mounted); unreadable, or more than one line: a problem.
     let file_key = raw.key_file.as_ref().and_then(|path| {
-        let read = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
-            .and_then(|text| {
+        let read = match std::fs::read_to_string(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Ok(text) => {
                 let key = text.trim_end_matches(['\r', '\n']).to_owned();
-                if key.is_empty() {
-                    Err(format!("{} is empty", path.display()))
-                } else if key.chars().any(|c| c.is_control()) {
+                if key.chars().any(|c| c.is_control()) {
                     Err(format!("{} holds more than one line", path.display()))
                 } else {
-                    Ok(AdminKey::new(key))
+                    Ok((!key.is_empty()).then(|| AdminKey::new(key)))
                 }
-            });
-        p.check("admin.key_file", read)
+            }
+        };
+        p.check("admin.key_file", read).flatten()
     });
     p.clean_since(
         mark,
