@@ -66,6 +66,15 @@ pub fn value_read_as<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]>
     (found == name.as_bytes() && candidates.next().is_none()).then_some(value)
 }
 
+/// Whether any cookie an upstream could read under `name` is sent.
+pub fn carries(headers: &HeaderMap, name: &str) -> bool {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .flat_map(|header| pairs(header.as_bytes()))
+        .any(|(n, _)| read_as_one_of(n, &[name]))
+}
+
 /// Would an upstream read a cookie named `raw` under one of `names`?
 fn read_as_one_of(raw: &[u8], names: &[&str]) -> bool {
     // Decoded only when there is something to decode: no allocation for the usual name.

@@ -408,6 +408,15 @@ async fn session(
     let Some((session, cookie)) = found else {
         return laravel_session(app, config, plan, parts, conn).await;
     };
+    // With the app's own session cookie beside it, the app may act for another user than
+    // tokengate's session names (a cookie planted from a sibling domain is enough): refused.
+    if let Some(laravel) = &config.sessions.laravel {
+        if cookies::carries(&parts.headers, &laravel.cookie) {
+            return Err(Rejection::BadRequest(
+                "Both tokengate's session cookie and the app's: which session is meant is ambiguous.",
+            ));
+        }
+    }
     csrf_checked(plan, parts, conn, || {
         parts
             .headers

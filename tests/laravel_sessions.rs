@@ -129,6 +129,31 @@ fn laravel_app(db: &dyn Database, kind: &str) {
         (200, Some(("43".into(), "*".into())))
     );
 
+    // A tokengate session of its own beside the app's cookie: the app could act for
+    // another user than the one tokengate names, so the request is refused; alone, it works.
+    let keyed = |args: &[&str]| {
+        let out = bin(&url).args(args).env("APP_KEY", &key).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    keyed(&["user", "add", "--config", cfg.to_str().unwrap(), "carol"]);
+    let own = keyed(&[
+        "session",
+        "create",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--user",
+        "carol",
+    ]);
+    let own = own.lines().last().unwrap().to_owned();
+    let own_cookie = format!("Cookie: tokengate_session={own}\r\n");
+    assert_eq!(
+        ask(gate, &echo, "GET", "/app/home", &own_cookie),
+        (200, Some(("carol".into(), "*".into())))
+    );
+    let both = format!("Cookie: tokengate_session={own}; laravel_session={alice_cookie}\r\n");
+    assert_eq!(ask(gate, &echo, "GET", "/app/home", &both), (400, None));
+
     // Refused: no session, a browser sent to the app's login page; a tampered MAC; another
     // key; the cookie moved to another name; an id of the wrong shape; two candidates.
     assert_eq!(ask(gate, &echo, "GET", "/app/home", "").0, 401);
