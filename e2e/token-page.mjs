@@ -12,6 +12,9 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import {
+  browserErrors, expectEqual, fail, Failure, keepToLoopback, log, progress, step, watchPage,
+} from './harness.mjs';
 import { chromium } from 'playwright-core';
 
 const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
@@ -45,32 +48,6 @@ mkdirSync(shots, { recursive: true });
 
 let browser;
 let page;
-let currentStep = 'start';
-const browserErrors = [];
-const started = Date.now();
-
-function log(message) {
-  const seconds = ((Date.now() - started) / 1000).toFixed(1).padStart(5);
-  console.log(`[${seconds}s] ${message}`);
-}
-
-async function step(name, body) {
-  currentStep = name;
-  log(`step: ${name}`);
-  return body();
-}
-
-class Failure extends Error {}
-
-function fail(message) {
-  throw new Failure(message);
-}
-
-function expectEqual(actual, expected, what) {
-  if (actual !== expected) {
-    fail(`${what}: expected ${JSON.stringify(expected)}, got ${JSON.stringify(actual)}`);
-  }
-}
 
 let failing = false;
 
@@ -78,7 +55,7 @@ async function finishWithFailure(error) {
   if (failing) return;
   failing = true;
   clearTimeout(watchdog);
-  console.error(`\nFAILED at step "${currentStep}":`);
+  console.error(`\nFAILED at step "${progress.step}":`);
   console.error(error instanceof Failure ? error.message : error?.stack || String(error));
   if (page) {
     try {
@@ -193,19 +170,9 @@ async function main() {
   context.setDefaultTimeout(STEP_TIMEOUT_MS);
   context.setDefaultNavigationTimeout(NAV_TIMEOUT_MS);
   // Only loopback traffic: anything else the page asks for is refused.
-  const baseHost = new URL(base).hostname;
-  await context.route(
-    (url) => !['127.0.0.1', 'localhost', '[::1]', baseHost].includes(url.hostname) && url.protocol !== 'data:',
-    (route) => {
-      browserErrors.push(`blocked off-machine request: ${route.request().url()}`);
-      return route.abort();
-    },
-  );
+  await keepToLoopback(context, base);
   page = await context.newPage();
-  page.on('pageerror', (e) => browserErrors.push(`page error: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') browserErrors.push(`console error: ${m.text()}`);
-  });
+  watchPage(page);
 
   await step('unauthenticated visit redirects to the login page', async () => {
     await page.goto(base + TOKEN_PAGE, { waitUntil: 'load' });

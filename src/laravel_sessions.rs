@@ -11,7 +11,7 @@
 //! (their `Debug` says nothing of them).
 
 use crate::clock::Clock;
-use crate::config::{LaravelDriver, LaravelSessions as Settings};
+use crate::config::{LaravelDriver, LaravelSessionConfig as Settings};
 use crate::cookies;
 use crate::credential::php::{self, Value};
 use crate::store::{LaravelSessionRow, Store, StoreError};

@@ -323,7 +323,7 @@ pub struct SessionConfig {
     pub secure: bool,
     pub forward_cookie: bool,
     /// A Laravel app's own session cookie, accepted as a session (`sessions.laravel`).
-    pub laravel: Option<LaravelSessions>,
+    pub laravel: Option<LaravelSessionConfig>,
 }
 
 /// Where a Laravel app keeps its sessions.
@@ -350,7 +350,7 @@ impl std::fmt::Debug for LaravelDriver {
 
 /// `sessions.laravel`: how to read the session cookie of the Laravel app behind tokengate.
 #[derive(Debug, Clone)]
-pub struct LaravelSessions {
+pub struct LaravelSessionConfig {
     /// `APP_KEY` then `APP_PREVIOUS_KEYS`, read from the environment when the config loads.
     pub keys: crate::credential::laravel::Keys,
     pub cookie: String,

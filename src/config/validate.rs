@@ -11,7 +11,7 @@ use super::raw::{
 };
 use super::{
     AccessLogFormat, AdminConfig, AdminKey, Config, ConfigError, IdentityHeaders, LaravelDriver,
-    LaravelSessions, Limits, Problem, SessionConfig, SqlKind, SqlStoreConfig, StoreConfig,
+    LaravelSessionConfig, Limits, Problem, SessionConfig, SqlKind, SqlStoreConfig, StoreConfig,
     TableName, Timeouts, TlsFiles, TokenPolicy, UpstreamTarget,
 };
 use crate::ability::Ability;
@@ -522,7 +522,7 @@ fn laravel(
     raw: RawLaravel,
     own_cookie: &str,
     sled: bool,
-) -> Option<LaravelSessions> {
+) -> Option<LaravelSessionConfig> {
     let mark = p.mark();
     let cipher_name = raw.cipher.unwrap_or_else(|| "AES-256-CBC".into());
     let cipher = Cipher::parse(&cipher_name);
@@ -652,7 +652,7 @@ fn laravel(
     }
     p.clean_since(
         mark,
-        LaravelSessions {
+        LaravelSessionConfig {
             keys: keys?,
             cookie,
             driver: driver?,

@@ -496,12 +496,17 @@ impl SqlStore {
                 owner_id(&token.user).ok_or_else(|| StoreError::InvalidUser(token.user.clone()))?;
             let abilities = serde_json::to_string(&token.abilities)
                 .map_err(|e| StoreError::Io(e.to_string()))?;
-            rows.push((
-                user,
-                abilities,
-                to_time(token.created_at)?,
-                token.expires_at.map(to_time).transpose()?,
-            ));
+            let created = to_time(token.created_at)?;
+            rows.push(vec![
+                Param::Text(self.tokenable_type.clone()),
+                Param::Int(user),
+                Param::Text(token.name.clone()),
+                Param::Text(token.hash.to_hex()),
+                Param::Text(abilities),
+                Param::MaybeTime(token.expires_at.map(to_time).transpose()?),
+                Param::Time(created),
+                Param::Time(created),
+            ]);
         }
         let q = self.sql.text(
             "INSERT INTO {t} (tokenable_type, tokenable_id, name, token, abilities, \
@@ -511,20 +516,13 @@ impl SqlStore {
         // A bulk import inserts row by row: time for the rows, not for one query.
         let timeout = QUERY_TIMEOUT * (1 + u32::try_from(tokens.len() / 100).unwrap_or(1000));
         within(timeout, async {
+            // Only reading the new row's id differs between the databases.
             match &self.pool {
                 Pool::Pg(pool) => {
                     let q = format!("{q} RETURNING id");
                     let mut tx = pool.begin().await.map_err(db)?;
-                    for (token, (user, abilities, created, expires)) in tokens.iter().zip(&rows) {
-                        let row = sqlx::query(&q)
-                            .bind(&self.tokenable_type)
-                            .bind(user)
-                            .bind(&token.name)
-                            .bind(token.hash.to_hex())
-                            .bind(abilities)
-                            .bind(expires)
-                            .bind(created)
-                            .bind(created)
+                    for params in &rows {
+                        let row = bound(&q, params)
                             .fetch_one(&mut *tx)
                             .await
                             .map_err(insert_error)?;
@@ -534,16 +532,8 @@ impl SqlStore {
                 }
                 Pool::My(pool) => {
                     let mut tx = pool.begin().await.map_err(db)?;
-                    for (token, (user, abilities, created, expires)) in tokens.iter().zip(&rows) {
-                        let done = sqlx::query(&q)
-                            .bind(&self.tokenable_type)
-                            .bind(user)
-                            .bind(&token.name)
-                            .bind(token.hash.to_hex())
-                            .bind(abilities)
-                            .bind(expires)
-                            .bind(created)
-                            .bind(created)
+                    for params in &rows {
+                        let done = bound(&q, params)
                             .execute(&mut *tx)
                             .await
                             .map_err(insert_error)?;
