@@ -7,7 +7,8 @@
 //! served by it while the NOTES' commands run; and values that must be refused, refused.
 //! Every rendering, also on each Kubernetes minor from the chart's kubeVersion to 1.37, is
 //! validated by kubernetes-validate (strict) against that minor's schemas (the ServiceMonitor
-//! against the prometheus-operator CRD's schema vendored in tests/packaging/), and checkov's
+//! against tests/packaging/servicemonitor.schema.json, written from the prometheus-operator
+//! API reference), and checkov's
 //! kubernetes and dockerfile checks run on the manifests and the Dockerfile, less the ones
 //! tests/packaging/checkov-skips.txt lists with why.
 //! The chart's postgres values are used against a real PostgreSQL that this test starts
