@@ -52,6 +52,12 @@ fi
 # Built by `cargo install` when missing: about 7 minutes on these 2-core machines, once.
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny@0.20.2
 
+# A clean run builds about 30 test binaries (2.3 GB with the dev profile's line tables), the
+# benchmarks and the release binary: say how much room there is, so that a machine that runs
+# out of disk says so first. Incremental caches only help a rebuild; a clean clone has none.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+df -h . | awk 'NR == 2 { print "== disk: " $4 " free in " $6 }'
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
