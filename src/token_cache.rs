@@ -26,6 +26,11 @@ const MAX_MISSES: usize = 100_000;
 
 pub use crate::config::TokenPolicy;
 
+/// How many cached tokens a full cache compares when one must make room: the least recently
+/// used of them leaves, so that a token in use is not the one dropped while a colder one
+/// stays (the first entry alone, as before, was as often the busiest token as any other).
+const EVICTION_SAMPLE: usize = 16;
+
 /// `last_used_at` is written to the store at most once per this many seconds per token
 /// (Jetstream shows it in minutes); in memory it is exact.
 pub const LAST_USED_RESOLUTION: i64 = 60;
@@ -755,7 +760,12 @@ impl Tokens {
         if self.by_id.len() >= self.policy().cache_capacity && !self.by_id.contains_key(&token.id) {
             // Something must go, so the cache no longer holds every token.
             self.complete.store(false, Ordering::Release);
-            let victim = self.by_id.iter().next().map(|t| t.id);
+            let victim = self
+                .by_id
+                .iter()
+                .take(EVICTION_SAMPLE)
+                .min_by_key(|t| t.last_used.load(Ordering::Relaxed))
+                .map(|t| t.id);
             if let Some(victim) = victim {
                 self.evict(victim);
             }
@@ -1178,6 +1188,40 @@ mod tests {
                 "capacity {capacity}"
             );
             assert!(tokens.authenticate("another").await.unwrap().is_none());
+        }
+    }
+
+    /// A full cache makes room by dropping the least recently used token it compared, never
+    /// the one in use: a token presented before every new one stays cached throughout, while
+    /// each new token costs one store read.
+    #[tokio::test]
+    async fn a_full_cache_keeps_the_token_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000));
+        let tokens = Tokens::new(Arc::clone(&store), clock.clone(), policy(4));
+        let mut made = Vec::new();
+        for n in 0..30 {
+            let request = CreateToken {
+                user: "7".into(),
+                name: format!("t{n}"),
+                abilities: None,
+                expires_at: None,
+            };
+            made.push(tokens.create(request).await.unwrap().plaintext);
+        }
+        let busy = tokens.authenticate(&made[0]).await.unwrap().unwrap().id;
+        for plaintext in &made[1..] {
+            clock.advance(1);
+            assert!(tokens.authenticate(&made[0]).await.unwrap().is_some());
+            let reads = tokens.store_reads();
+            assert!(tokens.authenticate(plaintext).await.unwrap().is_some());
+            assert_eq!(tokens.store_reads(), reads + 1, "a token not cached");
+            assert_eq!(tokens.cached(), 4);
+            assert!(
+                tokens.by_id.contains_key(&busy),
+                "the token in use was dropped"
+            );
         }
     }
 
