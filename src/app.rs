@@ -7,7 +7,7 @@
 use crate::auth::Principal;
 use crate::clock::{Clock, SystemClock};
 use crate::config::StoreConfig;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LaravelDriver};
 use crate::laravel_sessions::LaravelSessions;
 use crate::metrics::Metrics;
 use crate::session_cache::{SessionPolicy, Sessions};
@@ -164,6 +164,11 @@ impl App {
         keep!(tokens.cache_capacity, "tokens.cache_capacity");
         keep!(tokens.lifetime, "tokens.expiration_minutes");
         keep!(limits.max_connections, "limits.max_connections");
+        if let Some(connected) = self.laravel.redis_url() {
+            if keep_redis_url(&mut new, connected) {
+                restart.push("sessions.laravel.redis_url_env");
+            }
+        }
         self.tokens.set_policy(new.tokens.clone());
         self.sessions.set_policy(session_policy(&new));
         self.metrics.set_routes(&new.routes);
@@ -380,6 +385,19 @@ impl Drop for Running {
         if let Some(app) = self.0.upgrade() {
             app.checking_streams.store(false, Ordering::Release);
         }
+    }
+}
+
+/// The Laravel sessions' Redis connection is opened once, at its first use: a reload that
+/// names another URL keeps the one `connected` to (true: it needs a restart). Everything
+/// else of `sessions.laravel`, the key prefix included, applies at once.
+fn keep_redis_url(new: &mut Config, connected: &str) -> bool {
+    match new.sessions.laravel.as_mut().map(|l| &mut l.driver) {
+        Some(LaravelDriver::Redis { url, .. }) if url != connected => {
+            connected.clone_into(url);
+            true
+        }
+        _ => false,
     }
 }
 

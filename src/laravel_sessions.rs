@@ -92,9 +92,9 @@ pub struct LaravelSessions {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     /// The runtime that opens the Redis connection (its driver task runs there, whichever
-    /// worker asks), and the connection once opened.
+    /// worker asks), and the connection once opened, with the URL it was opened to.
     home: Option<tokio::runtime::Handle>,
-    redis: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    redis: tokio::sync::OnceCell<(String, redis::aio::ConnectionManager)>,
     /// By the SHA-256 of the session id.
     remembered: DashMap<[u8; 32], Remembered, RandomState>,
 }
@@ -188,6 +188,11 @@ impl LaravelSessions {
 }
 
 impl LaravelSessions {
+    /// The URL of the Redis connection, once one is open: it stays until a restart.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis.get().map(|(url, _)| url.as_str())
+    }
+
     /// A session as Laravel's Redis cache store keeps it: under `prefix` + id, the session
     /// string PHP-serialized once more, expired by Redis itself (so no `last_activity`).
     async fn read_redis(
@@ -198,7 +203,7 @@ impl LaravelSessions {
     ) -> Result<Option<Found>, StoreError> {
         // The kind only: a message could repeat the URL.
         let unreachable = |e: redis::RedisError| StoreError::Io(format!("redis: {:?}", e.kind()));
-        let mut connection = self
+        let (_, connection) = self
             .redis
             .get_or_try_init(|| async {
                 let client = redis::Client::open(url).map_err(unreachable)?;
@@ -207,17 +212,18 @@ impl LaravelSessions {
                     .set_response_timeout(Some(Duration::from_secs(2)))
                     .set_number_of_retries(1);
                 let open = async move { client.get_connection_manager_with_config(config).await };
-                match &self.home {
+                let opened = match &self.home {
                     Some(home) => home
                         .spawn(open)
                         .await
                         .map_err(|e| StoreError::Io(format!("redis: {e}")))?
                         .map_err(unreachable),
                     None => open.await.map_err(unreachable),
-                }
+                };
+                opened.map(|connection| (url.to_owned(), connection))
             })
-            .await?
-            .clone();
+            .await?;
+        let mut connection = connection.clone();
         let value: Option<Vec<u8>> = redis::cmd("GET")
             .arg(format!("{prefix}{id}"))
             .query_async(&mut connection)

@@ -337,6 +337,42 @@ fn variant(v: Variant<'_>) {
     laravel_session(&env, &["logout", login["id"].as_str().unwrap()]);
     let after = refused_after(server.addr, &echo, &value);
     assert!(after < Duration::from_secs(1), "{}: {after:?}", v.what);
+    if v.laravel.contains("driver: redis") {
+        reload_keeps_the_redis_connection(&server, &cfg, &env, &echo);
+    }
+}
+
+/// A reload naming another Redis URL (another database of the same server, where Laravel's
+/// sessions are not) keeps the open connection and logs that the setting needs a restart:
+/// a session Laravel makes after the reload is still found.
+fn reload_keeps_the_redis_connection(
+    server: &Server,
+    cfg: &Path,
+    env: &[(&str, &str)],
+    echo: &Echo,
+) {
+    let yaml = std::fs::read_to_string(cfg).unwrap();
+    let moved = yaml.replace(
+        "redis_url_env: TOKENGATE_REDIS_URL\n",
+        "redis_url_env: TOKENGATE_REDIS_URL_DB1\n",
+    );
+    assert_ne!(moved, yaml);
+    std::fs::write(cfg, moved).unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    common::eventually_blocking(
+        "the reload names the Redis URL as needing a restart",
+        || server.log().contains("sessions.laravel.redis_url_env"),
+    );
+    let login = laravel_session(env, &["login", "78"]);
+    let value = login["cookie"].as_str().unwrap();
+    assert_eq!(
+        ask(server.addr, echo, "GET", "/app/home", &cookie(value)),
+        (200, Some(("78".into(), "*".into())))
+    );
 }
 
 /// The other ciphers, JSON and encrypted payloads, in the database; and the Redis driver
@@ -346,6 +382,7 @@ fn laravel_session_variants() {
     let pg = Postgres::start();
     let redis = common::redis::Redis::start();
     let (pg_url, redis_url) = (pg.url(), redis.url());
+    let redis_db1 = format!("{redis_url}/1");
     let database = [("DB_URL", pg_url.as_str()), ("SESSION_DRIVER", "database")];
     let store = format!("  kind: postgres\n  url_env: {URL_ENV}\n");
     laravel_session(&database, &["migrate"]);
@@ -381,7 +418,10 @@ fn laravel_session_variants() {
                 ("SESSION_SERIALIZATION", "json"),
                 ("SESSION_ENCRYPT", "1"),
             ],
-            gate_env: vec![("TOKENGATE_REDIS_URL", redis_url.as_str())],
+            gate_env: vec![
+                ("TOKENGATE_REDIS_URL", redis_url.as_str()),
+                ("TOKENGATE_REDIS_URL_DB1", redis_db1.as_str()),
+            ],
             db_url: "",
         },
         Variant {
@@ -390,7 +430,10 @@ fn laravel_session_variants() {
             laravel: "    driver: redis\n    redis_url_env: TOKENGATE_REDIS_URL\n",
             store: &sled,
             env: vec![("SESSION_DRIVER", "redis"), ("REDIS_URL", redis_url.as_str())],
-            gate_env: vec![("TOKENGATE_REDIS_URL", redis_url.as_str())],
+            gate_env: vec![
+                ("TOKENGATE_REDIS_URL", redis_url.as_str()),
+                ("TOKENGATE_REDIS_URL_DB1", redis_db1.as_str()),
+            ],
             db_url: "",
         },
     ];

@@ -62,6 +62,11 @@ impl Server {
         }
     }
 
+    /// What it has logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
     pub fn stop(&mut self) {
         let pid = self.child.id().to_string();
         assert!(Command::new("kill")
@@ -83,7 +88,7 @@ impl Server {
             code,
             Some(Some(0)),
             "serve exits 0 after SIGTERM; its log:\n{}",
-            std::fs::read_to_string(self.log.path()).unwrap_or_default()
+            self.log()
         );
     }
 }
