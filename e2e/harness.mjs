@@ -1,6 +1,6 @@
 // What the browser tests (token-page.mjs, laravel-spa.mjs) share: timestamped steps, the
-// failure type and assertions, and a browser context kept to loopback whose page errors
-// are collected.
+// failure type and assertions, a browser context kept to loopback whose page errors are
+// collected, and the report printed on failure.
 
 const started = Date.now();
 
@@ -24,6 +24,11 @@ export class Failure extends Error {}
 
 export function fail(message) {
   throw new Failure(message);
+}
+
+/** The path of `url`. */
+export function pathOf(url) {
+  return new URL(url).pathname;
 }
 
 /** Equal as JSON (so strings, numbers, booleans and plain objects alike). */
@@ -51,4 +56,31 @@ export function watchPage(page) {
   page.on('console', (m) => {
     if (m.type() === 'error') browserErrors.push(`console error: ${m.text()}`);
   });
+}
+
+/**
+ * Prints why the run failed: the step, the error, the page's URL and text, a screenshot
+ * saved as `screenshot` (when there is a page) and the browser errors collected.
+ */
+export async function reportFailure(error, page, screenshot) {
+  console.error(`\nFAILED at step "${progress.step}":`);
+  console.error(error instanceof Failure ? error.message : error?.stack || String(error));
+  if (page) {
+    try {
+      console.error(`page URL: ${page.url()}`);
+      const text = await page.evaluate(() => document.body?.innerText ?? '', null);
+      console.error(`page text (first 1500 chars):\n${text.slice(0, 1500)}`);
+    } catch {
+      // The page may be gone; the message above is what counts.
+    }
+    try {
+      await page.screenshot({ path: screenshot, fullPage: true, timeout: 5_000 });
+      console.error(`screenshot: ${screenshot}`);
+    } catch (e) {
+      console.error(`could not save ${screenshot}: ${e.message}`);
+    }
+  }
+  if (browserErrors.length > 0) {
+    console.error(`browser errors:\n  ${browserErrors.join('\n  ')}`);
+  }
 }

@@ -32,7 +32,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import {
-  browserErrors, expectEqual, fail, Failure, keepToLoopback, log, progress, step, watchPage,
+  browserErrors, expectEqual, fail, Failure, keepToLoopback, log, pathOf, reportFailure, step,
+  watchPage,
 } from './harness.mjs';
 import { chromium, request as playwrightRequest } from 'playwright-core';
 
@@ -73,26 +74,7 @@ async function finishWithFailure(error) {
   if (failing) return;
   failing = true;
   clearTimeout(watchdog);
-  console.error(`\nFAILED at step "${progress.step}":`);
-  console.error(error instanceof Failure ? error.message : error?.stack || String(error));
-  if (page) {
-    try {
-      console.error(`page URL: ${page.url()}`);
-      const text = await page.evaluate(() => document.body?.innerText ?? '', null);
-      console.error(`page text (first 1500 chars):\n${text.slice(0, 1500)}`);
-    } catch {
-      // The page may be gone; the message above is what counts.
-    }
-    try {
-      await page.screenshot({ path: join(shots, 'laravel-failure.png'), fullPage: true, timeout: 5_000 });
-      console.error(`screenshot: ${join(shots, 'laravel-failure.png')}`);
-    } catch (e) {
-      console.error(`could not save laravel-failure.png: ${e.message}`);
-    }
-  }
-  if (browserErrors.length > 0) {
-    console.error(`browser errors:\n  ${browserErrors.join('\n  ')}`);
-  }
+  await reportFailure(error, page, join(shots, 'laravel-failure.png'));
   await closeAll();
   process.exit(1);
 }
@@ -111,10 +93,6 @@ async function closeAll() {
 const watchdog = setTimeout(() => {
   finishWithFailure(new Failure(`the whole run took more than ${RUN_TIMEOUT_MS / 1000} s`));
 }, RUN_TIMEOUT_MS);
-
-function pathOf(url) {
-  return new URL(url).pathname;
-}
 
 /** The browser's cookie `name` for the site, or undefined. */
 async function cookie(name) {

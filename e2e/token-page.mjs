@@ -13,7 +13,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import {
-  browserErrors, expectEqual, fail, Failure, keepToLoopback, log, progress, step, watchPage,
+  browserErrors, expectEqual, fail, Failure, keepToLoopback, log, pathOf, reportFailure, step,
+  watchPage,
 } from './harness.mjs';
 import { chromium } from 'playwright-core';
 
@@ -55,26 +56,7 @@ async function finishWithFailure(error) {
   if (failing) return;
   failing = true;
   clearTimeout(watchdog);
-  console.error(`\nFAILED at step "${progress.step}":`);
-  console.error(error instanceof Failure ? error.message : error?.stack || String(error));
-  if (page) {
-    try {
-      console.error(`page URL: ${page.url()}`);
-      const text = await page.evaluate(() => document.body?.innerText ?? '', null);
-      console.error(`page text (first 1500 chars):\n${text.slice(0, 1500)}`);
-    } catch {
-      // The page may be gone; the message above is what counts.
-    }
-    try {
-      await page.screenshot({ path: join(shots, 'failure.png'), fullPage: true, timeout: 5_000 });
-      console.error(`screenshot: ${join(shots, 'failure.png')}`);
-    } catch (e) {
-      console.error(`could not save failure.png: ${e.message}`);
-    }
-  }
-  if (browserErrors.length > 0) {
-    console.error(`browser errors:\n  ${browserErrors.join('\n  ')}`);
-  }
+  await reportFailure(error, page, join(shots, 'failure.png'));
   await closeBrowser();
   process.exit(1);
 }
@@ -90,10 +72,6 @@ async function closeBrowser() {
 const watchdog = setTimeout(() => {
   finishWithFailure(new Failure(`the whole run took more than ${RUN_TIMEOUT_MS / 1000} s`));
 }, RUN_TIMEOUT_MS);
-
-function pathOf(url) {
-  return new URL(url).pathname;
-}
 
 /** Clicks `locator` (a submit button) and waits until the page that follows has loaded. */
 async function submitAndWait(locator, what) {

@@ -288,12 +288,7 @@ impl Server {
 
     /// Sends a signal (`-TERM`, `-INT`) and waits (bounded) for the exit code.
     fn signal(&mut self, signal: &str) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args([signal, &pid])
-            .status()
-            .unwrap()
-            .success());
+        common::signal(self.child.id(), signal);
         let mut code = None;
         eventually_blocking(&format!("tokengate exits after {signal}"), || {
             match self.child.try_wait().unwrap() {
@@ -857,12 +852,7 @@ fn sigterm_lets_in_flight_requests_finish_and_refuses_new_connections() {
         echo.arrived() == 1
     });
     assert!(echo.seen().is_empty(), "answered already");
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::signal(server.child.id(), "-TERM");
     // The listener closes (new connections are refused) while the slow request, which
     // takes 1.5 s upstream, is still running.
     eventually_blocking("new connections refused after SIGTERM", || {
@@ -961,14 +951,8 @@ fn sighup_and_reload_apply_a_new_config_and_refuse_a_bad_one() {
         common::metric_value(&metrics_text(admin), &series)
     };
     assert_eq!(get_status(gate, "/bench/item", Some(&token)), 200);
-    let pid = server.child.id().to_string();
-    let hup = || {
-        assert!(Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success());
-    };
+    let pid = server.child.id();
+    let hup = || common::signal(pid, "-HUP");
 
     // /bench/** now needs `write`: after SIGHUP the read token is refused.
     std::fs::write(
@@ -1160,12 +1144,8 @@ fn the_admin_key_can_come_from_a_file_and_follows_a_reload() {
     assert!(out.status.success(), "{}", stderr(&out));
     // A rotated Secret: the new key at the next reload, the old one refused.
     std::fs::write(&key_file, "second-file-key").unwrap();
-    let pid = server.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let pid = server.child.id();
+    common::signal(pid, "-HUP");
     eventually_blocking("the new key applies", || users("second-file-key") == 200);
     assert_eq!(users("first-file-key"), 401);
     // A key file of two lines is a config problem (the reload is refused, the key stays);
@@ -1182,11 +1162,7 @@ fn the_admin_key_can_come_from_a_file_and_follows_a_reload() {
     assert!(run(&["check-config", "--config", setup.cfg()])
         .status
         .success());
-    assert!(Command::new("kill")
-        .args(["-HUP", &pid])
-        .status()
-        .unwrap()
-        .success());
+    common::signal(pid, "-HUP");
     eventually_blocking("no key: the API is disabled", || {
         users("second-file-key") == 503
     });

@@ -358,11 +358,7 @@ fn reload_keeps_the_redis_connection(
     );
     assert_ne!(moved, yaml);
     std::fs::write(cfg, moved).unwrap();
-    let hup = std::process::Command::new("kill")
-        .args(["-HUP", &server.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    common::signal(server.child.id(), "-HUP");
     common::eventually_blocking(
         "the reload names the Redis URL as needing a restart",
         || server.log().contains("sessions.laravel.redis_url_env"),

@@ -114,6 +114,15 @@ pub async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
+/// Sends `signal` (`-TERM`, `-HUP`, …) to the process `pid`; fails the test if `kill` does.
+pub fn signal(pid: u32, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {signal} {pid}");
+}
+
 /// `eventually` for a test without a runtime.
 pub fn eventually_blocking(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + EVENTUALLY;

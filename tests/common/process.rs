@@ -68,12 +68,7 @@ impl Server {
     }
 
     pub fn stop(&mut self) {
-        let pid = self.child.id().to_string();
-        assert!(Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success());
+        super::signal(self.child.id(), "-TERM");
         let mut code = None;
         eventually_blocking("tokengate exits after SIGTERM", || {
             match self.child.try_wait().unwrap() {
